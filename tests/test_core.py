@@ -1,0 +1,370 @@
+"""The core: trace, selectors, Pass, apply, pipeline text, InsertActivation / InsertRelu."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+from torch.fx.passes.infra.pass_manager import PassManager
+
+import fxlab
+from fxlab.models import build, names
+from fxlab.passes import InsertActivation, InsertRelu
+
+# one named layer of every seed model, as the seeds spell it
+SEED_LAYERS = {
+    "mymodule": "layer3",
+    "neuralnetwork": "fc1",
+    "simplenn": "fc2",
+    "mymnist": "_hidden_layer_1",
+    "linear-relu-stack": "linear_relu_stack.4",
+}
+
+
+def eager_with_activation(model: nn.Module, layers: dict[str, list], x: torch.Tensor) -> torch.Tensor:
+    """The model computed eagerly, with ``fns`` applied to the outputs of the named submodules."""
+    handles = []
+    for path, fns in layers.items():
+        for fn in fns:
+            handles.append(model.get_submodule(path).register_forward_hook(lambda m, i, o, fn=fn: fn(o)))
+    try:
+        return model(x)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def fx_demo_transform(m: nn.Module) -> fx.GraphModule:
+    """Seed 000's fx_demo.py, as torch.fx's documentation writes it."""
+    gm = fx.symbolic_trace(m)
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and node.target == "layer3":
+            with gm.graph.inserting_after(node):
+                new_node = gm.graph.call_function(torch.relu, args=(node,))
+                node.replace_all_uses_with(new_node)
+                new_node.args = (node,)
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+def ops(gm: fx.GraphModule) -> list[tuple[str, object]]:
+    return [(n.op, n.target) for n in gm.graph.nodes]
+
+
+# -- InsertRelu and the seed demo --------------------------------------------------------------
+
+
+def test_insert_relu_is_seed_fx_demo() -> None:
+    model = build("mymodule").eval()
+    ours = fxlab.apply(model, [InsertRelu("layer3")])
+    theirs = fx_demo_transform(copy.deepcopy(model))
+    assert ops(ours) == ops(theirs)
+    x = torch.randn(16, 1, 28, 28)
+    assert torch.equal(ours(x), theirs(x))
+    assert torch.equal(ours(x), torch.relu(model(x)))
+    assert (ours(x) >= 0).all() and (model(x) < 0).any()
+
+
+def test_apply_never_mutates_the_callers_model() -> None:
+    model = build("simplenn").eval()
+    state = copy.deepcopy(model.state_dict())
+    x = torch.randn(8, 1, 28, 28)
+    before = model(x)
+    gm = fxlab.apply(model, "insert-relu{after=fc3},insert-activation{after=fc1 fn=tanh}")
+    with torch.no_grad():
+        for p in gm.parameters():
+            p.add_(1.0)  # the result owns its parameters
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(model(x), before)
+    assert not isinstance(model, fx.GraphModule) and type(model).__name__ == "SimpleNN"
+
+
+def test_apply_on_graphmodule_copies_unless_inplace() -> None:
+    gm = fxlab.trace(build("mymodule"))
+    before = fxlab.format_graph(gm)
+    out = fxlab.apply(gm, [InsertRelu("layer1")])
+    assert fxlab.format_graph(gm) == before and out is not gm
+    same = fxlab.apply(gm, [InsertRelu("layer1")], inplace=True)
+    assert same is gm and fxlab.format_graph(gm) != before
+
+
+@pytest.mark.parametrize("name", names())
+def test_insert_relu_on_every_seed_layer_name(name: str) -> None:
+    model = build(name).eval()
+    layer = SEED_LAYERS[name]
+    gm = fxlab.apply(model, [InsertRelu(layer)])
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.equal(gm(x), eager_with_activation(model, {layer: [torch.relu]}, x))
+
+
+@pytest.mark.parametrize("name", names())
+def test_insert_relu_golden(name: str, golden) -> None:
+    gm = fxlab.apply(build(name), [InsertRelu(SEED_LAYERS[name])])
+    golden.check(f"insert-relu/{name}", fxlab.format_graph(gm))
+
+
+def test_activation_reaches_every_user_including_output() -> None:
+    class TwoUsers(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(3, 3)
+
+        def forward(self, x):
+            h = self.a(x)
+            return h + 1, h * 2
+
+    model = TwoUsers()
+    gm = fxlab.apply(model, [InsertActivation(after="a", fn="sigmoid")])
+    x = torch.randn(2, 3)
+    s = torch.sigmoid(model.a(x))
+    y1, y2 = gm(x)
+    assert torch.equal(y1, s + 1) and torch.equal(y2, s * 2)
+
+
+def test_activation_kinds_callable_and_module() -> None:
+    model = build("mymodule").eval()
+    x = torch.randn(3, 1, 28, 28)
+    gm = fxlab.apply(model, [InsertActivation(after="layer2", fn=nn.Hardtanh(-0.5, 0.5))])
+    assert "layer2_activation" in dict(gm.named_modules())
+    ref = eager_with_activation(model, {"layer2": [nn.Hardtanh(-0.5, 0.5)]}, x)
+    assert torch.equal(gm(x), ref)
+    gm = fxlab.apply(model, [InsertActivation(after="layer1", fn=F.softsign)])
+    assert torch.equal(gm(x), eager_with_activation(model, {"layer1": [F.softsign]}, x))
+
+
+# -- selectors ---------------------------------------------------------------------------------
+
+
+def test_selectors_name_path_glob_type_function() -> None:
+    gm = fxlab.trace(build("mymodule"))
+    assert [n.name for n in fxlab.select(gm, "layer*")] == ["layer1", "layer2", "layer3"]
+    assert [n.name for n in fxlab.select(gm, nn.Linear)] == ["layer1", "layer2", "layer3"]
+    assert [n.name for n in fxlab.select(gm, torch.relu)] == ["relu", "relu_1"]
+    assert [n.name for n in fxlab.select(gm, ["layer3", "layer1"])] == ["layer1", "layer3"]
+    stack = fxlab.trace(build("linear-relu-stack"))
+    assert [n.name for n in fxlab.select(stack, "linear_relu_stack.4")] == ["linear_relu_stack_4"]
+    assert [n.name for n in fxlab.select(stack, nn.ReLU)] == ["linear_relu_stack_1", "linear_relu_stack_3"]
+    nn001 = fxlab.trace(build("neuralnetwork"))
+    assert [n.name for n in fxlab.select(nn001, F.relu)] == ["relu"]
+    mymnist = fxlab.trace(build("mymnist"))
+    assert [n.name for n in fxlab.select(mymnist, "_hidden_layer_?")] == ["_hidden_layer_0", "_hidden_layer_1"]
+
+
+def test_selector_matching_nothing_names_closest() -> None:
+    with pytest.raises(fxlab.PassError) as err:
+        fxlab.apply(build("mymodule"), [InsertRelu("layer4")])
+    msg = str(err.value)
+    assert "insert-relu" in msg and "'layer4'" in msg and "layer3, layer2, layer1" in msg
+    with pytest.raises(fxlab.PassError, match="module types present: Linear"):
+        fxlab.apply(build("mymodule"), [InsertRelu(nn.Conv2d)])
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+class Branchy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent control flow
+            return self.lin(x)
+        return x
+
+
+def test_trace_error_names_module_line_and_fixes() -> None:
+    with pytest.raises(fxlab.TraceError) as err:
+        fxlab.trace(Branchy())
+    msg = str(err.value)
+    assert "Branchy.forward" in msg and "test_core.py" in msg and "if x.sum() > 0" in msg
+    assert "concrete_args" in msg and "leaf_modules" in msg
+    wrapped = nn.Sequential(nn.Linear(4, 4), Branchy())
+    gm = fxlab.trace(wrapped, leaf_modules=[Branchy])
+    assert [n.op for n in gm.graph.nodes].count("call_module") == 2
+
+
+def test_pipeline_errors_point_at_position() -> None:
+    with pytest.raises(fxlab.PipelineError) as err:
+        fxlab.parse_pipeline("insert-relu{after=layer3},fuse-everything")
+    msg = str(err.value)
+    assert "unknown pass 'fuse-everything'" in msg and "position 26" in msg and "insert-relu" in msg
+    assert msg.splitlines()[-1].index("^") == 2 + 26
+    with pytest.raises(fxlab.PipelineError, match=r"no option 'aftr' \(closest: after\).*position 12"):
+        fxlab.parse_pipeline("insert-relu{aftr=layer3}")
+    with pytest.raises(fxlab.PipelineError, match="missing '}'"):
+        fxlab.parse_pipeline("insert-relu{after=layer3")
+    with pytest.raises(fxlab.PipelineError, match="empty pipeline"):
+        fxlab.parse_pipeline("  ")
+    with pytest.raises(fxlab.PipelineError, match="given twice"):
+        fxlab.parse_pipeline("insert-relu{after=a after=b}")
+    with pytest.raises(fxlab.PipelineError, match="pass .insert-relu. needs after="):
+        fxlab.parse_pipeline("insert-relu")
+
+
+@dataclass
+class Explodes(fxlab.Pass):
+    name = "explodes"
+    kind = "exact"
+
+    def call(self, gm):
+        node = next(n for n in gm.graph.nodes if n.op == "call_module")
+        with gm.graph.inserting_after(node):
+            gm.graph.call_function(torch.neg, (node,))
+        raise RuntimeError("boom")
+
+
+@dataclass
+class Dangling(fxlab.Pass):
+    name = "dangling"
+    kind = "exact"
+
+    def call(self, gm):
+        node = next(n for n in gm.graph.nodes if n.op == "call_module")
+        node.target = "no_such_module"
+        return gm
+
+
+def test_failing_pass_raises_pass_error_and_applies_nothing() -> None:
+    gm = fxlab.trace(build("mymodule"))
+    before = fxlab.format_graph(gm)
+    with pytest.raises(fxlab.PassError, match="pass 'explodes' failed: RuntimeError: boom"):
+        fxlab.apply(gm, [InsertRelu("layer1"), Explodes()], inplace=True)
+    assert fxlab.format_graph(gm) != before  # insert-relu{after=layer1} landed
+    # inplace: passes that succeeded before the failure stay, the failing one is rolled back
+    assert "neg" not in fxlab.format_graph(gm)
+    with pytest.raises(fxlab.PassError, match="'dangling' left an invalid graph"):
+        fxlab.apply(build("mymodule"), [Dangling()])
+    x = torch.randn(2, 1, 28, 28)
+    gm2 = fxlab.trace(build("mymodule"))
+    ref = gm2(x)
+    with pytest.raises(fxlab.PassError):
+        fxlab.apply(gm2, [Dangling()], inplace=True)
+    assert torch.equal(gm2(x), ref) and "no_such_module" not in fxlab.format_graph(gm2)
+
+
+def test_apply_rejects_non_passes() -> None:
+    with pytest.raises(fxlab.PipelineError, match="not an fxlab.Pass"):
+        fxlab.apply(build("mymodule"), [lambda gm: gm])
+
+
+# -- torch PassManager, records, registry ------------------------------------------------------
+
+
+def test_passes_run_under_torch_pass_manager() -> None:
+    model = build("mymodule").eval()
+    gm = fxlab.trace(copy.deepcopy(model))
+    result = PassManager(passes=[InsertRelu("layer1"), InsertActivation(after="layer3", fn="tanh")])(gm)
+    x = torch.randn(2, 1, 28, 28)
+    ref = eager_with_activation(model, {"layer1": [torch.relu], "layer3": [torch.tanh]}, x)
+    assert result.modified and torch.equal(result.graph_module(x), ref)
+
+
+def test_records_table() -> None:
+    gm = fxlab.apply(build("mymodule"), "insert-relu{after=layer3},insert-activation{after=layer*}")
+    recs = fxlab.records(gm)
+    assert [(r.name, r.added, r.removed) for r in recs] == [("insert-relu", 1, 0), ("insert-activation", 3, 0)]
+    assert recs[1].nodes_after == recs[1].nodes_before + 3 and recs[1].changed == 3
+    table = recs.table()
+    assert "insert-activation" in table and "nodes after" in table
+    assert gm.meta["fxlab.pipeline"] == "insert-relu{after=layer3},insert-activation{after=layer*}"
+
+
+def test_user_defined_pass_registers_and_parses() -> None:
+    @fxlab.register_pass
+    @dataclass
+    class Scale(fxlab.Pass):
+        """Multiply the output by a factor."""
+
+        name = "scale-output"
+        kind = "changes"
+        factor: float = 2.0
+        exact_only: bool = False
+
+        def call(self, gm):
+            out = next(n for n in gm.graph.nodes if n.op == "output")
+            with gm.graph.inserting_before(out):
+                new = gm.graph.call_function(torch.mul, (out.args[0], self.factor))
+            out.args = (new,)
+            return gm
+
+    (p,) = fxlab.parse_pipeline("scale-output{factor=0.5 exact_only=true}")
+    assert p == Scale(0.5, True) and fxlab.get_pass("scale-output") is Scale
+    assert Scale.summary() == "Multiply the output by a factor."
+    model = build("mymodule")
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.allclose(fxlab.apply(model, "scale-output{factor=0.5}")(x), model(x) * 0.5)
+    with pytest.raises(fxlab.PipelineError, match="expected float, got 'big'"):
+        fxlab.parse_pipeline("scale-output{factor=big}")
+    with pytest.raises(fxlab.PipelineError, match="taken"):
+        fxlab.register_pass(type("Other", (Scale,), {"__qualname__": "Other"}))
+
+
+# -- pipeline text round trip ------------------------------------------------------------------
+
+ROUND_TRIP = [
+    "insert-relu{after=layer3}",
+    "insert-relu{after=layer3},insert-activation{after=layer2 fn=gelu}",
+    "insert-activation{fn=relu after=layer2}",
+    "insert-activation{after=layer1,layer3 fn=tanh}",
+    'insert-activation{after="linear_relu_stack.*" fn=sigmoid}',
+]
+
+
+@pytest.mark.parametrize("text", ROUND_TRIP)
+def test_pipeline_text_round_trips(text: str) -> None:
+    passes = fxlab.parse_pipeline(text)
+    assert fxlab.format_pipeline(passes) == text.replace('"linear_relu_stack.*"', "linear_relu_stack.*")
+    assert fxlab.parse_pipeline(fxlab.format_pipeline(passes)) == passes
+
+
+def test_objects_round_trip_and_rich_options_have_no_text() -> None:
+    ps = [InsertRelu("layer3"), InsertActivation(after=["fc1", "fc2"], fn="silu"), InsertActivation("x y")]
+    assert fxlab.parse_pipeline(fxlab.format_pipeline(ps)) == ps
+    assert fxlab.format_pipeline(ps) == 'insert-relu{after=layer3},insert-activation{after=fc1,fc2 fn=silu},insert-activation{after="x y"}'
+    with pytest.raises(fxlab.PipelineError, match="no text form"):
+        fxlab.format_pipeline([InsertActivation(after=nn.Linear)])
+
+
+# -- property test -----------------------------------------------------------------------------
+
+ACTS = {"relu": torch.relu, "gelu": F.gelu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}
+
+
+@st.composite
+def mlp_and_insertions(draw):
+    widths = draw(st.lists(st.integers(1, 12), min_size=2, max_size=6))
+    layers: list[nn.Module] = []
+    for i in range(len(widths) - 1):
+        layers.append(nn.Linear(widths[i], widths[i + 1]))
+        if i < len(widths) - 2:
+            layers.append(draw(st.sampled_from([nn.ReLU, nn.Tanh, nn.Identity]))())
+    inserts = draw(
+        st.lists(st.tuples(st.integers(0, len(layers) - 1), st.sampled_from(sorted(ACTS))), max_size=5)
+    )
+    return widths[0], nn.Sequential(*layers), inserts
+
+
+@settings(max_examples=40, deadline=None)
+@given(mlp_and_insertions(), st.integers(0, 2**16))
+def test_random_mlps_with_random_insertions_match_eager(case, seed) -> None:
+    width, model, inserts = case
+    torch.manual_seed(seed)
+    for p in model.parameters():
+        nn.init.normal_(p)
+    passes = [InsertActivation(after=str(i), fn=fn) for i, fn in inserts]
+    gm = fxlab.apply(model, passes)
+    layers: dict[str, list] = {}
+    for i, fn in inserts:
+        # a later insertion after the same layer sits right after it: it runs first
+        layers.setdefault(str(i), []).insert(0, ACTS[fn])
+    x = torch.randn(5, width)
+    assert torch.equal(gm(x), eager_with_activation(model, layers, x))
