@@ -35,6 +35,25 @@ from .pipeline import (
 
 __version__ = "0.1.0"
 
+# Heavier parts load on first use, so that `import fxlab` stays light and `python -m fxlab.show`
+# (and the other commands) never find their own module already imported.
+_LAZY = {
+    "render": "fxlab.render",
+    "load": "fxlab.io",
+    "save": "fxlab.io",
+    "export_onnx": "fxlab.io",
+    "export_program": "fxlab.io",
+    "verify": "fxlab.verification",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'fxlab' has no attribute {name!r}")
+
 __all__ = [
     "DataError",
     "ExportError",

@@ -15,6 +15,8 @@ from ..errors import PassError
 from ..graph import Selector, select
 from ..pipeline import Pass, register_pass
 
+__all__ = ["ACTIVATIONS", "InsertActivation", "InsertRelu", "insert_activation"]
+
 #: Activations known by name in pipeline text.
 ACTIVATIONS: dict[str, Callable[..., torch.Tensor]] = {
     "relu": torch.relu,

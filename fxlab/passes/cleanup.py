@@ -1,0 +1,5 @@
+"""cleanup passes."""
+
+from __future__ import annotations
+
+__all__: list[str] = []

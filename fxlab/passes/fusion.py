@@ -1,0 +1,5 @@
+"""fusion passes."""
+
+from __future__ import annotations
+
+__all__: list[str] = []

@@ -1,0 +1,5 @@
+"""quantize passes."""
+
+from __future__ import annotations
+
+__all__: list[str] = []
