@@ -368,3 +368,15 @@ def test_random_mlps_with_random_insertions_match_eager(case, seed) -> None:
         layers.setdefault(str(i), []).insert(0, ACTS[fn])
     x = torch.randn(5, width)
     assert torch.equal(gm(x), eager_with_activation(model, layers, x))
+
+
+def test_import_fxlab_stays_light() -> None:
+    """`python -m fxlab.<command>` must not find its module already imported (runpy warning)."""
+    import subprocess
+    import sys
+
+    commands = ["fxlab.show", "fxlab.train", "fxlab.data", "fxlab.bench", "fxlab.verification",
+                "fxlab.cli_apply", "fxlab.render", "fxlab.io", "torchvision", "onnx", "graphviz"]
+    code = f"import sys, fxlab; print([m for m in {commands!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
