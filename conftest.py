@@ -1,0 +1,3 @@
+"""Doctest collection: skip the modules that only run as ``python -m`` entry points."""
+
+collect_ignore = ["fxlab/__main__.py", "fxlab/apply.py", "fxlab/verify.py"]
