@@ -64,3 +64,56 @@ def mnist_root() -> Path:
 @pytest.fixture(autouse=True)
 def _seeded() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def mnist(mnist_root: Path):
+    """Real MNIST as tensors on CPU (``fxlab.data.MNIST``: ``.train`` / ``.test`` with ``.images``, ``.labels``)."""
+    from fxlab.data import load
+
+    return load(mnist_root, device="cpu", download=False)
+
+
+class Trained:
+    """Seed models trained once per test session with a small budget (2 epochs, one-cycle).
+
+    ``trained["mymodule"]`` is a fresh deep copy (eval mode, CPU) each time, so a test may change it;
+    ``trained.accuracy("mymodule")`` is its test accuracy in percent.
+    """
+
+    EPOCHS = 2
+
+    def __init__(self, data) -> None:
+        self.data = data
+        self._models: dict[str, torch.nn.Module] = {}
+        self._accuracy: dict[str, float] = {}
+
+    def _train(self, name: str) -> torch.nn.Module:
+        if name not in self._models:
+            from fxlab.models import build
+            from fxlab.train import evaluate, fit
+
+            with torch.random.fork_rng(devices=[]):  # leave the calling test's random state alone
+                torch.manual_seed(0)
+                model = build(name)
+                fit(model, self.data, epochs=self.EPOCHS, device="cpu", seed=0, progress=False,
+                    evaluate_each_epoch=False)
+            model.eval()
+            self._models[name] = model
+            self._accuracy[name] = evaluate(model, self.data).accuracy
+        return self._models[name]
+
+    def __getitem__(self, name: str) -> torch.nn.Module:
+        import copy
+
+        return copy.deepcopy(self._train(name))
+
+    def accuracy(self, name: str) -> float:
+        self._train(name)
+        return self._accuracy[name]
+
+
+@pytest.fixture(scope="session")
+def trained(mnist) -> Trained:
+    """Trained seed models, cached for the session: ``trained["mymodule"]``, ``trained.accuracy(name)``."""
+    return Trained(mnist)
