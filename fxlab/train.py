@@ -387,7 +387,7 @@ def save_checkpoint(
         "history": history.to_dict() if history is not None else None,
         "recipe": dataclasses.asdict(recipe) if recipe is not None else None,
         "device": history.device if history is not None else None,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
         **extra,
     }
     out = Path(path)
@@ -559,7 +559,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         rank, world, dev = _init_distributed(ns.device)
         try:
-            ds = mnist_data.load(ns.data, device=dev, download=rank == 0 or world == 1)
+            # rank 0 fetches MNIST if it is missing; the others wait for it, then read it (or fail as it did)
+            if rank != 0:
+                torch.distributed.barrier()
+                ds = mnist_data.load(ns.data, device=dev, download=False)
+            else:
+                try:
+                    ds = mnist_data.load(ns.data, device=dev)
+                finally:
+                    if world > 1:
+                        torch.distributed.barrier()
             torch.manual_seed(ns.seed)
             model = build(ns.model)
             recipe = Recipe(epochs=ns.epochs, lr=ns.lr, batch_size=ns.batch_size, schedule=ns.schedule, seed=ns.seed)
