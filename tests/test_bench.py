@@ -1,0 +1,154 @@
+"""`python -m fxlab.bench --quick` runs every suite and reports every figure.
+
+The smoke run happens once (module fixture); the tests check its structure and sanity (positive
+times, ratios, accuracies in range, outputs equal across implementations), never wall-clock
+thresholds: benchmarks are programs, not timed tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fxlab import bench
+from fxlab.cli import run
+
+
+@pytest.fixture(scope="module")
+def smoke(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    env = {**os.environ, "FXLAB_DATA": str(mnist_root)}
+    proc = subprocess.run([sys.executable, "-m", "fxlab.bench", "--quick", "--json", str(out)], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert not [p for p in out.parent.iterdir() if p.name != out.name], "temporary files left behind"
+    return json.loads(out.read_text()), proc.stdout
+
+
+def positive(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_top_level(smoke: tuple[dict[str, Any], str]) -> None:
+    result, stdout = smoke
+    assert {"inference", "passes", "training", "environment", "targets"} <= set(result)
+    env = result["environment"]
+    assert env["torch"] and env["device"] and env["cpu_count"] >= 1
+    assert result["config"]["quick"] is True
+    for heading in ("inference, batch 1", "inference, batch 256", "pass application", "training mymodule", "targets:"):
+        assert heading in stdout
+
+
+def test_inference(smoke: tuple[dict[str, Any], str]) -> None:
+    inference = smoke[0]["inference"]
+    rows = inference["rows"]
+    models = {r["model"] for r in rows}
+    assert {"mymodule", "simplenn"} <= models
+    for model in models:
+        for batch in inference["batches"]:
+            variants = {r["variant"]: r for r in rows if r["model"] == model and r["batch"] == batch}
+            assert {"float32", "fused", *bench.QUANT_MODES, "torch.ao dynamic", "torch.compile"} <= set(variants)
+            base = variants["float32"]
+            assert base["status"] == "ok" and base["speedup"] == pytest.approx(1.0)
+            for r in variants.values():
+                if r["status"] != "ok":  # a missing or failing variant says why
+                    assert r["status"].startswith(("failed", "not built", "skipped", "n/a")), r["status"]
+                    continue
+                assert positive(r["latency"]["median_s"]) and positive(r["throughput"]) and positive(r["speedup"])
+                assert r["latency"]["q1_s"] <= r["latency"]["median_s"] <= r["latency"]["q3_s"]
+                assert r["latency"]["rounds"] >= 3
+                assert r["peak_tensor_bytes"] >= 0 and positive(r["state_dict_bytes"])
+                assert r["throughput"] == pytest.approx(batch / r["latency"]["median_s"])
+    # fxlab's fused and int8 variants and torch.ao's anchor ran on CPU
+    ok = {(r["model"], r["variant"]) for r in rows if r["status"] == "ok"}
+    assert ("simplenn", "fused") in ok and ("mymodule", "dynamic") in ok
+    if inference["device"] == "cpu":
+        assert ("mymodule", "torch.ao dynamic") in ok
+    # int8 state dicts are much smaller than float32 ones
+    size = {(r["model"], r["variant"]): r["state_dict_bytes"] for r in rows if r["batch"] == 1}
+    assert size[("mymodule", "dynamic")] < 0.4 * size[("mymodule", "float32")]
+
+
+def test_passes(smoke: tuple[dict[str, Any], str]) -> None:
+    passes = smoke[0]["passes"]
+    assert len(passes["depths"]) == 3
+    ok = [r for r in passes["rows"] if r["status"] == "ok"]
+    assert {r["implementation"] for r in ok} >= {"fxlab.apply", "hand-written torch.fx", "torch.ao fuse_fx", "trace only"}
+    for r in ok:
+        assert positive(r["time_s"]) and r["input_untouched"] is True
+        if "max_abs_diff_vs_hand" in r:  # fxlab and the hand-written transform compute the same function
+            assert r["max_abs_diff_vs_hand"] <= 1e-5, r
+    for ratio in passes["ratios"]:
+        assert ratio["fxlab_over_hand"] is None or positive(ratio["fxlab_over_hand"])
+    assert passes["growth"] and all(positive(g["time_ratio"]) for g in passes["growth"])
+
+
+def test_training(smoke: tuple[dict[str, Any], str]) -> None:
+    training = smoke[0]["training"]
+    phases = {(r["phase"], r["implementation"]): r for r in training["rows"]}
+    assert len(phases) == 5
+    for r in phases.values():
+        assert r["status"] == "ok" and positive(r["time_s"])
+        if r["phase"] == "epoch":
+            assert 10 < r["accuracy"] <= 100  # better than chance after one short epoch
+    assert training["memory"].get("status") in (None, "ok") or training["memory"]["status"].startswith("failed")
+
+
+def test_targets(smoke: tuple[dict[str, Any], str]) -> None:
+    targets = smoke[0]["targets"]
+    names = {t["target"] for t in targets}
+    assert {"fused SimpleNN speed-up", "int8 dynamic faster than float32", "pass application grows linearly",
+            "fxlab within 2× of hand-written torch.fx", "training epoch vs seeds' loop",
+            "evaluation vs seeds' loop"} <= names
+    for t in targets:
+        assert t["met"] in (True, False, None)
+        assert t["measured"] is None or positive(t["measured"])
+
+
+# -- units --------------------------------------------------------------------------------------
+
+
+def test_compare_reports_failures_and_keeps_order() -> None:
+    def boom() -> None:
+        raise ValueError("no kernel")
+
+    result = bench.compare({"a": lambda: sum(range(100)), "b": boom, "c": lambda: None}, rounds=3, round_time=0.001)
+    assert list(result) == ["a", "b", "c"]
+    assert result["b"] == "failed: ValueError: no kernel"
+    for name in ("a", "c"):
+        t = result[name]
+        assert isinstance(t, bench.Timing) and t.rounds == 3 and t.calls >= 1
+        assert t.min <= t.q1 <= t.median <= t.q3 <= t.max and t.spread >= 0
+
+
+def test_write_json_atomic(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "out.json"
+    bench.write_json_atomic(path, {"x": 1.5, "y": [1, 2]})
+    assert json.loads(path.read_text()) == {"x": 1.5, "y": [1, 2]}
+    assert [p.name for p in path.parent.iterdir()] == ["out.json"]
+
+
+def test_hand_written_transforms_match_fxlab() -> None:
+    import torch
+
+    import fxlab
+    from fxlab.passes import FuseLinearReLU, InsertRelu
+
+    model = bench.deep_mlp(6, 4)
+    x = torch.randn(3, 4)
+    assert torch.equal(bench.hand_insert_relu(model, None)(x), fxlab.apply(model, [InsertRelu(torch.nn.Linear)])(x))
+    assert torch.equal(bench.hand_insert_relu(model, {"layers.4"})(x), fxlab.apply(model, [InsertRelu("layers.4")])(x))
+    assert torch.allclose(bench.hand_fuse_linear_relu(model)(x), fxlab.apply(model, [FuseLinearReLU()])(x))
+    assert torch.allclose(bench.ao_fuse_fx(model)(x), model(x))
+
+
+def test_bad_usage_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(bench.main, ["--suite", "nope"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
