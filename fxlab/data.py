@@ -16,6 +16,7 @@ Where MNIST lives: the ``root`` argument, else ``$FXLAB_DATA``, else ``<user cac
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import io
@@ -142,13 +143,27 @@ def check(root: str | os.PathLike[str] | None = None) -> Path:
 
 @dataclass(frozen=True)
 class Split:
-    """One split of MNIST as tensors: ``images`` (N, 1, 28, 28) float32 normalised, ``labels`` (N,) int64."""
+    """One split of MNIST as tensors: ``pixels`` (N, 28, 28) uint8 as stored, ``labels`` (N,) int64.
 
-    images: torch.Tensor
+    ``images`` is the whole split normalised, (N, 1, 28, 28) float32, made on first use and kept;
+    ``batch(idx)`` and ``batches(...)`` normalise only the rows they return, so training never holds
+    the float copy of the 60 000 training images (4× the uint8 size).
+    """
+
+    pixels: torch.Tensor
     labels: torch.Tensor
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    @functools.cached_property
+    def images(self) -> torch.Tensor:
+        """All images normalised as the seeds do, (N, 1, 28, 28) float32 (computed once)."""
+        return normalise(self.pixels)
+
+    def batch(self, index: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """(normalised images, labels) of the rows ``index`` selects (a tensor of indices or a slice)."""
+        return normalise(self.pixels[index]), self.labels[index]
 
     def batches(
         self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None
@@ -156,18 +171,21 @@ class Split:
         """(images, labels) batches by indexing (a permutation when ``shuffle``); no per-sample Python."""
         n = len(self)
         if shuffle:
-            order = torch.randperm(n, generator=generator).to(self.images.device)
+            order = torch.randperm(n, generator=generator).to(self.pixels.device)
             for i in range(0, n, batch_size):
-                idx = order[i : i + batch_size]
-                yield self.images[idx], self.labels[idx]
+                yield self.batch(order[i : i + batch_size])
         else:
             for i in range(0, n, batch_size):
-                yield self.images[i : i + batch_size], self.labels[i : i + batch_size]
+                yield self.batch(slice(i, i + batch_size))
+
+    def to(self, device: str | torch.device) -> Split:
+        """The split on another device."""
+        return Split(self.pixels.to(device), self.labels.to(device))
 
 
 @dataclass(frozen=True)
 class MNIST:
-    """MNIST decoded once: ``train`` (60 000) and ``test`` (10 000) splits on ``device``."""
+    """MNIST decoded once: ``train`` (60 000) and ``test`` (10 000) ``Split``s on ``device``."""
 
     train: Split
     test: Split
@@ -187,8 +205,8 @@ _LOCK = threading.Lock()
 
 
 def normalise(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels (N, 28, 28) → float32 (N, 1, 28, 28), scaled to [0, 1] then normalised as the seeds do."""
-    x = pixels.to(torch.float32)  # one float copy, then in place: decoding peaks at 1× the float size
+    """uint8 pixels (N, 28, 28) → float32 (N, 1, 28, 28): ToTensor's x / 255, then Normalize(MEAN, STD)."""
+    x = pixels.to(torch.float32)  # one float copy, then in place
     return x.div_(255.0).sub_(MEAN).div_(STD).unsqueeze(1)
 
 
@@ -196,7 +214,7 @@ def _decode(root: Path, train: bool, device: torch.device) -> Split:
     from torchvision.datasets import MNIST as TorchvisionMNIST
 
     ds = TorchvisionMNIST(str(root), train=train, download=False)
-    return Split(normalise(ds.data).to(device), ds.targets.to(torch.int64).to(device))
+    return Split(ds.data.to(device), ds.targets.to(torch.int64).to(device))
 
 
 def load(
@@ -218,8 +236,7 @@ def load(
         cpu_key = (str(root_path), "cpu")
         if dev.type != "cpu" and cpu_key in _CACHE:
             cpu = _CACHE[cpu_key]
-            train = Split(cpu.train.images.to(dev), cpu.train.labels.to(dev))
-            test = Split(cpu.test.images.to(dev), cpu.test.labels.to(dev))
+            train, test = cpu.train.to(dev), cpu.test.to(dev)
         else:
             if download and missing_files(root_path):
                 fetch(root_path)

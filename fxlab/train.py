@@ -289,7 +289,7 @@ def fit(
                 if step >= total:
                     break
                 idx = order[i : i + batch_size][lo:hi]
-                x, y = ds.train.images[idx], ds.train.labels[idx]
+                x, y = ds.train.batch(idx)
                 out = train_model(x)
                 loss = F.cross_entropy(out, y)
                 optimizer.zero_grad(set_to_none=True)
@@ -574,7 +574,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             recipe = Recipe(epochs=ns.epochs, lr=ns.lr, batch_size=ns.batch_size, schedule=ns.schedule, seed=ns.seed)
             if rank == 0:
                 procs = f" × {world} processes" if world > 1 else ""
-                print(f"training {ns.model} on {dev}{procs}: {ns.epochs} epochs, batch {ns.batch_size}, "
+                limit = f" (at most {ns.max_steps} steps)" if ns.max_steps else ""
+                print(f"training {ns.model} on {dev}{procs}: {ns.epochs} epochs{limit}, batch {ns.batch_size}, "
                       f"Adam {ns.schedule} lr {ns.lr:g}, data {ds.root}", flush=True)
 
             def report(r: dict[str, Any]) -> None:

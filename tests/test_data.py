@@ -85,8 +85,11 @@ def mnist_copy(tmp_path, mnist_root) -> Path:
     return tmp_path / "copy"
 
 
-def test_check_passes_on_the_real_files(mnist_copy):
+def test_check_passes_on_the_real_files(mnist_copy, capsys):
     assert data.check(mnist_copy) == mnist_copy.resolve()
+    # `python -m fxlab.data fetch` finds them intact and downloads nothing
+    assert data.main(["fetch", "--root", str(mnist_copy)]) == 0
+    assert capsys.readouterr().out == f"ok: {mnist_copy.resolve()} (4 files, MD5s match)\n"
 
 
 def test_corrupt_file_is_named_with_both_md5s_and_the_fix(mnist_copy):

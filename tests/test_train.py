@@ -61,17 +61,17 @@ def test_fit_is_reproducible_and_records_history(mnist):
     for _ in range(2):
         torch.manual_seed(1)
         model = build("simplenn")
-        history = fit(model, mnist, epochs=2, batch_size=6000, device="cpu", seed=3, progress=False)
+        history = fit(model, mnist, epochs=2, batch_size=6000, max_steps=12, device="cpu", seed=3, progress=False)
         states.append(model.state_dict())
     for k in states[0]:
         assert torch.equal(states[0][k], states[1][k]), k
     assert history.device == "cpu" and history.world_size == 1
-    assert [e["epoch"] for e in history.epochs] == [1, 2] and history.final["steps"] == 20
-    assert history.final["test_accuracy"] > 80 and history.final["train_loss"] < history.epochs[0]["train_loss"]
+    assert [e["epoch"] for e in history.epochs] == [1, 2] and history.final["steps"] == 12
+    assert history.final["test_accuracy"] > 70 and history.final["train_loss"] < history.epochs[0]["train_loss"]
     assert history.final["lr"] < 0.02 * train.DEFAULT_RECIPE.lr  # one-cycle anneals to near zero
     torch.manual_seed(0)  # a different seed draws different batches
     other = build("simplenn")
-    fit(other, mnist, epochs=1, batch_size=6000, device="cpu", seed=4, progress=False, evaluate_each_epoch=False)
+    fit(other, mnist, batch_size=6000, max_steps=2, device="cpu", seed=4, progress=False, evaluate_each_epoch=False)
     assert not torch.equal(other.fc1.weight, states[0]["fc1.weight"])
 
 
