@@ -84,7 +84,8 @@ class Evaluation(NamedTuple):
 @dataclass
 class History:
     """Per-epoch records of a ``fit``: dicts with ``epoch``, ``train_loss``, ``train_accuracy``,
-    ``test_loss``, ``test_accuracy`` (percent, or None when not evaluated), ``lr``, ``seconds``, ``steps``."""
+    ``test_loss``, ``test_accuracy`` (percent, or None when not evaluated), ``lr`` (of the epoch's last
+    step), ``seconds`` (training only), ``steps`` (optimizer steps so far)."""
 
     epochs: list[dict[str, Any]] = field(default_factory=list)
     device: str = "cpu"
@@ -272,6 +273,7 @@ def fit(
 
     history = History(device=str(dev), world_size=world)
     step = 0
+    last_lr = float(optimizer.param_groups[0]["lr"])
     rng = contextlib.ExitStack()
     if seed is not None:  # dropout masks too: seed the global generators, and restore them afterwards
         rng.enter_context(torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []))
@@ -295,6 +297,7 @@ def fit(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                last_lr = optimizer.param_groups[0]["lr"]  # the rate this step used
                 if scheduler is not None:
                     scheduler.step()
                 step += 1
@@ -319,7 +322,7 @@ def fit(
                 "train_accuracy": 100.0 * correct / max(count, 1),
                 "test_loss": None,
                 "test_accuracy": None,
-                "lr": float(optimizer.param_groups[0]["lr"]),
+                "lr": float(last_lr),
                 "seconds": seconds,
             }
             if evaluate_each_epoch:
