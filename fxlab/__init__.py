@@ -38,7 +38,7 @@ __version__ = "0.1.0"
 # Heavier parts load on first use, so that `import fxlab` stays light and `python -m fxlab.show`
 # (and the other commands) never find their own module already imported.
 _LAZY = {
-    "render": "fxlab.render",
+    "render": "fxlab.rendering",
     "load": "fxlab.io",
     "save": "fxlab.io",
     "export_onnx": "fxlab.io",

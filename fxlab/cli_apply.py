@@ -1,0 +1,60 @@
+"""``python -m fxlab.apply FILE PIPELINE -o OUT``: the command line of :func:`fxlab.apply`.
+
+Loads FILE (any file :func:`fxlab.load` reads, or a seed model name), applies PIPELINE, prints
+what each pass did, and writes OUT by its extension: ``.onnx`` (ONNX, input ``images``, output
+``numbers``, dynamic batch), ``.pt2`` (``torch.export``), anything else fxlab's own model file
+(:func:`fxlab.save`; ``python -m fxlab.show OUT`` reads it back).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    from . import cli
+    from .io import export_onnx, export_program, load_source, save
+    from .pipeline import PassRecords, apply, parse_pipeline
+
+    p = cli.parser("python -m fxlab.apply", "Apply a pipeline to a model file and save the result.")
+    p.add_argument("file", metavar="FILE", help="a model file, or a seed model name")
+    p.add_argument("pipeline", metavar="PIPELINE",
+                   help='pipeline text, e.g. "fuse-linear-relu,quantize-linear{mode=dynamic}"')
+    p.add_argument("-o", "--output", metavar="OUT", required=True,
+                   help="where to write: .onnx, .pt2, else fxlab's model format")
+    p.add_argument("--model", metavar="NAME", help="architecture from fxlab.models to load the file's weights into")
+    p.add_argument("--trust", action="store_true",
+                   help="allow a whole pickled module to load: this runs code from the file")
+    p.add_argument("--act", metavar="NAME",
+                   help="activation between the layers of a state dict rebuilt as a generic MLP")
+    ns = p.parse_args(argv)
+
+    passes = parse_pipeline(ns.pipeline)  # a typo fails before the model loads
+    loaded = load_source(ns.file, model=ns.model, trust=ns.trust, act=ns.act)
+    gm = apply(loaded.model, passes)
+    done = gm.meta.get("fxlab.records", [])[-len(passes):]
+    print(PassRecords(done).table())
+    suffix = Path(ns.output).suffix.lower()
+    if suffix == ".onnx":
+        written, what = export_onnx(gm, ns.output), "ONNX, checked with onnxruntime"
+    elif suffix == ".pt2":
+        written, what = export_program(gm, ns.output), "torch.export program"
+    else:
+        base = (loaded.arch, loaded.kwargs) if loaded.arch else None
+        written = save(gm, ns.output, base=base)
+        what = f"fxlab model: {loaded.arch} + {gm.meta.get('fxlab.pipeline', '')}"
+    print(f"wrote {written} ({what})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``python -m fxlab.apply`` with ``argv``; returns the exit code."""
+    from . import cli
+
+    return cli.run(_main, argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,383 @@
+"""fxlab.io: every model-file shape the seeds make, loaded safely; fxlab.save; ONNX and torch.export."""
+
+from __future__ import annotations
+
+import copy
+import os
+import pickle
+import sys
+import zipfile
+from pathlib import Path
+
+import io_models
+import pytest
+import torch
+from torch import nn
+
+import fxlab
+from fxlab.io import MLP, load_file, write_atomic
+from fxlab.models import build, names
+
+X = torch.randn(5, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+
+
+def trained_like(model: nn.Module) -> nn.Module:
+    """A model with non-default BatchNorm statistics (as after training), in eval mode."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm1d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    return model.eval()
+
+
+# -- bare state dicts ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", names())
+def test_bare_state_dict_of_each_seed_loads_as_that_seed(name: str, tmp_path: Path) -> None:
+    model = trained_like(build(name))
+    path = tmp_path / "model_state_dict.pth"
+    torch.save(model.state_dict(), path)  # seed 000's way
+    loaded = load_file(path)
+    assert loaded.kind == "state dict" and loaded.arch == name
+    assert type(loaded.model) is type(model) and not loaded.model.training
+    assert torch.equal(loaded.model(X), model(X))
+
+
+def test_seed_kwargs_are_inferred_from_shapes(tmp_path: Path) -> None:
+    model = build("mymnist", hidden_layers=(64,)).eval()
+    torch.save(model.state_dict(), tmp_path / "m.pth")
+    loaded = load_file(tmp_path / "m.pth")
+    assert (loaded.arch, loaded.kwargs) == ("mymnist", {"hidden_layers": [64]})
+    assert torch.equal(loaded.model(X), model(X))
+
+
+def test_unknown_state_dict_becomes_a_generic_mlp_with_the_same_names(tmp_path: Path) -> None:
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 100), nn.BatchNorm1d(100), nn.ReLU(),
+        nn.Linear(100, 40), nn.LayerNorm(40), nn.ReLU(), nn.Linear(40, 10),
+    )
+    trained_like(model)
+    torch.save(model.state_dict(), tmp_path / "mlp.pth")
+    loaded = load_file(tmp_path / "mlp.pth")
+    assert loaded.arch == "mlp" and isinstance(loaded.model, MLP)
+    assert list(loaded.model.state_dict()) == list(model.state_dict())
+    assert torch.allclose(loaded.model(X), model(X), atol=1e-6)
+    assert "1 Linear(784→100) → 2 BatchNorm1d(100) → relu → 4 Linear(100→40)" in loaded.description
+
+
+def test_act_overrides_the_activation_of_a_generic_mlp(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 30), nn.GELU(), nn.Linear(30, 10)).eval()
+    torch.save(model.state_dict(), tmp_path / "gelu.pth")
+    assert not torch.allclose(fxlab.load(tmp_path / "gelu.pth")(X), model(X))
+    assert torch.allclose(fxlab.load(tmp_path / "gelu.pth", act="gelu")(X), model(X), atol=1e-6)
+    with pytest.raises(fxlab.LoadError, match="unknown activation 'gelo'.*closest: gelu"):
+        fxlab.load(tmp_path / "gelu.pth", act="gelo")
+
+
+def test_generic_mlp_follows_the_sizes_when_registration_order_differs(tmp_path: Path) -> None:
+    class Backwards(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.out = nn.Linear(20, 10)
+            self.hidden = nn.Linear(784, 20)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(torch.relu(self.hidden(x.flatten(1))))
+
+    model = Backwards().eval()
+    torch.save(model.state_dict(), tmp_path / "b.pth")
+    assert torch.equal(fxlab.load(tmp_path / "b.pth")(X), model(X))
+
+
+def test_model_option_loads_weights_into_a_named_architecture(tmp_path: Path) -> None:
+    model = build("neuralnetwork").eval()
+    torch.save(model.state_dict(), tmp_path / "nn.pth")
+    assert torch.equal(fxlab.load(tmp_path / "nn.pth", model="neuralnetwork")(X), model(X))
+    with pytest.raises(fxlab.LoadError, match="do not fit model 'mymodule': missing layer1.weight"):
+        fxlab.load(tmp_path / "nn.pth", model="mymodule")
+
+
+# -- checkpoint dicts ---------------------------------------------------------------------------
+
+
+def test_seed_002_checkpoint(tmp_path: Path) -> None:
+    model = trained_like(build("simplenn"))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    loss = model(torch.randn(8, 1, 28, 28)).sum()
+    loss.backward()
+    optimizer.step()
+    model.eval()
+    history = {"train_loss": [0.5, 0.3], "train_acc": [90.0, 95.0], "val_loss": [0.2, 0.1],
+               "val_acc": [96.0, 97.5], "learning_rates": [1e-3, 1e-3]}
+    torch.save({"model_state_dict": model.state_dict(), "optimizer_state_dict": optimizer.state_dict(),
+                "history": history, "final_val_acc": 97.5}, tmp_path / "mnist_model.pth")
+    loaded = load_file(tmp_path / "mnist_model.pth")
+    assert loaded.kind == "checkpoint" and loaded.arch == "simplenn"
+    assert loaded.metadata["final_val_acc"] == 97.5 and loaded.metadata["history"] == history
+    assert torch.equal(loaded.model(X), model(X))
+
+
+def test_fxlab_training_checkpoint(tmp_path: Path) -> None:
+    from fxlab.train import save_checkpoint
+
+    model = build("linear-relu-stack").eval()
+    path = save_checkpoint(tmp_path / "ckpt.pth", model, name="linear-relu-stack", accuracy=97.0)
+    loaded = load_file(path)
+    assert loaded.kind == "fxlab checkpoint" and loaded.arch == "linear-relu-stack"
+    assert loaded.metadata["accuracy"] == 97.0
+    assert torch.equal(loaded.model(X), model(X))
+
+
+def test_checkpoint_naming_a_model_and_a_state_dict(tmp_path: Path) -> None:
+    model = build("mymodule").eval()
+    torch.save({"model": "mymodule", "state_dict": model.state_dict(), "epoch": 3}, tmp_path / "c.pth")
+    assert torch.equal(fxlab.load(tmp_path / "c.pth")(X), model(X))
+
+
+# -- whole pickled modules ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", [io_models.MyMNIST, io_models.NeuralNetwork])
+def test_whole_pickled_module_needs_trust(cls: type, tmp_path: Path) -> None:
+    model = cls().eval()
+    torch.save(model, tmp_path / "mnist.model")  # seeds 003/004's way
+    with pytest.raises(fxlab.LoadError, match=rf"whole pickled module \(class io_models\.{cls.__name__}.*--trust"):
+        fxlab.load(tmp_path / "mnist.model")
+    loaded = fxlab.load(tmp_path / "mnist.model", trust=True)
+    assert type(loaded) is cls and torch.equal(loaded(X), model(X))
+    # the weights of a trusted pickle can go into an fxlab architecture
+    ours = fxlab.load(tmp_path / "mnist.model", trust=True, model="mymnist" if cls is io_models.MyMNIST
+                      else "linear-relu-stack")
+    assert torch.equal(ours(X), model(X))
+
+
+def test_trusted_pickle_whose_class_is_gone_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    gone = types.ModuleType("fxlab_gone_models")
+
+    class MyMNIST(io_models.MyMNIST):
+        pass
+
+    MyMNIST.__module__ = gone.__name__
+    MyMNIST.__qualname__ = "MyMNIST"
+    gone.MyMNIST = MyMNIST
+    monkeypatch.setitem(sys.modules, gone.__name__, gone)
+    model = MyMNIST().eval()
+    torch.save(model, tmp_path / "gone.model")
+    monkeypatch.delitem(sys.modules, gone.__name__)
+    with pytest.raises(fxlab.LoadError, match=r"needs class fxlab_gone_models\.MyMNIST.*--model mymnist"):
+        fxlab.load(tmp_path / "gone.model", trust=True)
+    assert torch.equal(fxlab.load(tmp_path / "gone.model", trust=True, model="mymnist")(X), model(X))
+
+
+# -- hostile and broken files -------------------------------------------------------------------
+
+
+def _hostile_files(tmp_path: Path, marker: Path) -> dict[str, Path]:
+    files = {
+        "raw pickle": tmp_path / "evil.pkl",
+        "torch.save": tmp_path / "evil.pth",
+        "os.system": tmp_path / "system.pth",
+        "legacy format": tmp_path / "legacy.pth",
+    }
+    files["raw pickle"].write_bytes(pickle.dumps(io_models.Payload(str(marker))))
+    torch.save({"model_state_dict": io_models.Payload(str(marker))}, files["torch.save"])
+    torch.save(io_models.SystemPayload(str(marker)), files["os.system"])
+    torch.save({"x": io_models.Payload(str(marker))}, files["legacy format"], _use_new_zipfile_serialization=False)
+    return files
+
+
+@pytest.mark.parametrize("trust", [False, True])
+def test_hostile_pickle_never_runs(trust: bool, tmp_path: Path) -> None:
+    marker = tmp_path / "PWNED"
+    for kind, path in _hostile_files(tmp_path, marker).items():
+        with pytest.raises(fxlab.LoadError, match="refused") as info:
+            fxlab.load(path, trust=trust)
+        assert "\n" not in str(info.value), kind
+        assert not marker.exists(), f"the payload of the {kind} file ran"
+
+
+def test_broken_files_give_one_line_errors(tmp_path: Path) -> None:
+    good = tmp_path / "good.pth"
+    torch.save(build("mymodule").state_dict(), good)
+    data = good.read_bytes()
+    (tmp_path / "truncated.pth").write_bytes(data[: len(data) // 2])
+    (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "text.pth").write_text("not a model\n")
+    (tmp_path / "model.onnx").write_bytes(b"\x08\x07\x12\x07pytorch")
+    (tmp_path / "folder").mkdir()
+    with zipfile.ZipFile(good) as zf, zipfile.ZipFile(tmp_path / "bad-pickle.pth", "w") as out:
+        for item in zf.infolist():
+            body = zf.read(item)
+            out.writestr(item, body[: len(body) // 3] if item.filename.endswith("data.pkl") else body)
+    torch.save(nn.Conv2d(1, 4, 3).state_dict(), tmp_path / "conv.pth")
+    torch.save({"epoch": 3, "lr": 0.1}, tmp_path / "nostate.pth")
+    torch.save(torch.zeros(3), tmp_path / "tensor.pth")
+    cases = {
+        "missing.pth": "no such file",
+        "folder": "is a folder",
+        "empty.pth": "is empty",
+        "text.pth": "not a PyTorch file",
+        "model.onnx": "ONNX file",
+        "truncated.pth": "truncated or corrupt",
+        "bad-pickle.pth": "truncated or corrupt",
+        "conv.pth": r"not a state dict of an MLP: weight has shape \[4, 1, 3, 3\]",
+        "nostate.pth": "no state dict",
+        "tensor.pth": "holds a Tensor",
+    }
+    for name, message in cases.items():
+        with pytest.raises(fxlab.LoadError, match=message) as info:
+            fxlab.load(tmp_path / name)
+        assert "\n" not in str(info.value), name
+
+
+# -- saving -------------------------------------------------------------------------------------
+
+PIPELINES = ["insert-relu{after=*3}", "fold-batchnorm,remove-dropout,fuse-linear-relu"]
+
+
+@pytest.mark.parametrize("name", names())
+def test_save_and_load_round_trip(name: str, tmp_path: Path) -> None:
+    model = trained_like(build(name))
+    for i, pipeline in enumerate(PIPELINES):
+        try:
+            gm = fxlab.apply(model, pipeline)
+        except fxlab.PassError:  # the selector matches nothing in this model
+            continue
+        path = fxlab.save(gm, tmp_path / f"{i}.pth")
+        raw = torch.load(path, weights_only=True)
+        assert raw["format"] == fxlab.io.FORMAT and raw["arch"] == name and raw["pipeline"] == pipeline
+        loaded = load_file(path)
+        assert loaded.kind == "fxlab model" and loaded.pipeline == pipeline
+        assert fxlab.format_graph(loaded.model) == fxlab.format_graph(gm)
+        assert torch.equal(loaded.model(X), gm.eval()(X))
+
+
+def test_save_a_loaded_generic_mlp_after_a_pipeline(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 50), nn.ReLU(), nn.Linear(50, 10)).eval()
+    torch.save(model.state_dict(), tmp_path / "seq.pth")
+    gm = fxlab.apply(fxlab.load(tmp_path / "seq.pth"), "fuse-linear-relu")
+    loaded = load_file(fxlab.save(gm, tmp_path / "fused.pth"))
+    assert loaded.arch == "mlp" and torch.equal(loaded.model(X), model(X))
+
+
+def test_save_refuses_a_graph_changed_outside_passes(tmp_path: Path) -> None:
+    gm = fxlab.trace(build("mymodule"))
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    with gm.graph.inserting_before(out):
+        neg = gm.graph.call_function(torch.neg, (out.args[0],))
+    out.args = (neg,)
+    gm.recompile()
+    with pytest.raises(fxlab.ExportError, match="does not reproduce it"):
+        fxlab.save(gm, tmp_path / "x.pth")
+    assert not (tmp_path / "x.pth").exists()
+
+
+QUANT_MODES = ["dynamic", "weight-only", "bf16", "fp16", "static"]
+
+
+@pytest.mark.parametrize("mode", QUANT_MODES)
+def test_quantized_models_save_and_load_through_the_state_dict(mode: str, tmp_path: Path) -> None:
+    if "quantize-linear" not in fxlab.registered_passes():
+        pytest.skip("quantize-linear is not built yet")
+    from fxlab.passes import QuantizeLinear
+
+    model = trained_like(build("simplenn"))
+    calibration = [torch.randn(32, 1, 28, 28) for _ in range(2)] if mode == "static" else None
+    gm = fxlab.apply(model, [QuantizeLinear(mode=mode, calibration=calibration)])
+    path = fxlab.save(gm, tmp_path / f"{mode}.pth")
+    raw = torch.load(path, weights_only=True)
+    assert raw["pipeline"] == f"quantize-linear{{mode={mode}}}"
+    loaded = fxlab.load(path)
+    assert fxlab.format_graph(loaded) == fxlab.format_graph(gm)
+    assert torch.equal(loaded(X), gm.eval()(X))
+
+
+# -- writing atomically -------------------------------------------------------------------------
+
+
+def test_write_atomic_leaves_nothing_behind_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "out.pth"
+
+    def half_then_fail(tmp: str) -> None:
+        Path(tmp).write_bytes(b"partial")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        write_atomic(target, half_then_fail)
+    assert list(tmp_path.iterdir()) == []
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        write_atomic(target, half_then_fail)
+    assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
+    write_atomic(target, "new")
+    assert target.read_text() == "new" and list(tmp_path.iterdir()) == [target]
+
+
+# -- export -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,pipeline", [("mymnist", None), ("simplenn", "fold-batchnorm,fuse-linear-relu")])
+def test_onnx_export_matches_pytorch_in_onnxruntime(name: str, pipeline: str | None, tmp_path: Path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    model = trained_like(build(name))
+    gm = fxlab.apply(model, pipeline) if pipeline else model
+    path = fxlab.export_onnx(gm, tmp_path / "mnist.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (inp,), (out,) = session.get_inputs(), session.get_outputs()
+    assert (inp.name, out.name) == ("images", "numbers")
+    assert isinstance(inp.shape[0], str) and isinstance(out.shape[0], str)  # the dynamic batch axis
+    for batch in (1, 7):
+        x = torch.randn(batch, 1, 28, 28)
+        got = session.run(["numbers"], {"images": x.numpy()})[0]
+        torch.testing.assert_close(torch.from_numpy(got), model(x).detach(), rtol=1e-4, atol=1e-5)
+    assert [p.name for p in tmp_path.iterdir()] == ["mnist.onnx"]
+
+
+def test_onnx_export_of_static_int8_is_a_clear_error(tmp_path: Path) -> None:
+    if "quantize-linear" not in fxlab.registered_passes():
+        pytest.skip("quantize-linear is not built yet")
+    pytest.importorskip("onnxscript")
+    from fxlab.passes import QuantizeLinear
+
+    calibration = [torch.randn(16, 1, 28, 28)]
+    gm = fxlab.apply(build("mymodule").eval(), [QuantizeLinear(mode="static", calibration=calibration)])
+    with pytest.raises(fxlab.ExportError, match="ONNX cannot express") as info:
+        fxlab.export_onnx(gm, tmp_path / "q.onnx")
+    assert "\n" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_torch_export_program_loads_and_matches(tmp_path: Path) -> None:
+    model = trained_like(build("linear-relu-stack"))
+    gm = fxlab.apply(model, "insert-relu{after=linear_relu_stack.4}")
+    path = fxlab.export_program(gm, tmp_path / "model.pt2")
+    program = torch.export.load(str(path))
+    for batch in (1, 9):
+        x = torch.randn(batch, 1, 28, 28)
+        assert torch.equal(program.module()(x), gm(x))
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt2"]
+    with pytest.raises(fxlab.LoadError, match="torch.export program"):
+        fxlab.load(path)
+
+
+def test_export_leaves_the_model_in_its_mode() -> None:
+    model = build("simplenn")
+    before = copy.deepcopy(model.state_dict())
+    fxlab.io.example_batch(model)
+    assert model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+# -- the fxlab.apply shim -----------------------------------------------------------------------
+
+
+def test_fxlab_apply_stays_the_function() -> None:
+    import importlib
+
+    with pytest.raises(ImportError, match="fxlab.apply is the function"):
+        importlib.import_module("fxlab.apply")
+    assert callable(fxlab.apply) and fxlab.apply.__module__ == "fxlab.pipeline"
+    assert "fxlab.apply" not in sys.modules and os.path.exists(Path(fxlab.__file__).parent / "apply.py")
