@@ -332,6 +332,13 @@ def idx_from_pickle(obj: object) -> dict[str, bytes]:
     }
 
 
+def default_mode() -> int:
+    """The permissions a new file gets here (0o666 less the umask), for files made via mkstemp (0o600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -340,6 +347,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, default_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -418,8 +426,9 @@ def fetch(root: str | os.PathLike[str] | None = None, *, force: bool = False) ->
                         del _CACHE[key]
                 return check(root_path)
             except Exception as exc:  # noqa: BLE001 - every failure falls through to the next source
-                log.warning("%s failed: %s", source, exc)
-                errors.append(f"{source}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+                reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+                log.warning("%s failed: %s", source, reason)
+                errors.append(f"{source}: {reason}")
     raise DataError(f"could not fetch MNIST into {raw} ({'; '.join(errors)}); copy the four *-ubyte files there by hand")
 
 
