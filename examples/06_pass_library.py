@@ -48,7 +48,7 @@ print(exact.summary())
 fused = exact.model
 
 # 2. quantization modes on the fused model: accuracy within budget, smaller, faster? -------------
-calibration = [mnist.train.images[i : i + 256] for i in range(0, 1024, 256)]  # for static mode
+calibration = [mnist.train.batch(slice(i, i + 256))[0] for i in range(0, 1024, 256)]  # for static mode
 x = mnist.test.images[:256]
 
 

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .cli import parser, run
+from .cli import UsageError, parser, run
 
 SUITES = ("inference", "passes", "training")
 
@@ -342,6 +342,9 @@ def environment(device: Any) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "fxlab": fxlab.__version__,
+        "threading_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")
+                          if k in os.environ},
+        "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
     try:
         import torchvision
@@ -691,9 +694,16 @@ def _ms(seconds: float) -> str:
     return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 100 else f"{ms:.0f}"
 
 
-def inference_tables(result: dict[str, Any]) -> str:
+def _clip(text: str, width: int = 44) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def inference_tables(result: dict[str, Any], fmt: str = "simple") -> str:
+    """One table per batch size (terminal), or one compact table of all batch sizes (markdown)."""
     from tabulate import tabulate
 
+    if fmt != "simple":
+        return _inference_compact(result, fmt)
     out = []
     headers = ["model", "variant", "latency ms", "spread", "images/s", "speed-up", "peak tensors", "state dict"]
     for batch in result["batches"]:
@@ -707,9 +717,39 @@ def inference_tables(result: dict[str, Any]) -> str:
                               f"{r['throughput']:,.0f}", speed, _bytes(r.get("peak_tensor_bytes")),
                               _bytes(r.get("state_dict_bytes"))])
             else:
-                table.append([r["model"], r["variant"], r["status"], "", "", "", "", _bytes(r.get("state_dict_bytes"))])
-        out.append(f"inference, batch {batch} ({result['device']}):\n" + tabulate(table, headers=headers, tablefmt="simple"))
+                table.append([r["model"], r["variant"], _clip(r["status"]), "", "", "", "",
+                              _bytes(r.get("state_dict_bytes"))])
+        out.append(f"inference, batch {batch} ({result['device']}):\n" + tabulate(table, headers=headers, tablefmt=fmt))
     return "\n\n".join(out)
+
+
+def _inference_compact(result: dict[str, Any], fmt: str) -> str:
+    from tabulate import tabulate
+
+    batches = result["batches"]
+    top = max(batches)
+    headers = ["model", "variant"]
+    for b in batches:
+        headers += [f"batch {b:,}: ms (±IQR)", "speed-up"]
+    headers += [f"peak tensors (batch {top:,})", "state dict"]
+    table = []
+    pairs = list(dict.fromkeys((r["model"], r["variant"]) for r in result["rows"]))
+    for model, variant in pairs:
+        row = [model, variant]
+        rows = {r["batch"]: r for r in result["rows"] if r["model"] == model and r["variant"] == variant}
+        for b in batches:
+            r = rows.get(b)
+            if r is None:
+                row += ["", ""]
+            elif r.get("status") == "ok":
+                row += [f"{_ms(r['latency']['median_s'])} (±{r['spread'] * 100:.0f}%)",
+                        "—" if r["speedup"] is None else f"{r['speedup']:.2f}×"]
+            else:
+                row += [_clip(r["status"], 36), ""]
+        last = rows.get(top) or {}
+        row += [_bytes(last.get("peak_tensor_bytes")), _bytes(last.get("state_dict_bytes"))]
+        table.append(row)
+    return tabulate(table, headers=headers, tablefmt=fmt, disable_numparse=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -939,7 +979,7 @@ def passes_suite(cfg: Config) -> dict[str, Any]:
     }
 
 
-def passes_tables(result: dict[str, Any]) -> str:
+def passes_tables(result: dict[str, Any], fmt: str = "simple") -> str:
     from tabulate import tabulate
 
     impls = ["fxlab.apply", "hand-written torch.fx", "torch.ao fuse_fx", "trace only"]
@@ -958,11 +998,13 @@ def passes_tables(result: dict[str, Any]) -> str:
         cells.append("—" if ratio["fxlab_over_hand"] is None else f"{ratio['fxlab_over_hand']:.2f}×")
         table.append(cells)
     headers = ["change", "layers", *[f"{i} ms" for i in impls], "fxlab / hand"]
-    text = "pass application (ms per call, median ± IQR/median):\n" + tabulate(table, headers=headers, tablefmt="simple")
+    text = "pass application (ms per call, median ± IQR/median):\n\n" + tabulate(table, headers=headers, tablefmt=fmt,
+                                                                                   disable_numparse=True)
     if result["growth"]:
         g = [[x["change"], x["implementation"], f"{x['depths'][0]}→{x['depths'][1]}", f"{x['time_ratio']:.2f}×"]
              for x in result["growth"]]
-        text += "\n\ngrowth with depth:\n" + tabulate(g, headers=["change", "implementation", "layers", "time ratio"], tablefmt="simple")
+        text += "\n\ngrowth with depth:\n\n" + tabulate(g, headers=["change", "implementation", "layers", "time ratio"],
+                                                        tablefmt=fmt, disable_numparse=True)
     return text
 
 
@@ -1153,7 +1195,7 @@ def _limit(data: Any, train_limit: int | None, test_limit: int | None) -> Any:
     from .data import MNIST, Split
 
     def cut(split: Split, n: int | None) -> Split:
-        return Split(split.images[:n], split.labels[:n]) if n else split
+        return Split(split.pixels[:n], split.labels[:n]) if n else split
 
     return MNIST(train=cut(data.train, train_limit), test=cut(data.test, test_limit), root=data.root,
                  device=data.device)
@@ -1194,7 +1236,7 @@ def _training_rss(root: str, cfg: Config) -> dict[str, Any]:
             "what": f"ru_maxrss of a fresh Python process: import torch + fxlab, load MNIST, train mymodule {what}"}
 
 
-def training_tables(result: dict[str, Any]) -> str:
+def training_tables(result: dict[str, Any], fmt: str = "simple") -> str:
     from tabulate import tabulate
 
     if not result.get("rows"):
@@ -1207,14 +1249,18 @@ def training_tables(result: dict[str, Any]) -> str:
         else:
             table.append([r["phase"], r["implementation"], r["status"], "", ""])
     text = (f"training mymodule on {result['device']} ({result['train_images']} train / {result['test_images']} test "
-            "images):\n" + tabulate(table, headers=["phase", "implementation", "seconds", "spread", "test accuracy"],
-                                    tablefmt="simple"))
+            "images):\n\n" + tabulate(table, headers=["phase", "implementation", "seconds", "spread", "test accuracy"],
+                                      tablefmt=fmt, disable_numparse=True))
+    notes = []
     if result.get("recipe"):
         r = result["recipe"]
-        text += f"\nfxlab default recipe: {r['accuracy']:.2f}% test accuracy in {r['seconds']:.0f} s"
+        epochs = r.get("recipe", {}).get("epochs", "?")
+        notes.append(f"fxlab's default recipe ({epochs} epochs): {r['accuracy']:.2f}% test accuracy in {r['seconds']:.0f} s")
     if result.get("memory", {}).get("peak_rss_bytes"):
-        text += f"\npeak RSS of a training process: {result['memory']['peak_rss_bytes'] / 2**20:.0f} MB"
-    return text
+        notes.append(f"peak RSS of a training process ({result['memory'].get('what', '')}): "
+                     f"{result['memory']['peak_rss_bytes'] / 2**20:.0f} MB")
+    notes.append("data loading, timed apart: " + ", ".join(f"{k} {v:.2f} s" for k, v in result["data_load_s"].items()))
+    return text + "\n\n" + "\n".join(("- " if fmt != "simple" else "") + n for n in notes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1243,11 +1289,11 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
-def targets_table(targets: list[dict[str, Any]]) -> str:
+def targets_table(targets: list[dict[str, Any]], fmt: str = "simple") -> str:
     from tabulate import tabulate
 
     rows = [Target(**t).row() for t in targets]
-    return "targets:\n" + tabulate(rows, headers=TARGET_HEADERS, tablefmt="simple")
+    return "targets:\n\n" + tabulate(rows, headers=TARGET_HEADERS, tablefmt=fmt, disable_numparse=True)
 
 
 def run_benchmarks(cfg: Config, suites: Sequence[str]) -> dict[str, Any]:
@@ -1273,22 +1319,26 @@ def run_benchmarks(cfg: Config, suites: Sequence[str]) -> dict[str, Any]:
     return result
 
 
-def report(result: dict[str, Any]) -> str:
-    """The terminal report: environment, each suite's tables, the targets."""
+def machine(result: dict[str, Any]) -> str:
+    """One line naming what the run measured on."""
     env = result["environment"]
-    head = (f"fxlab {env['fxlab']} · torch {env['torch']} · {env['device']} · {env['cpu']} · "
-            f"{env['cpu_count']} cores, {env['torch_threads']} torch threads · {env['date']}"
-            + (" · QUICK (indicative only)" if result["config"]["quick"] else ""))
-    parts = [head]
-    if "inference" in result:
-        parts.append(inference_tables(result["inference"]))
-    if "passes" in result:
-        parts.append(passes_tables(result["passes"]))
-    if "training" in result:
-        parts.append(training_tables(result["training"]))
+    gpu = f" ({env['gpu']})" if env.get("gpu") else ""
+    return (f"fxlab {env['fxlab']} · torch {env['torch']} · {env['device']}{gpu} · {env['cpu']}, "
+            f"{env['cpu_count']} cores, {env['torch_threads']} torch threads · Python {env['python']} · "
+            f"{env['date']}" + (" · QUICK (indicative only)" if result["config"]["quick"] else ""))
+
+
+def report(result: dict[str, Any], fmt: str = "simple") -> str:
+    """The report: the machine, each suite's tables, the targets (``fmt="github"``: Markdown)."""
+    parts = [machine(result)]
+    for suite, tables in (("inference", inference_tables), ("passes", passes_tables), ("training", training_tables)):
+        if suite in result:
+            if fmt != "simple":
+                parts.append(f"**{suite}** — {result[suite].get('method', '')}")
+            parts.append(tables(result[suite], fmt))
     if result["targets"]:
-        parts.append(targets_table(result["targets"]))
-    parts.append(f"total {result['seconds']:.0f} s")
+        parts.append(targets_table(result["targets"], fmt))
+    parts.append(f"total {result['seconds']:.0f} s · reproduce: `{result['command']}`")
     return "\n\n".join(parts)
 
 
@@ -1301,11 +1351,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", metavar="OUT", help="write every figure to this JSON file (atomically)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: CUDA when available)")
     p.add_argument("--data", help="MNIST root (default: FXLAB_DATA, else fxlab's data folder)")
+    p.add_argument("--markdown", action="store_true", help="print the tables as Markdown (for the README)")
+    p.add_argument("--load", metavar="JSON", help="print the report of a saved --json file instead of running")
     args = p.parse_args(argv)
+    fmt = "github" if args.markdown else "simple"
+    if args.load:
+        try:
+            result = json.loads(Path(args.load).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot read {args.load}: {exc}") from exc
+        print(report(result, fmt))
+        return 0
     suites = args.suite or list(SUITES)
     cfg = Config.quick_config(device=args.device, data=args.data) if args.quick else Config(device=args.device, data=args.data)
     result = run_benchmarks(cfg, suites)
-    print(report(result))
+    print(report(result, fmt))
     if args.json:
         write_json_atomic(args.json, result)
         print(f"\nwrote {args.json}")
