@@ -566,6 +566,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             if getattr(ns, opt) < 1:
                 raise cli.UsageError(f"--{opt.replace('_', '-')} must be at least 1")
 
+        if ns.device:
+            try:
+                wanted = torch.device(ns.device)
+            except RuntimeError as exc:
+                raise cli.UsageError(f"--device {ns.device!r} is not a device (cpu, cuda, cuda:1, ...)") from exc
+            if wanted.type == "cuda" and not torch.cuda.is_available():
+                raise cli.UsageError("--device cuda: CUDA is not available here; use --device cpu")
         rank, world, dev = _init_distributed(ns.device)
         try:
             # rank 0 fetches MNIST if it is missing; the others wait for it, then read it (or fail as it did)

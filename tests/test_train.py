@@ -130,6 +130,8 @@ def test_cli_trains_and_saves(tmp_path, mnist_root, capsys):
 def test_cli_user_errors_are_one_line_exit_2(tmp_path, monkeypatch, capsys):
     assert train.main(["--model", "mymodul", "--out", str(tmp_path / "x.pth")]) == 2
     assert "closest: mymodule" in capsys.readouterr().err
+    assert train.main(["--model", "mymodule", "--device", "gpu", "--out", str(tmp_path / "x.pth")]) == 2
+    assert "is not a device" in capsys.readouterr().err
 
     def refused(tmp):
         raise RuntimeError("network is unreachable")
