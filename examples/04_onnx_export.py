@@ -38,7 +38,7 @@ mnist = load()  # FXLAB_DATA, else fxlab's cache folder (fetched once)
 torch.manual_seed(0)
 hidden = [int(n) for n in args.hidden.split(",")]
 model = MyMNIST(hidden_layers=hidden)
-fit(model, mnist, epochs=1 if QUICK else 3, max_steps=150 if QUICK else None, seed=0, progress=False,
+fit(model, mnist, epochs=1 if QUICK else 2, max_steps=150 if QUICK else None, seed=0, progress=False,
     device="cpu")  # on CPU, where onnxruntime runs too
 model.eval()
 print(f"MyMNIST(hidden_layers={hidden}): test accuracy {evaluate(model, mnist).accuracy:.2f}%")

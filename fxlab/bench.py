@@ -700,10 +700,17 @@ def _clip(text: str, width: int = 44) -> str:
 
 def inference_tables(result: dict[str, Any], fmt: str = "simple") -> str:
     """One table per batch size (terminal), or one compact table of all batch sizes (markdown)."""
+    compiled = [f"{r['model']} batch {r['batch']:,}: {r['latency']['first_call_s']:.1f} s" for r in result["rows"]
+                if r["variant"] == "torch.compile" and r.get("status") == "ok"]
+    note = ("\n\ntorch.compile's first call (compilation; not in the medians): " + "; ".join(compiled)) if compiled else ""
+    if fmt != "simple":
+        return _inference_compact(result, fmt) + note
+    return _inference_per_batch(result, fmt) + note
+
+
+def _inference_per_batch(result: dict[str, Any], fmt: str) -> str:
     from tabulate import tabulate
 
-    if fmt != "simple":
-        return _inference_compact(result, fmt)
     out = []
     headers = ["model", "variant", "latency ms", "spread", "images/s", "speed-up", "peak tensors", "state dict"]
     for batch in result["batches"]:
@@ -1315,17 +1322,25 @@ def run_benchmarks(cfg: Config, suites: Sequence[str]) -> dict[str, Any]:
     if "training" in suites:
         result["training"] = training_suite(cfg, device)
     result["seconds"] = time.perf_counter() - started
+    if hasattr(os, "getloadavg"):
+        result["environment"]["load_average_at_end"] = os.getloadavg()
     result["targets"] = [t for s in SUITES if s in result for t in result[s].get("targets", [])]
     return result
 
 
 def machine(result: dict[str, Any]) -> str:
-    """One line naming what the run measured on."""
+    """One line naming what the run measured on (and a warning when other work shared the CPU)."""
     env = result["environment"]
     gpu = f" ({env['gpu']})" if env.get("gpu") else ""
-    return (f"fxlab {env['fxlab']} · torch {env['torch']} · {env['device']}{gpu} · {env['cpu']}, "
+    line = (f"fxlab {env['fxlab']} · torch {env['torch']} · {env['device']}{gpu} · {env['cpu']}, "
             f"{env['cpu_count']} cores, {env['torch_threads']} torch threads · Python {env['python']} · "
             f"{env['date']}" + (" · QUICK (indicative only)" if result["config"]["quick"] else ""))
+    loads = [x[0] for x in (env.get("load_average_at_start"), env.get("load_average_at_end")) if x]
+    if loads and env.get("cpu_count") and max(loads) > env["cpu_count"]:
+        line += (f"\nnote: the machine was busy with other work (1-minute load average up to {max(loads):.1f} on "
+                 f"{env['cpu_count']} cores): absolute times are inflated and noisy; ratios measured side by side "
+                 "hold better")
+    return line
 
 
 def report(result: dict[str, Any], fmt: str = "simple") -> str:
