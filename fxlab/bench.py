@@ -34,6 +34,7 @@ import datetime
 import gc
 import io
 import json
+import logging
 import math
 import os
 import platform
@@ -542,6 +543,8 @@ def inference_suite(cfg: Config, device: Any) -> dict[str, Any]:
 
     from . import models as seed_models
 
+    # torch.compile on a CPU-only machine logs that it found no CUDA runtime: not news here
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     images, source = _mnist_images(cfg, max(cfg.batches))
     images = images.to(device)
     calibration = [images[i : i + 256] for i in range(0, min(1024, images.shape[0]), 256)]
@@ -913,7 +916,7 @@ def passes_suite(cfg: Config) -> dict[str, Any]:
             errors: dict[str, str] = {}
             for label, fn in candidates.items():
                 try:
-                    with warnings.catch_warnings():
+                    with warnings.catch_warnings(), torch.no_grad():
                         warnings.simplefilter("ignore")
                         outputs[label] = fn(model)(x)
                 except Exception as exc:
