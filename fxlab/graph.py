@@ -216,6 +216,9 @@ def args_text(node: fx.Node) -> str:
 
 def module_text(module: nn.Module) -> str:
     """One-line description of a module: ``Linear(784→128)``, ``ReLU()``, our modules' repr."""
+    if isinstance(module, LeafModule):  # fxlab's own modules (LinearReLU is an nn.Linear too)
+        text = repr(module)
+        return text if "\n" not in text else f"{type(module).__name__}(…)"
     if isinstance(module, nn.Linear):
         bias = "" if module.bias is not None else ", bias=False"
         return f"Linear({module.in_features}→{module.out_features}{bias})"

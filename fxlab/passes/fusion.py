@@ -1,5 +1,272 @@
-"""fusion passes."""
+"""Fusion passes (kind ``exact``): fewer, bigger operations computing the same function.
+
+Each pass makes one sweep over the graph, replaces modules rather than mutating them (new
+modules, new tensors; a fused module shares the parameters it does not change), and deletes
+the modules it leaves unused. Applying a pass twice gives the same graph as applying it once.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+from torch.fx.passes.infra.pass_base import PassResult
+from torch.nn.parameter import is_lazy
+
+from ..errors import PassError
+from ..nn.fused import LinearReLU
+from ..pipeline import Pass, register_pass
+from ._rewrite import ModuleUses, module_of, new_linear, plain_linear, single_input, wide
+
+__all__ = [
+    "FoldBatchNorm",
+    "FuseConsecutiveLinear",
+    "FuseLinearReLU",
+    "fold_linear_bn",
+    "merge_linears",
+    "relu_input",
+]
+
+#: ``F.relu_`` is ``torch.relu_``; ``F.relu(x, inplace=True)`` is ``F.relu`` with a keyword.
+_RELU_FUNCTIONS = (torch.relu, torch.relu_, F.relu)
+_RELU_METHODS = ("relu", "relu_")
+
+
+def relu_input(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
+    """The node that ``node`` applies a ReLU to, if ``node`` is a ReLU in any spelling, else None.
+
+    Spellings: ``nn.ReLU()`` and ``nn.ReLU(inplace=True)`` modules, ``F.relu(x)``,
+    ``F.relu(x, inplace=True)``, ``torch.relu``, ``torch.relu_`` (= ``F.relu_``), ``x.relu()``
+    and ``x.relu_()``.
+    """
+    if node.op == "call_function" and node.target in _RELU_FUNCTIONS:
+        kwargs = dict(node.kwargs)
+        args = list(node.args)
+        if node.target is F.relu:
+            if len(args) == 2:  # F.relu(x, True)
+                kwargs["inplace"] = args.pop()
+            kwargs.pop("inplace", None)
+        if len(args) == 1 and not kwargs:
+            src = args[0]
+        elif not args and set(kwargs) == {"input"}:
+            src = kwargs["input"]
+        else:
+            return None
+        return src if isinstance(src, fx.Node) else None
+    if node.op == "call_method" and node.target in _RELU_METHODS:
+        return node.args[0] if len(node.args) == 1 and not node.kwargs and isinstance(node.args[0], fx.Node) else None
+    module = module_of(gm, node)
+    if isinstance(module, nn.ReLU) and type(module).forward is nn.ReLU.forward:
+        return single_input(node)
+    return None
+
+
+@register_pass
+@dataclass
+class FuseLinearReLU(Pass):
+    """Fuse a Linear and the ReLU after it into one LinearReLU module (every ReLU spelling).
+
+    The ReLU may be an ``nn.ReLU`` module, ``F.relu``, ``torch.relu``, ``x.relu()`` or any of
+    their in-place forms. Where the Linear's output has another user (it is needed before the
+    ReLU), nothing is fused. The ``LinearReLU`` shares the Linear's parameters and takes its
+    place (same module path, so state-dict keys stay).
+
+    >>> import fxlab, torch
+    >>> from fxlab.models import build
+    >>> from fxlab.passes import FuseLinearReLU
+    >>> model = build("mymodule").eval()
+    >>> gm = fxlab.apply(model, [FuseLinearReLU()])
+    >>> print(fxlab.format_graph(gm))
+    %x = input
+    %flatten = torch.flatten(%x, 1)
+    %layer1 = layer1:LinearReLU(784→128)(%flatten)
+    %layer2 = layer2:LinearReLU(128→64)(%layer1)
+    %layer3 = layer3:Linear(64→10)(%layer2)
+    return %layer3
+    >>> x = torch.randn(4, 1, 28, 28)
+    >>> torch.allclose(gm(x), model(x))
+    True
+    """
+
+    name = "fuse-linear-relu"
+    kind = "exact"
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        uses = ModuleUses(gm)
+        changed = False
+        for node in list(gm.graph.nodes):
+            src = relu_input(gm, node)
+            if src is None or len(src.users) != 1:
+                continue
+            linear = plain_linear(gm, src)
+            if linear is None:
+                continue
+            uses.swap_module(src, LinearReLU.from_linear(linear), "relu")
+            uses.bypass(node, src)
+            changed = True
+        return PassResult(gm, changed)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def fold_linear_bn(linear: nn.Linear, bn: nn.modules.batchnorm._BatchNorm) -> nn.Linear:
+    """A new Linear computing ``bn(linear(x))`` with ``bn``'s running statistics (eval mode).
+
+    ``W' = W·γ/√(var+ε)`` row by row and ``b' = (b − mean)·γ/√(var+ε) + β``, computed in
+    float64 and stored in the Linear's dtype; the same result as torch's
+    ``torch.nn.utils.fusion.fuse_linear_bn_eval``. Neither input is modified.
+    """
+    weight = wide(linear.weight)
+    bias = wide(linear.bias) if linear.bias is not None else torch.zeros_like(weight[:, 0])
+    scale = torch.rsqrt(wide(bn.running_var) + bn.eps)
+    if bn.weight is not None:
+        scale = scale * wide(bn.weight)
+    shift = wide(bn.bias) if bn.bias is not None else torch.zeros_like(scale)
+    return new_linear(weight * scale[:, None], (bias - wide(bn.running_mean)) * scale + shift, linear)
+
+
+def _foldable_bn(module: nn.Module | None) -> nn.modules.batchnorm._BatchNorm | None:
+    if (
+        isinstance(module, nn.BatchNorm1d)
+        and type(module).forward is nn.modules.batchnorm._BatchNorm.forward
+        and not is_lazy(module.weight if module.weight is not None else module.running_mean)
+    ):
+        return module
+    return None
+
+
+def _ndim(node: fx.Node) -> int | None:
+    """The rank of a node's value if shape propagation recorded it, else None."""
+    meta = node.meta.get("tensor_meta")
+    shape = getattr(meta, "shape", None)
+    if shape is None:
+        shape = getattr(node.meta.get("val"), "shape", None)
+    return len(shape) if shape is not None else None
+
+
+@register_pass
+@dataclass
+class FoldBatchNorm(Pass):
+    """Fold an eval-mode BatchNorm1d that follows a Linear into the Linear's weight and bias.
+
+    Only where the BatchNorm is the Linear's one user and normalises its features (an
+    ``(N, C)`` output with ``C = out_features``; when shape propagation recorded another rank,
+    it is left alone). A BatchNorm in training mode normalises with batch statistics, so it
+    cannot be folded: the pass refuses with ``PassError`` (call ``model.eval()`` first). A
+    BatchNorm with ``track_running_stats=False`` always uses batch statistics and is left alone.
+
+    >>> import fxlab, torch
+    >>> from fxlab.models import build
+    >>> from fxlab.passes import FoldBatchNorm
+    >>> model = build("simplenn").eval()
+    >>> gm = fxlab.apply(model, [FoldBatchNorm()])
+    >>> [str(n.target) for n in gm.graph.nodes if n.op == "call_module"]
+    ['fc1', 'dropout', 'fc2', 'dropout', 'fc3']
+    >>> x = torch.randn(4, 1, 28, 28)
+    >>> torch.allclose(gm(x), model(x), atol=1e-6)
+    True
+    """
+
+    name = "fold-batchnorm"
+    kind = "exact"
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        # Plan first, so that a refusal leaves the graph untouched. A BatchNorm right after a
+        # folded one follows the same Linear once the first is folded: ``into`` records that.
+        into: dict[fx.Node, fx.Node] = {}  # folded BatchNorm node -> the Linear node it folds into
+        for node in gm.graph.nodes:
+            bn = _foldable_bn(module_of(gm, node))
+            src = single_input(node) if bn is not None else None
+            target = into.get(src, src)
+            linear = plain_linear(gm, target)
+            if linear is None or len(src.users) != 1 or bn.running_mean is None:
+                continue
+            if bn.num_features != linear.out_features or _ndim(src) not in (None, 2):
+                continue
+            if bn.training:
+                raise PassError(
+                    f"{self.name}: {node.target} ({type(bn).__name__}) is in training mode, where it "
+                    "normalises with the statistics of each batch, so it cannot be folded into "
+                    f"{target.target}; call model.eval() before applying {self.name}"
+                )
+            into[node] = target
+        uses = ModuleUses(gm)
+        for node, target in into.items():
+            linear, bn = gm.get_submodule(str(target.target)), gm.get_submodule(str(node.target))
+            uses.swap_module(target, fold_linear_bn(linear, bn), "folded")
+            uses.bypass(node, target)
+        return PassResult(gm, bool(into))
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def merge_linears(first: nn.Linear, second: nn.Linear) -> nn.Linear:
+    """A new Linear computing ``second(first(x))``: ``W = W₂W₁``, ``b = W₂b₁ + b₂`` (in float64)."""
+    w2 = wide(second.weight)
+    weight = w2 @ wide(first.weight)
+    bias = None
+    if first.bias is not None:
+        bias = w2 @ wide(first.bias)
+    if second.bias is not None:
+        bias = wide(second.bias) if bias is None else bias + wide(second.bias)
+    return new_linear(weight, bias, second)
+
+
+def _mergeable(first: nn.Linear, second: nn.Linear, allow_growth: bool) -> bool:
+    w1, w2 = first.weight, second.weight
+    if (w1.dtype, w1.device) != (w2.dtype, w2.device):
+        return False
+    n_in, mid, n_out = first.in_features, first.out_features, second.out_features
+    return allow_growth or n_in * n_out <= n_in * mid + mid * n_out
+
+
+@register_pass
+@dataclass
+class FuseConsecutiveLinear(Pass):
+    """Merge Linears that follow each other with nothing between into one (W = W₂W₁, b = W₂b₁ + b₂).
+
+    A Linear is merged into the Linear after it where that is its only user; a chain of Linears
+    becomes one, which takes the last one's place and module path. By default a pair is merged
+    only where the merged weight is no larger than the two it replaces (``in·out ≤ in·mid +
+    mid·out``), so a bottleneck such as 784→8→784 stays factored (fewer multiply-adds);
+    ``allow_growth=true`` merges those too.
+
+    >>> import fxlab, torch
+    >>> from fxlab.passes import FuseConsecutiveLinear
+    >>> model = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.Linear(6, 4), torch.nn.Linear(4, 2))
+    >>> gm = fxlab.apply(model, [FuseConsecutiveLinear()])
+    >>> print(fxlab.format_graph(gm))
+    %input_1 = input
+    %_2 = 2:Linear(8→2)(%input_1)
+    return %_2
+    >>> x = torch.randn(3, 8)
+    >>> torch.allclose(gm(x), model(x), atol=1e-6)
+    True
+    """
+
+    name = "fuse-consecutive-linear"
+    kind = "exact"
+
+    allow_growth: bool = False
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        uses = ModuleUses(gm)
+        changed = False
+        for node in list(gm.graph.nodes):
+            second = plain_linear(gm, node)
+            while second is not None:
+                src = single_input(node)
+                first = plain_linear(gm, src)
+                if first is None or len(src.users) != 1 or not _mergeable(first, second, self.allow_growth):
+                    break
+                second = merge_linears(first, second)
+                uses.swap_module(node, second, "merged")
+                node.args, node.kwargs = (single_input(src),), {}
+                uses.erase(src)
+                changed = True
+        return PassResult(gm, changed)
