@@ -1,0 +1,350 @@
+"""quantize-linear: numerics per module (within the error each scheme implies), torch.ao as anchor,
+state-dict size and round trip, accuracy budgets on real MNIST, golden printouts, errors."""
+
+from __future__ import annotations
+
+import copy
+import io
+import warnings
+
+import pytest
+import torch
+import torch.fx as fx
+from torch import nn
+
+import fxlab
+from fxlab.models import build
+from fxlab.nn import HalfLinear, Int8DynamicLinear, Int8StaticLinear, Int8WeightOnlyLinear, LinearReLU
+import fxlab.nn.quantized as quantized_nn
+from fxlab.passes import FuseLinearReLU, QuantizeLinear
+from fxlab.passes.quantize import MODES, structure_only
+
+MODE_NAMES = list(MODES)
+INT8_MODES = ["dynamic", "weight-only", "static"]
+BUDGETS = {"dynamic": 0.3, "weight-only": 0.3, "static": 0.5, "bf16": 0.1, "fp16": 0.1}
+QUANTIZED = (Int8DynamicLinear, Int8WeightOnlyLinear, Int8StaticLinear, HalfLinear)
+
+
+def calibration_batches(n: int = 2, size: int = 64) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return [torch.randn(size, 1, 28, 28, generator=g) for _ in range(n)]
+
+
+def quantize(model: nn.Module, mode: str, calibration=None, **options) -> fx.GraphModule:
+    if mode == "static" and calibration is None:
+        calibration = calibration_batches()
+    return fxlab.apply(model, [QuantizeLinear(mode=mode, calibration=calibration, **options)])
+
+
+def state_bytes(module: nn.Module) -> int:
+    buf = io.BytesIO()
+    torch.save(module.state_dict(), buf)
+    return buf.tell()
+
+
+# -- numerics of each quantized Linear vs a float reference with the dequantized weights ----------
+#
+# y_ref = x @ Ŵᵀ + b, Ŵ the weights the module holds (dequantized). The scheme bounds |y - y_ref|:
+# - dynamic (int8 path): x is rounded per row to s_x·q, |x - s_x·q| ≤ s_x/2, so
+#   |y - y_ref| ≤ s_x/2 · Σ_k |Ŵ_nk|  (int32 accumulation is exact);
+# - weight-only, and dynamic where the int8 GEMM does not pay off (small layers, few rows):
+#   float32 rounding only;
+# - bf16 / fp16 (unit roundoff u = 2⁻⁸ / 2⁻¹¹): activations and the output may be rounded to the
+#   half type: |y - y_ref| ≤ u · (Σ_k |x_k||Ŵ_nk| + |y_ref|);
+# - static: input rounding (s_x/2 per element, as dynamic) plus output rounding s_y/2, inside the
+#   calibrated ranges.
+# Each bound gets a float32 slack of 1e-5 · Σ_k |x_k||Ŵ_nk| (+ |b|).
+
+
+def _reference(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    w = module.dequantized_weight().double()
+    bias = module.bias.double() if module.bias is not None else 0.0
+    y = x.double() @ w.T + bias
+    magnitude = x.double().abs() @ w.abs().T + (module.bias.double().abs() if module.bias is not None else 0.0)
+    return y, magnitude
+
+
+@pytest.fixture
+def int8_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every Int8DynamicLinear call take the int8 path (thresholds at 0)."""
+    monkeypatch.setattr(quantized_nn, "CPU_MIN_WORK", 0)
+
+
+@pytest.mark.parametrize("forced", [False, True])
+@pytest.mark.parametrize("rows", [1, 16, 64])
+@pytest.mark.parametrize("shape", [(784, 128), (64, 10)])
+def test_dynamic_error_within_activation_rounding_bound(
+    request: pytest.FixtureRequest, shape: tuple[int, int], rows: int, forced: bool
+) -> None:
+    if forced:
+        request.getfixturevalue("int8_everywhere")
+    module = Int8DynamicLinear.from_float(nn.Linear(*shape))
+    x = torch.randn(rows, shape[0]) * 3
+    y_ref, magnitude = _reference(module, x)
+    err = (module(x).double() - y_ref).abs()
+    w_l1 = module.dequantized_weight().double().abs().sum(1)
+    if module.uses_int8_matmul(x):  # int8 activations, int32 accumulation
+        x_scale = x.double().abs().amax(1, keepdim=True) / 127
+        bound = x_scale / 2 * w_l1 + 1e-5 * magnitude
+        assert err.max() > 1e-4 * magnitude.max()  # the activations really were rounded
+    else:  # float activations × the same int8 weights
+        assert not forced
+        bound = 1e-5 * magnitude + 1e-6
+    assert (err <= bound).all(), f"max excess {(err - bound).max():.3g}"
+
+
+def test_dynamic_kernel_choice() -> None:
+    """int8 GEMM where it pays off on this CPU: big layers with enough rows; else weight-only math."""
+    big, small = Int8DynamicLinear.from_float(nn.Linear(784, 128)), Int8DynamicLinear.from_float(nn.Linear(64, 10))
+    assert big.uses_int8_matmul(torch.randn(256, 784)) and big.uses_int8_matmul(torch.randn(16, 784))
+    assert not big.uses_int8_matmul(torch.randn(1, 784))
+    assert not small.uses_int8_matmul(torch.randn(256, 64))
+    assert Int8DynamicLinear.from_float(nn.Linear(784, 312)).uses_int8_matmul(torch.randn(1, 784))
+
+
+def test_weight_only_is_float_math_on_the_int8_weights() -> None:
+    module = Int8WeightOnlyLinear.from_float(nn.Linear(784, 128))
+    for rows in (1, 64):
+        x = torch.randn(rows, 784)
+        y_ref, magnitude = _reference(module, x)
+        assert ((module(x).double() - y_ref).abs() <= 1e-5 * magnitude + 1e-6).all()
+    # the int8 weights are within half a step of the float ones, per output channel
+    linear = nn.Linear(784, 128)
+    module = Int8WeightOnlyLinear.from_float(linear)
+    step = module.weight_scale[:, None]
+    assert ((module.dequantized_weight() - linear.weight).abs() <= step / 2 + 1e-7).all()
+    assert module.weight.dtype == torch.int8 and module.weight.abs().max() <= 127
+
+
+@pytest.mark.parametrize("dtype, unit", [(torch.bfloat16, 2.0**-8), (torch.float16, 2.0**-11)])
+def test_half_error_within_half_rounding_bound(dtype: torch.dtype, unit: float) -> None:
+    module = HalfLinear.from_float(nn.Linear(784, 128), dtype=dtype)
+    assert module.weight.dtype == dtype
+    for rows in (1, 64):
+        x = torch.randn(rows, 784)
+        y = module(x)
+        assert y.dtype == torch.float32
+        y_ref, magnitude = _reference(module, x)
+        bound = unit * (magnitude + y_ref.abs()) + 1e-5 * magnitude
+        assert ((y.double() - y_ref).abs() <= bound).all()
+
+
+def test_static_error_within_input_and_output_rounding_bound() -> None:
+    linear = nn.Linear(784, 128)
+    x = torch.randn(64, 784)
+    probe = Int8StaticLinear.from_float(linear)  # placeholder scales: only for its weights
+    y_ref, magnitude = _reference(probe, x)
+    x_step = (x.max() - min(x.min(), 0)) / 255
+    input_error = float((x_step / 2 * probe.dequantized_weight().abs().sum(1)).max())
+    module = Int8StaticLinear.from_float(
+        linear,
+        input_range=(float(x.min()), float(x.max())),
+        output_range=(float(y_ref.min()) - input_error, float(y_ref.max()) + input_error),
+    )
+    y = module.output_dequant(module(module.input_quant(x)))
+    s_x, s_y = module.input_quant.scale.double(), module.output_dequant.scale.double()
+    bound = s_x / 2 * module.dequantized_weight().double().abs().sum(1) + s_y / 2 + 1e-5 * magnitude
+    assert ((y.double() - y_ref).abs() <= bound).all()
+
+
+def test_dynamic_error_comparable_to_torch_ao_on_the_same_weights() -> None:
+    """Same Linear, same inputs: error vs the float32 output, ours and torch.ao's quantize_dynamic."""
+    linear = nn.Linear(784, 128)
+    x = torch.randn(256, 784)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization warns that it is deprecated
+        ao = torch.ao.quantization.quantize_dynamic(nn.Sequential(copy.deepcopy(linear)), {nn.Linear}, dtype=torch.qint8)
+        with torch.no_grad():
+            ref, theirs = linear(x), ao(x)
+    with torch.no_grad():
+        ours = Int8DynamicLinear.from_float(linear)(x)
+    ours_err = (ours - ref).abs().mean().item()
+    ao_err = (theirs - ref).abs().mean().item()
+    assert ours_err <= 1.25 * ao_err, f"mean abs error: ours {ours_err:.3g}, torch.ao {ao_err:.3g}"
+
+
+# -- storage ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model_name", ["mymodule", "simplenn"])
+@pytest.mark.parametrize("mode", INT8_MODES)
+def test_int8_state_dict_at_most_0_3_of_float32(model_name: str, mode: str) -> None:
+    model = build(model_name).eval()
+    gm = quantize(model, mode)
+    assert state_bytes(gm) <= 0.3 * state_bytes(model), (state_bytes(gm), state_bytes(model))
+
+
+@pytest.mark.parametrize("mode", MODE_NAMES)
+def test_fresh_model_loads_the_state_dict_strictly(mode: str) -> None:
+    model = build("mymodule").eval()
+    gm = quantize(model, mode)
+    with structure_only():  # how fxlab.save's loader rebuilds: no calibration data at hand
+        fresh = fxlab.apply(build("mymodule").eval(), f"quantize-linear{{mode={mode}}}")
+    fresh.load_state_dict(gm.state_dict(), strict=True)
+    x = torch.randn(32, 1, 28, 28)
+    assert torch.equal(fresh(x), gm(x))
+    for _, module in gm.named_modules():
+        if isinstance(module, (Int8DynamicLinear, Int8WeightOnlyLinear, Int8StaticLinear)):
+            assert module.weight.dtype == torch.int8
+            assert module.weight_scale.dtype == torch.float32
+
+
+def test_structure_only_is_scoped() -> None:
+    with structure_only():
+        pass
+    with pytest.raises(fxlab.PassError, match="calibration"):
+        fxlab.apply(build("mymodule"), "quantize-linear{mode=static}")
+
+
+# -- accuracy on real MNIST ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model_name", ["mymodule", "simplenn"])
+@pytest.mark.parametrize("mode", [*MODE_NAMES, "dynamic, int8 everywhere"])
+def test_accuracy_drop_within_budget(request, trained, mnist, model_name: str, mode: str) -> None:
+    from fxlab.train import evaluate
+
+    if mode.endswith("int8 everywhere"):  # the scheme itself, whatever the kernel choice
+        request.getfixturevalue("int8_everywhere")
+        mode = "dynamic"
+    model = trained[model_name]
+    calibration = [mnist.train.images[i : i + 256] for i in range(0, 1024, 256)]
+    p = QuantizeLinear(mode=mode, calibration=calibration if mode == "static" else None)
+    assert p.budget == BUDGETS[mode]
+    gm = fxlab.apply(model, [p])
+    base, after = trained.accuracy(model_name), evaluate(gm, mnist).accuracy
+    assert base - after <= p.budget, f"{mode} on {model_name}: {base:.2f}% → {after:.2f}%"
+
+
+# -- printouts ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model_name", ["mymodule", "simplenn"])
+@pytest.mark.parametrize("mode", MODE_NAMES)
+def test_golden_printout(golden, model_name: str, mode: str) -> None:
+    gm = quantize(build(model_name).eval(), mode)
+    golden.check(f"quantize-linear/{mode}/{model_name}", fxlab.format_graph(gm))
+
+
+def test_module_reprs() -> None:
+    linear = nn.Linear(784, 128)
+    assert repr(Int8DynamicLinear.from_float(linear)) == "Int8DynamicLinear(784→128, per-channel)"
+    assert repr(Int8WeightOnlyLinear.from_float(linear, relu=True)) == "Int8WeightOnlyLinear(784→128, per-channel, relu)"
+    assert repr(HalfLinear.from_float(linear, dtype=torch.float16)) == "HalfLinear(784→128, fp16)"
+    assert repr(Int8StaticLinear.from_float(linear)) == "Int8StaticLinear(784→128, per-channel)"
+
+
+# -- the pass: options, text, selection, fused Linear+ReLU ---------------------------------------
+
+
+def test_pipeline_text_round_trips() -> None:
+    text = "quantize-linear{mode=dynamic exclude=layer3}"
+    (p,) = fxlab.parse_pipeline(text)
+    assert isinstance(p, QuantizeLinear) and p.exclude == "layer3" and p.kind == "approximate"
+    assert fxlab.format_pipeline([p]) == text
+    assert str(QuantizeLinear("bf16", targets=["layer1", "layer2"])) == "quantize-linear{mode=bf16 targets=layer1,layer2}"
+    # calibration data is an input, not part of the pipeline's text
+    assert str(QuantizeLinear(mode="static", calibration=calibration_batches())) == "quantize-linear{mode=static}"
+    model = build("mymodule").eval()
+    x = torch.randn(8, 1, 28, 28)
+    assert torch.equal(fxlab.apply(model, text)(x), fxlab.apply(model, [QuantizeLinear("dynamic", exclude="layer3")])(x))
+
+
+def test_targets_and_exclude_select_the_linears() -> None:
+    gm = quantize(build("mymodule").eval(), "dynamic", exclude="layer3")
+    assert isinstance(gm.layer1, Int8DynamicLinear) and isinstance(gm.layer2, Int8DynamicLinear)
+    assert type(gm.layer3) is nn.Linear
+    gm = quantize(build("linear-relu-stack").eval(), "weight-only", targets="linear_relu_stack.*")
+    kinds = [type(gm.get_submodule(f"linear_relu_stack.{i}")).__name__ for i in range(5)]
+    assert kinds == ["Int8WeightOnlyLinear", "ReLU", "Int8WeightOnlyLinear", "ReLU", "Int8WeightOnlyLinear"]
+
+
+@pytest.mark.parametrize("mode", MODE_NAMES)
+def test_callers_model_is_untouched(mode: str) -> None:
+    model = build("simplenn").eval()
+    state = copy.deepcopy(model.state_dict())
+    x = torch.randn(16, 1, 28, 28)
+    before = model(x)
+    quantize(model, mode)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    assert torch.equal(model(x), before)
+    assert not any(isinstance(m, QUANTIZED) for m in model.modules())
+
+
+@pytest.mark.parametrize("mode", MODE_NAMES)
+def test_fused_linear_relu_keeps_its_relu(mode: str) -> None:
+    model = build("mymodule").eval()
+    fused = fxlab.apply(model, [FuseLinearReLU()])
+    assert isinstance(fused.layer1, LinearReLU)
+    gm = quantize(fused, mode)
+    assert gm.layer1.relu and gm.layer2.relu and not gm.layer3.relu
+    assert repr(gm.layer1).endswith(", relu)")
+    x = torch.randn(64, 1, 28, 28)
+    for rows in (64, 1):
+        h_float = fused.layer1(torch.flatten(x[:rows], 1))
+        if mode == "static":
+            h = gm.layer1.output_dequant(gm.layer1(gm.layer1.input_quant(torch.flatten(x[:rows], 1))))
+        else:
+            h = gm.layer1(torch.flatten(x[:rows], 1))
+        assert (h >= 0).all() and ((h == 0) == (h_float == 0)).float().mean() > 0.9
+    out, ref = gm(x), model(x)
+    assert (out - ref).abs().max() <= 0.05 * ref.abs().max()
+    assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.95
+
+
+def test_static_graph_has_quantize_and_dequantize_around_each_linear() -> None:
+    gm = quantize(build("mymodule").eval(), "static")
+    ops = [(n.op, str(n.target)) for n in gm.graph.nodes if n.op == "call_module"]
+    assert ops == [
+        ("call_module", f"{layer}.{part}")
+        if part
+        else ("call_module", layer)
+        for layer in ("layer1", "layer2", "layer3")
+        for part in ("input_quant", "", "output_dequant")
+    ]
+    assert not any("observer" in name for name, _ in gm.named_modules())
+    keys = gm.state_dict().keys()
+    assert {"layer1.input_quant.scale", "layer1.input_quant.zero_point", "layer1.output_dequant.scale"} <= set(keys)
+    assert gm.layer1.input_quant.scale.item() != 1.0  # calibrated, not the placeholder
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+def test_unknown_mode_lists_the_modes() -> None:
+    with pytest.raises(fxlab.PassError, match="unknown mode 'int4'.*dynamic, weight-only, bf16, fp16, static"):
+        QuantizeLinear(mode="int4")
+    with pytest.raises(fxlab.PipelineError, match="unknown mode"):
+        fxlab.parse_pipeline("quantize-linear{mode=int4}")
+    with pytest.raises(fxlab.PipelineError, match="needs mode="):
+        fxlab.parse_pipeline("quantize-linear")
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"targets": "layer9"}, r"'layer9' matches no node \(closest: layer3, layer2, layer1\)"),
+        ({"exclude": "layer9"}, r"'layer9' matches no node"),
+        ({"targets": "relu"}, r"targets='relu' matches no nn.Linear, only relu \(torch.relu\)"),
+        ({"targets": "layer3", "exclude": "layer3"}, r"leaves no Linear to quantize"),
+    ],
+)
+def test_selection_errors(options: dict, message: str) -> None:
+    with pytest.raises(fxlab.PassError, match=message):
+        quantize(build("mymodule").eval(), "dynamic", **options)
+
+
+def test_static_without_calibration_data() -> None:
+    model = build("mymodule").eval()
+    with pytest.raises(fxlab.PassError, match=r"mode=static needs calibration data.*structure_only"):
+        fxlab.apply(model, [QuantizeLinear(mode="static")])
+    with pytest.raises(fxlab.PassError, match="holds no batch"):
+        fxlab.apply(model, [QuantizeLinear(mode="static", calibration=[])])
+
+
+def test_non_float_models_are_refused() -> None:
+    with pytest.raises(fxlab.PassError, match=r"layer1 holds float64 weights.*model.float\(\)"):
+        quantize(build("mymodule").double(), "dynamic")
+    done = quantize(build("mymodule").eval(), "dynamic")
+    with pytest.raises(fxlab.PassError, match=r"no float nn.Linear left.*already quantized: layer1 \(Int8DynamicLinear\)"):
+        quantize(done, "weight-only")
