@@ -179,6 +179,13 @@ _BARE = re.compile(r"[^\s{}\",=]+")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
 
+class _Quoted(str):
+    """A value written in double quotes: always a string, never a number or keyword."""
+
+
+_KEYWORDS = ("none", "true", "false")
+
+
 class _Parser:
     def __init__(self, text: str) -> None:
         self.text = text
@@ -224,7 +231,7 @@ class _Parser:
                     out.append(self.peek())
                     self.pos += 1
                 elif ch == '"':
-                    return "".join(out)
+                    return _Quoted("".join(out))
                 else:
                     out.append(ch)
         items = []
@@ -334,6 +341,10 @@ def _from_text(raw: str | list[str], annotation: Any) -> Any:
 
 
 def _scalar_from_text(raw: str, allowed: set[type]) -> Any:
+    if isinstance(raw, _Quoted):
+        if str not in allowed:
+            raise ValueError(f"expected {' or '.join(sorted(t.__name__ for t in allowed))}, got a quoted string")
+        return str(raw)
     if type(None) in allowed and raw == "none":
         return None
     if bool in allowed and raw in ("true", "false"):
@@ -374,15 +385,28 @@ def _to_text(value: Any, key: str, owner: Pass) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        if value and _BARE.fullmatch(value):
+        if value and _BARE.fullmatch(value) and not _reads_as_other_type(value):
             return value
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) and _BARE.fullmatch(v) for v in value):
+    if isinstance(value, (list, tuple)) and value and all(
+        isinstance(v, str) and _BARE.fullmatch(v) and not _reads_as_other_type(v) for v in value
+    ):
         return ",".join(value)
     raise PipelineError(
         f"option {key}={value!r} of pass {owner.label()!r} has no text form; "
         "pass it as an object to fxlab.apply instead of pipeline text"
     )
+
+
+def _reads_as_other_type(text: str) -> bool:
+    """Whether a bare word would parse as a keyword or number rather than this string."""
+    if text in _KEYWORDS:
+        return True
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def format_pass(p: Pass) -> str:

@@ -380,3 +380,10 @@ def test_import_fxlab_stays_light() -> None:
     code = f"import sys, fxlab; print([m for m in {commands!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_keyword_and_number_strings_are_quoted() -> None:
+    for text in ["none", "true", "1.5", "12"]:
+        p = InsertActivation(after=text)
+        assert p.to_text() == f'insert-activation{{after="{text}"}}'
+        assert fxlab.parse_pipeline(p.to_text()) == [p]
