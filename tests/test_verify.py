@@ -1,0 +1,363 @@
+"""fxlab.verify and python -m fxlab.verify: every contract checked, and cheating passes caught."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+
+import fxlab
+from fxlab.verification import Report, _retrain_plan, main
+from fxlab.passes import InsertActivation, InsertRelu
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Small budgets: a fraction of an epoch of fine-tuning is enough to see retraining work.
+RETRAIN = 0.05
+
+
+# -- passes written by a user ------------------------------------------------------------------
+
+
+@dataclass
+class SpellReluFunctionally(fxlab.Pass):
+    """An honest exact pass: torch.relu → F.relu (the same function)."""
+
+    kind = "exact"
+
+    def call(self, gm: fx.GraphModule) -> fx.GraphModule:
+        for node in gm.graph.nodes:
+            if node.op == "call_function" and node.target is torch.relu:
+                node.target = F.relu
+        return gm
+
+
+@dataclass
+class SneakyScale(fxlab.Pass):
+    """Claims to be exact but scales the logits: argmax is unchanged, the function is not."""
+
+    kind = "exact"
+    factor: float = 1.01
+
+    def call(self, gm: fx.GraphModule) -> fx.GraphModule:
+        out = next(n for n in gm.graph.nodes if n.op == "output")
+        with gm.graph.inserting_before(out):
+            scaled = gm.graph.call_function(torch.mul, (out.args[0], self.factor))
+        out.args = (scaled,)
+        return gm
+
+
+@dataclass
+class PerturbWeights(fxlab.Pass):
+    """An approximate pass: adds noise of relative size ``scale`` to every Linear weight."""
+
+    kind = "approximate"
+    scale: float = 0.01
+    declared: float | None = 0.5
+
+    @property
+    def budget(self) -> float | None:  # type: ignore[override]
+        return self.declared
+
+    def call(self, gm: fx.GraphModule) -> fx.GraphModule:
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for m in gm.modules():
+                if isinstance(m, torch.nn.Linear):
+                    noise = torch.randn(m.weight.shape, generator=g).to(m.weight.device)
+                    m.weight.add_(noise * self.scale * m.weight.abs().mean())
+        return gm
+
+
+# -- the library -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model(trained) -> torch.nn.Module:
+    return trained["mymodule"]
+
+
+def test_exact_pass_holds(model, mnist) -> None:
+    report = fxlab.verify(model, [SpellReluFunctionally()], data=mnist, device="cpu")
+    assert report.ok, report.table()
+    (step,) = report.steps
+    assert step.kind == "exact" and step.max_abs_diff == 0.0 and step.agreement == 100.0
+    assert step.accuracy == pytest.approx(report.baseline.accuracy)
+    assert step.diff.changed and not step.diff.added and not step.diff.removed
+    assert "F.relu" in step.after and "torch.relu" in step.before
+
+
+def test_exact_pass_that_changes_the_function_is_caught(model, mnist) -> None:
+    report = fxlab.verify(model, [SpellReluFunctionally(), SneakyScale()], data=mnist, device="cpu")
+    assert not report.ok
+    honest, sneaky = report.steps
+    assert honest.ok
+    assert not sneaky.ok and sneaky.agreement == 100.0  # argmax alone would not have caught it
+    assert sneaky.max_abs_diff > 1e-4
+    assert "max abs diff" in sneaky.reason and "tolerance" in sneaky.reason
+    assert "FAIL" in report.table() and "FAIL" in report.summary() and "step 2" in report.summary()
+    # and a pass that changes argmax fails on agreement too
+    broken = fxlab.verify(model, [SneakyScale(factor=-1.0)], data=mnist, device="cpu")
+    assert not broken.ok and "agreement" in broken.steps[0].reason
+    assert broken.steps[0].agreement < 50
+
+
+def test_tolerance_is_the_exact_contract(model, mnist) -> None:
+    report = fxlab.verify(model, [SneakyScale(factor=1.0 + 1e-7)], data=mnist, device="cpu", tolerance=1e-4)
+    assert report.ok
+    assert not fxlab.verify(model, [SneakyScale(factor=1.001)], data=mnist, device="cpu", tolerance=1e-6).ok
+
+
+def test_approximate_pass_within_and_over_budget(model, mnist) -> None:
+    report = fxlab.verify(model, [PerturbWeights(scale=0.01, declared=0.5)], data=mnist, device="cpu")
+    (step,) = report.steps
+    assert report.ok, step.reason
+    assert step.budget == 0.5 and 0 < step.max_abs_diff and "≤ budget 0.5" in step.reason
+    assert step.reference_accuracy == report.baseline.accuracy
+    over = fxlab.verify(model, [PerturbWeights(scale=3.0, declared=0.1)], data=mnist, device="cpu")
+    assert not over.ok
+    assert "accuracy drop" in over.steps[0].reason and "> budget 0.1" in over.steps[0].reason
+    # no declared budget: held to the floor
+    none = fxlab.verify(model, [PerturbWeights(scale=3.0, declared=None)], data=mnist, device="cpu", floor=1.0)
+    assert not none.ok and "no budget declared" in none.steps[0].reason
+
+
+def test_changes_pass_is_retrained_and_later_steps_start_from_it(model, mnist) -> None:
+    before = copy.deepcopy(model.state_dict())
+    report = fxlab.verify(
+        model, [InsertRelu("layer3"), SpellReluFunctionally()], data=mnist, device="cpu", retrain_epochs=RETRAIN
+    )
+    assert report.ok, report.table()
+    relu, exact = report.steps
+    assert relu.kind == "changes" and relu.retrained_accuracy is not None
+    assert relu.retrained_accuracy >= report.baseline.accuracy - report.floor
+    assert relu.delta == pytest.approx(relu.retrained_accuracy - report.baseline.accuracy)
+    assert relu.retrain_history and relu.retrain_history[-1]["epoch_fraction"] == pytest.approx(RETRAIN, rel=0.05)
+    # the exact step compares with the *retrained* model: identical outputs, same accuracy
+    assert exact.max_abs_diff == 0.0 and exact.reference_accuracy == relu.retrained_accuracy
+    assert exact.accuracy == pytest.approx(relu.retrained_accuracy)
+    # and the final model is the retrained one, with the whole pipeline in it
+    assert isinstance(report.model, fx.GraphModule)
+    from fxlab.train import evaluate
+
+    assert evaluate(report.model, mnist).accuracy == pytest.approx(exact.accuracy)
+    # the caller's model is untouched
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_changes_pass_without_retraining_is_held_to_the_floor(model, mnist) -> None:
+    # sigmoid after layer1 squashes the hidden layer: without retraining accuracy collapses
+    report = fxlab.verify(model, "insert-activation{after=layer1 fn=sigmoid}", data=mnist, device="cpu",
+                          retrain_epochs=0)
+    (step,) = report.steps
+    assert step.retrained_accuracy is None
+    assert not report.ok and "no retraining" in step.reason and "< floor" in step.reason
+
+
+def test_report_json_schema(model, mnist, tmp_path) -> None:
+    report = fxlab.verify(model, [InsertActivation(after="layer2", fn="gelu"), SpellReluFunctionally()],
+                          data=mnist, device="cpu", retrain_epochs=RETRAIN)
+    data = json.loads(report.to_json())
+    assert data["device"] == "cpu" and isinstance(data["ok"], bool) and data["ok"] == report.ok
+    assert set(data["baseline"]) >= {"accuracy", "loss"}
+    assert 90 < data["baseline"]["accuracy"] <= 100  # percent, not a fraction
+    assert len(data["steps"]) == 2
+    for s in data["steps"]:
+        assert {"pass", "kind", "accuracy", "max_abs_diff", "agreement", "retrained_accuracy", "ok"} <= set(s)
+        assert isinstance(s["pass"], str) and s["kind"] in ("exact", "approximate", "changes")
+        assert 90 < s["accuracy"] <= 100
+        for key in ("max_abs_diff", "agreement", "retrained_accuracy"):
+            assert s[key] is None or isinstance(s[key], float)
+    gelu, exact = data["steps"]
+    assert gelu["pass"] == "insert-activation{after=layer2 fn=gelu}" and gelu["kind"] == "changes"
+    assert 90 < gelu["retrained_accuracy"] <= 100 and exact["retrained_accuracy"] is None
+    assert gelu["diff"] == {"added": ["gelu"], "removed": [], "changed": ["relu_1"]}
+    assert exact["agreement"] == 100.0
+    out = report.write_json(tmp_path / "r.json")
+    assert json.loads(out.read_text()) == data
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_report_text_table_and_diffs(model, mnist) -> None:
+    report = fxlab.verify(model, [InsertRelu("layer3")], data=mnist, device="cpu", retrain_epochs=RETRAIN)
+    table = report.table()
+    header = table.splitlines()[0]
+    for column in ("step", "pass", "kind", "accuracy", "Δ vs baseline", "max abs diff", "agreement", "verdict"):
+        assert column in header
+    assert "baseline" in table and "insert-relu{after=layer3}" in table
+    text = report.text()
+    assert "step 1: insert-relu{after=layer3} (changes): nodes 1 added, 0 removed, 1 changed" in text
+    assert "--- before" in text and "+++ after" in text
+    assert "+%relu_2 = torch.relu(%layer3)" in text and "-return %layer3" in text and "+return %relu_2" in text
+
+
+def test_plot_writes_a_png(model, mnist, tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    report = fxlab.verify(model, [InsertRelu("layer3"), SneakyScale()], data=mnist, device="cpu",
+                          retrain_epochs=RETRAIN)
+    path = report.plot(tmp_path / "report.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_graph_module_input_and_default_device(model, mnist) -> None:
+    gm = fxlab.trace(model)
+    report = fxlab.verify(gm, [SpellReluFunctionally()], data=mnist)
+    from fxlab.train import default_device
+
+    assert report.device == str(default_device())
+    assert report.ok
+    assert any(n.target is torch.relu for n in gm.graph.nodes)  # not mutated
+
+
+def test_seed_model_name_uses_the_default_recipe_checkpoint(model, mnist, monkeypatch) -> None:
+    import fxlab.train
+
+    calls = []
+
+    def fake_pretrained(name, **kwargs):
+        calls.append(name)
+        return copy.deepcopy(model)
+
+    monkeypatch.setattr(fxlab.train, "pretrained", fake_pretrained)
+    report = fxlab.verify("mymodule", [SpellReluFunctionally()], data=mnist, device="cpu")
+    assert calls == ["mymodule"] and report.model_name == "mymodule" and report.ok
+
+
+def test_bad_input_raises(model, mnist) -> None:
+    with pytest.raises(fxlab.VerifyError, match="closest: mymodule"):
+        fxlab.verify("mymodul", "dce" if "dce" in fxlab.registered_passes() else [SpellReluFunctionally()], data=mnist)
+    with pytest.raises(fxlab.PipelineError):
+        fxlab.verify(model, "no-such-pass", data=mnist)
+    with pytest.raises(fxlab.PassError, match="layer4"):
+        fxlab.verify(model, "insert-relu{after=layer4}", data=mnist, device="cpu")
+    with pytest.raises(fxlab.VerifyError):
+        fxlab.verify(model, [SpellReluFunctionally()], data=mnist, retrain_epochs=-1)
+
+
+def test_fractional_retraining_plan() -> None:
+    assert _retrain_plan(1, 60_000, 128) == (1, None)
+    assert _retrain_plan(2.0, 60_000, 128) == (2, None)
+    assert _retrain_plan(0.1, 60_000, 128) == (1, 47)
+    assert _retrain_plan(1.5, 60_000, 128) == (2, 704)
+
+
+# -- fxlab.verify is the function; python -m fxlab.verify the command ----------------------------
+
+
+def test_verify_is_the_function_not_the_module() -> None:
+    assert callable(fxlab.verify) and fxlab.verify.__module__ == "fxlab.verification"
+    from fxlab import verify
+
+    assert verify is fxlab.verify
+    import importlib
+
+    with pytest.raises(ImportError, match="is the function"):
+        importlib.import_module("fxlab.verify")
+    assert callable(fxlab.verify) and "fxlab.verify" not in sys.modules
+
+
+@pytest.fixture(scope="module")
+def model_file(model, tmp_path_factory) -> Path:
+    """The trained model as seed 000 saves it: a bare state dict."""
+    path = tmp_path_factory.mktemp("verify") / "model_state_dict.pth"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONWARNINGS="default")
+    return subprocess.run([sys.executable, "-m", "fxlab.verify", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=600)
+
+
+def test_cli_end_to_end(model_file, mnist_root, tmp_path) -> None:
+    out_json, out_png = tmp_path / "report.json", tmp_path / "report.png"
+    proc = _run(str(model_file), "--passes", "insert-relu{after=layer3}", "--data", str(mnist_root),
+                "--retrain-epochs", str(RETRAIN), "--device", "cpu", "--json", str(out_json), "--plot", str(out_png))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "RuntimeWarning" not in proc.stderr and "sys.modules" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip() == "", proc.stderr
+    lines = proc.stdout.splitlines()
+    assert any(line.split()[:1] == ["step"] and "verdict" in line for line in lines)
+    assert "insert-relu{after=layer3}" in proc.stdout and "--- before" in proc.stdout
+    report = json.loads(out_json.read_text())
+    assert report["ok"] is True and report["device"] == "cpu" and report["steps"][0]["retrained_accuracy"] > 90
+    assert out_png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_exit_1_when_a_contract_fails(model_file, mnist_root, tmp_path, capsys) -> None:
+    out_json = tmp_path / "fail.json"
+    code = main([str(model_file), "--passes", "insert-activation{after=layer1 fn=sigmoid}", "--data", str(mnist_root),
+                 "--retrain-epochs", "0", "--device", "cpu", "--json", str(out_json), "--no-diff"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "FAIL" in out and "--- before" not in out
+    assert json.loads(out_json.read_text())["ok"] is False
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--passes", "insert-relu{after=layer3}"], "give a model FILE or --model NAME"),
+        (["--model", "mymodul", "--passes", "insert-relu{after=layer3}"], "closest: mymodule"),
+        (["no/such/file.pth", "--passes", "insert-relu{after=layer3}"], "no such file"),
+        (["--model", "mymodule", "--passes", "insert-rleu{after=layer3}"], "unknown pass 'insert-rleu'"),
+        (["--model", "mymodule"], "--passes"),
+        (["--model", "mymodule", "--passes", "dce", "--device", "tpu9"], "device"),
+        (["--model", "mymodule", "--passes", "dce", "--retrain-epochs", "-1"], "--retrain-epochs"),
+    ],
+)
+def test_cli_bad_input_exits_2_with_one_line(args, message, capsys) -> None:
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_cli_bad_selector_exits_2(model_file, mnist_root, capsys) -> None:
+    code = main([str(model_file), "--passes", "insert-relu{after=layer4}", "--data", str(mnist_root),
+                 "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "layer4" in err and "closest" in err and len(err.strip().splitlines()) == 1
+
+
+def test_fxlab_script_dispatches_verify(capsys) -> None:
+    from fxlab.cli import main as fxlab_main
+
+    assert fxlab_main(["verify", "--passes", "insert-relu{after=layer3}"]) == 2
+    assert "give a model FILE" in capsys.readouterr().err
+
+
+def test_changes_step_after_full_quantization_is_judged_without_retraining(model, mnist) -> None:
+    report = fxlab.verify(model, "quantize-linear{mode=weight-only},insert-relu{after=layer3}", data=mnist,
+                          device="cpu", retrain_epochs=RETRAIN)
+    quantized, relu = report.steps
+    assert quantized.kind == "approximate" and quantized.budget == 0.3 and quantized.ok, quantized.reason
+    assert relu.retrained_accuracy is None and "not retrained: no trainable parameters" in relu.reason
+    assert report.ok == relu.ok
+
+
+def test_static_quantization_from_text_is_calibrated_on_mnist(model, mnist) -> None:
+    report = fxlab.verify(model, "quantize-linear{mode=static}", data=mnist, device="cpu")
+    (step,) = report.steps
+    assert report.ok, step.verdict
+    assert step.pass_text == "quantize-linear{mode=static}" and "Int8StaticLinear" in step.after
+
+
+def test_cli_pickled_module_needs_trust(model, mnist_root, tmp_path, capsys) -> None:
+    path = tmp_path / "mnist.model"
+    torch.save(model, path)  # seeds 003/004 save the whole module
+    assert main([str(path), "--passes", "dce", "--data", str(mnist_root), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "--trust" in err and len(err.strip().splitlines()) == 1
+    assert main([str(path), "--passes", "dce", "--data", str(mnist_root), "--device", "cpu", "--trust", "--no-diff"]) == 0
+    assert "ok: the contract holds" in capsys.readouterr().out
