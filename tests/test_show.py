@@ -20,7 +20,6 @@ from fxlab.models import build
 from fxlab.show import main as show
 
 TESTS = Path(__file__).resolve().parent
-needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot is not installed")
 
 
 def cli(*args: str, cwd: Path, pythonpath: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -57,8 +56,6 @@ def test_table_counts_parameters_flops_and_shapes() -> None:
 
 @pytest.mark.parametrize("fmt", ["code", "graph", "fx", "json", "dot", "svg", "png"])
 def test_every_format(fmt: str) -> None:
-    if fmt in ("svg", "png") and shutil.which("dot") is None:
-        pytest.skip("Graphviz's dot is not installed")
     gm = fxlab.trace(build("linear-relu-stack"))
     out = fxlab.render(gm, fmt)
     names = [n.name for n in gm.graph.nodes]
@@ -104,7 +101,6 @@ def test_diff_shows_added_removed_changed_and_a_unified_diff() -> None:
     assert "bn1" in [n["name"] for n in doc["before"]["nodes"]]
 
 
-@needs_dot
 def test_svg_diff_colours_the_changed_nodes() -> None:
     model = build("mymodule")
     svg = fxlab.render(fxlab.apply(model, "insert-relu{after=layer3}"), "svg", diff_against=model)
