@@ -316,6 +316,13 @@ def test_linear_relu_matches_and_trains_like_the_pair(shape: tuple[int, ...], bi
     assert torch.autograd.gradcheck(LinearReLU(3, 2).double(), torch.randn(4, 3, dtype=torch.float64, requires_grad=True))
 
 
+def test_linear_relu_exports_as_linear_and_relu() -> None:
+    model = nn.Sequential(LinearReLU(784, 128)).eval()
+    ep = torch.export.export(model, (torch.randn(256, 784),))
+    targets = [str(n.target) for n in ep.graph.nodes if n.op == "call_function"]
+    assert targets == ["aten.linear.default", "aten.relu_.default"]
+
+
 def test_fused_model_trains_like_the_original() -> None:
     model = build("linear-relu-stack").train()
     gm = fxlab.apply(model, "fuse-linear-relu,fuse-consecutive-linear")
