@@ -9,13 +9,18 @@ import warnings
 
 import pytest
 import torch
-import torch.fx as fx
-from torch import nn
+from torch import fx, nn
 
 import fxlab
-from fxlab.models import build
-from fxlab.nn import HalfLinear, Int8DynamicLinear, Int8StaticLinear, Int8WeightOnlyLinear, LinearReLU
 import fxlab.nn.quantized as quantized_nn
+from fxlab.models import build
+from fxlab.nn import (
+    HalfLinear,
+    Int8DynamicLinear,
+    Int8StaticLinear,
+    Int8WeightOnlyLinear,
+    LinearReLU,
+)
 from fxlab.passes import FuseLinearReLU, QuantizeLinear
 from fxlab.passes.quantize import MODES, structure_only
 
@@ -98,7 +103,7 @@ def test_dynamic_kernel_choice() -> None:
     big, small = Int8DynamicLinear.from_float(nn.Linear(784, 128)), Int8DynamicLinear.from_float(nn.Linear(64, 10))
     assert big.uses_int8_matmul(torch.randn(256, 784)) and big.uses_int8_matmul(torch.randn(16, 784))
     assert not big.uses_int8_matmul(torch.randn(1, 784))
-    assert not small.uses_int8_matmul(torch.randn(256, 64))
+    assert not small.uses_int8_matmul(torch.randn(256, 64)) and small.uses_int8_matmul(torch.randn(10_000, 64))
     assert Int8DynamicLinear.from_float(nn.Linear(784, 312)).uses_int8_matmul(torch.randn(1, 784))
 
 

@@ -11,15 +11,16 @@ Kernels, chosen by measurement (README, "Quantization"; CPU figures from a 2-cor
 * int8 × int8 → int32: ``torch._int_mm`` (oneDNN on CPU, 3.5-4× faster than the float32 GEMM of
   the same shape). On CUDA it needs more than 16 rows and K, N multiples of 8: K and N are
   zero-padded there (zeros add nothing to an integer dot product, so padding is exact).
-* Per-row activation quantization costs ~15 small ops (~25 µs); it pays off only for a big enough
-  matmul. On CPU, a call with ``K·N·(rows + 6) < 1.6M`` runs the weight-only arithmetic instead
-  (float activations × the same int8 weights, like torchao's ``weight_only_decode``): only the
-  activation rounding is skipped. See :meth:`Int8DynamicLinear.uses_int8_matmul`.
+* Per-row activation quantization costs ~10 small ops (~20 µs at one row); it pays off only for
+  a big enough matmul. On CPU, a call with ``K·N·(rows + 6) < 1.6M`` runs the weight-only
+  arithmetic instead (float activations × the same int8 weights, like torchao's
+  ``weight_only_decode``): only the activation rounding is skipped. See
+  :meth:`Int8DynamicLinear.uses_int8_matmul`.
 * Weight-only int8: weights converted to float on the fly, float32 GEMM, per-channel scale and
   bias in one ``addcmul`` on the output. ``torch._weight_int8pack_mm`` is 40× slower here.
 * bf16 / fp16: native half GEMM on CUDA and, on CPUs with AVX512-BF16 or AMX (AMX-FP16 for fp16),
-  for big enough matmuls (the same thresholds); otherwise the half weights are upcast and the GEMM
-  runs in float32. The bias stays float32.
+  for matmuls of at least 2**20 multiply-adds; otherwise the half weights are upcast and the GEMM
+  runs in float32 (this CPU has no fast fp16 GEMM: 5× slower than float32). The bias stays float32.
 """
 
 from __future__ import annotations
@@ -42,13 +43,17 @@ __all__ = [
     "Quantize",
 ]
 
-#: On CPU the int8 (and native half) GEMM is used when ``in·out·(rows + CPU_WEIGHT_ROWS) >= CPU_MIN_WORK``.
+#: On CPU the int8 GEMM is used when ``in·out·(rows + CPU_WEIGHT_ROWS) >= CPU_MIN_WORK``.
 #: Below that, ~15 small ops of activation quantization cost more than they save; the float path
 #: pays instead for converting the weights, worth ``CPU_WEIGHT_ROWS`` rows of float32 GEMM here.
 CPU_MIN_WORK = 1_600_000
 CPU_WEIGHT_ROWS = 6
+#: On CPU a native half GEMM (oneDNN, ~20 µs to set up) is used from this many multiply-adds up.
+CPU_HALF_MIN_MACS = 2**20
 
 _EPS = 1e-12
+#: ATen splits an elementwise op over threads from this many elements (``at::internal::GRAIN_SIZE``).
+_SMALL = 32768
 _HALF_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
@@ -72,10 +77,13 @@ def quantize_weight(weight: Tensor) -> tuple[Tensor, Tensor]:
 def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
     """Symmetric per-row int8 quantization of a 2-D float tensor: ``x ≈ q * scale``.
 
-    ``scale`` has shape (rows, 1). ``|x| * 127 / max|x| <= 127`` (up to one rounding), so no clamp
-    is needed. ``max(amax, -amin)`` reads ``x`` twice but writes nothing (``abs().amax()`` writes a
-    copy), and multiplying by the reciprocal is ~2× cheaper than dividing.
+    ``scale`` has shape (rows, 1); ``|x| / scale <= 127`` up to one rounding, so no clamp is
+    needed. Few rows: fewest ops (``abs().amax()``, one division). Many rows: fewest passes over
+    memory (``max(amax, -amin)`` writes no copy of ``x``; a multiply is ~2× cheaper than a divide).
     """
+    if x.numel() < _SMALL:
+        scale = x.abs().amax(dim=1, keepdim=True).clamp_min_(_EPS).mul_(1 / 127)
+        return torch.round(x / scale).to(torch.int8), scale
     absmax = torch.maximum(x.amax(dim=1, keepdim=True), x.amin(dim=1, keepdim=True).neg_()).clamp_min_(_EPS)
     q = (x * (127.0 / absmax)).round_().to(torch.int8)
     return (q if q.is_contiguous() else q.contiguous()), absmax.mul_(1 / 127)
@@ -109,17 +117,19 @@ def linear_int8_weight(x: Tensor, wq: Tensor, w_scale: Tensor, bias: Tensor | No
 
 
 def big_enough(x: Tensor, in_features: int, out_features: int) -> bool:
-    """Whether a matmul of 2-D ``x`` with an (out, in) weight is big enough for the int8 / half GEMM."""
+    """Whether a 2-D ``x`` times an (out, in) int8 weight should take the int8 GEMM."""
     if x.is_cuda:
         return x.shape[0] > 16
     return in_features * out_features * (x.shape[0] + CPU_WEIGHT_ROWS) >= CPU_MIN_WORK
 
 
 def _half_pays_off(x: Tensor, dtype: torch.dtype, in_features: int, out_features: int) -> bool:
-    return x.is_cuda or (_native_half_on_cpu(dtype) and big_enough(x, in_features, out_features))
+    if x.is_cuda:
+        return True
+    return x.shape[0] * in_features * out_features >= CPU_HALF_MIN_MACS and _native_half_on_cpu(dtype)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _native_half_on_cpu(dtype: torch.dtype) -> bool:
     cpu = getattr(torch, "cpu", None)
     if dtype is torch.bfloat16:
@@ -184,7 +194,7 @@ class _Int8WeightLinear(_LinearBase):
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
 
     @classmethod
-    def from_float(cls, linear: nn.Module, *, relu: bool = False, **kwargs):  # noqa: ANN206
+    def from_float(cls, linear: nn.Module, *, relu: bool = False, **kwargs):
         """Quantize ``linear`` (an ``nn.Linear``, or a fused ``LinearReLU`` with ``relu=True``)."""
         module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, relu=relu, **kwargs)
         q, scale = quantize_weight(linear.weight)
@@ -311,7 +321,7 @@ def affine_qparams(lo: float, hi: float) -> tuple[float, int]:
     """Scale and zero point that map [lo, hi] (widened to hold 0) onto int8 [-128, 127]."""
     lo, hi = min(lo, 0.0), max(hi, 0.0)
     scale = max((hi - lo) / 255.0, _EPS)
-    zero_point = int(round(-128 - lo / scale))
+    zero_point = round(-128 - lo / scale)
     return scale, max(-128, min(127, zero_point))
 
 

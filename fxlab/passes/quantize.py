@@ -27,8 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-import torch.fx as fx
-from torch import nn
+from torch import fx, nn
 
 from ..errors import PassError, did_you_mean
 from ..graph import Selector, describe_selector, module_text, select, target_name
