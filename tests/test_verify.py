@@ -16,7 +16,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 import fxlab
-from fxlab.verification import Report, _retrain_plan, main
+from fxlab.verification import _retrain_plan, main
 from fxlab.passes import InsertActivation, InsertRelu
 
 REPO = Path(__file__).resolve().parent.parent
