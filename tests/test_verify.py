@@ -202,7 +202,6 @@ def test_report_text_table_and_diffs(model, mnist) -> None:
 
 
 def test_plot_writes_a_png(model, mnist, tmp_path) -> None:
-    pytest.importorskip("matplotlib")
     report = fxlab.verify(model, [InsertRelu("layer3"), SneakyScale()], data=mnist, device="cpu",
                           retrain_epochs=RETRAIN)
     path = report.plot(tmp_path / "report.png")
