@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from .errors import DataError
+from .files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -332,28 +333,6 @@ def idx_from_pickle(obj: object) -> dict[str, bytes]:
     }
 
 
-def default_mode() -> int:
-    """The permissions a new file gets here (0o666 less the umask), for files made via mkstemp (0o600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, default_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _install(files: dict[str, bytes], raw: Path, source: str) -> None:
     """Write the files atomically, but only after every one of them matches its official MD5."""
     for name, expected in MD5S.items():
@@ -361,7 +340,7 @@ def _install(files: dict[str, bytes], raw: Path, source: str) -> None:
         if found != expected:
             raise DataError(f"{source} gave {name} with MD5 {found}, expected {expected}; refusing it")
     for name in MD5S:
-        _write_atomic(raw / name, files[name])
+        write_atomic(raw / name, files[name])
 
 
 def _from_torchvision(tmp: Path) -> dict[str, bytes]:

@@ -42,6 +42,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from . import files
 from .errors import ExportError, FxlabError, LoadError, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -78,32 +79,12 @@ _PathLike = str | os.PathLike[str]
 
 
 def write_atomic(path: _PathLike, data: str | bytes | Callable[[str], None]) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename.
-
-    ``data`` is text, bytes, or a function that writes the file at the path it is given. On any
-    failure the temporary file is removed and ``path`` is left as it was.
-    """
+    """Write ``data`` to ``path`` atomically (see :func:`fxlab.files.write_atomic`); the folder must exist."""
     out = Path(path)
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
         raise ExportError(f"cannot write {out}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{out.stem}.", suffix=f".tmp{out.suffix}")
-    try:
-        if callable(data):
-            os.close(fd)
-            data(tmp)
-        else:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data.encode("utf-8") if isinstance(data, str) else data)
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    return files.write_atomic(out, data, make_dirs=False)
 
 
 # --------------------------------------------------------------------------------------------

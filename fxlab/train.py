@@ -30,7 +30,6 @@ import math
 import os
 import resource
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from torch import nn
 from . import data as mnist_data
 from .data import MNIST
 from .errors import FxlabError
+from .files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -358,19 +358,6 @@ def fit_recipe(
 # checkpoints
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.chmod(tmp, mnist_data.default_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(
     path: str | os.PathLike[str],
     model: nn.Module,
@@ -400,7 +387,7 @@ def save_checkpoint(
         **extra,
     }
     out = Path(path)
-    _atomic_save(ckpt, out)
+    write_atomic(out, lambda tmp: torch.save(ckpt, tmp))
     return out
 
 

@@ -41,7 +41,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +51,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from .files import write_atomic
 from .errors import FxlabError, VerifyError, did_you_mean
 from .graph import GraphDiff, diff_graphs, format_graph, trace
 from .pipeline import Pass, apply, as_passes
@@ -277,7 +277,7 @@ class Report:
 
     def write_json(self, path: str | os.PathLike[str]) -> Path:
         """Write ``to_json()`` to ``path`` atomically (a temporary file, then a rename)."""
-        return _write_atomic(Path(path), (self.to_json() + "\n").encode("utf-8"))
+        return write_atomic(path, self.to_json() + "\n")
 
     def plot(self, path: str | os.PathLike[str]) -> Path:
         """Draw accuracy per step and the training curves of any retraining to a PNG at ``path`` (atomically).
@@ -339,19 +339,10 @@ class Report:
             extra = ax3.get_legend_handles_labels()
             ax2.legend(handles[0] + extra[0], handles[1] + extra[1], fontsize=8, loc="best")
         fig.tight_layout()
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
-        os.close(fd)
         try:
-            fig.savefig(tmp, dpi=110, format="png")
-            os.replace(tmp, out)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            return write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
         finally:
             plt.close(fig)
-        return out
 
 
 def _fmt_diff(value: float | None) -> str:
@@ -360,19 +351,6 @@ def _fmt_diff(value: float | None) -> str:
     if not math.isfinite(value):
         return str(value)
     return "0" if value == 0 else f"{value:.2e}"
-
-
-def _write_atomic(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 # --------------------------------------------------------------------------------------------

