@@ -69,7 +69,7 @@ class Config:
     models: tuple[str, ...] = ("mymodule", "neuralnetwork", "simplenn", "mymnist", "linear-relu-stack")
     batches: tuple[int, ...] = (1, 256, 10_000)
     rounds: int = 7
-    round_time: float = 0.2  # seconds of calls per candidate per round
+    round_time: float = 0.1  # seconds of calls per candidate per round
     compile_models: tuple[str, ...] | None = None  # None: all models
     compile_batches: tuple[int, ...] | None = None  # None: all batches
     # passes
@@ -274,9 +274,9 @@ def peak_tensor_bytes(fn: Callable[[], Any], device: Any) -> int:
     """Peak bytes of tensors allocated and alive at once while ``fn()`` runs, beyond what existed.
 
     On CUDA: ``torch.cuda.max_memory_allocated`` after a reset. On CPU: replays torch.profiler's
-    allocator events (allocations and frees of the CPU tensor allocator, at operator
-    granularity). Both count tensor storage only: weights and inputs that already exist are
-    excluded; scratch memory that libraries allocate outside torch's allocator is not seen.
+    record of every allocation and free of the CPU tensor allocator, in order. Both count tensor
+    storage only: weights and inputs that already exist are excluded; scratch memory that
+    libraries allocate outside torch's allocator (e.g. oneDNN's) is not seen.
     """
     import torch
 
@@ -296,9 +296,13 @@ def peak_tensor_bytes(fn: Callable[[], Any], device: Any) -> int:
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             out = fn()
         del out
-        events = sorted(
-            (e.time_range.start, e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage
-        )
+        try:  # every allocation and free of the CPU allocator, in order (inside compiled code too)
+            raw = prof.profiler.kineto_results.events()
+            events = sorted((e.start_ns(), e.nbytes()) for e in raw if e.name() == "[memory]")
+        except AttributeError:  # older torch: allocations attributed to operators instead
+            events = sorted(
+                (e.time_range.start, e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage
+            )
     current = peak = 0
     for _, delta in events:
         current += delta
@@ -614,7 +618,7 @@ def inference_suite(cfg: Config, device: Any) -> dict[str, Any]:
             "forward of the whole batch, median over interleaved rounds; spread = IQR / median. "
             "Throughput: images per second. speedup = float32 median / variant median (>1 is faster). "
             "Peak tensor memory: bytes of tensors allocated and alive at once during one forward "
-            "(CPU: torch.profiler allocator events at operator granularity; CUDA: max_memory_allocated), "
+            "(CPU: replay of torch.profiler's allocation and free events; CUDA: max_memory_allocated), "
             "weights and input excluded. state_dict_bytes: size of torch.save(state_dict)."
         ),
         "rows": rows,
