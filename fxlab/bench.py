@@ -543,8 +543,28 @@ def inference_variants(model: Any, device: Any, calibration: list[Any], *, compi
     return variants
 
 
+@contextlib.contextmanager
+def _cold_inductor_cache() -> Iterator[None]:
+    """torch.compile with an empty on-disk cache, so that its first call shows the real compile cost."""
+    saved = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    with tempfile.TemporaryDirectory(prefix="fxlab-bench-inductor-") as tmp:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tmp
+        try:
+            yield
+        finally:
+            if saved is None:
+                os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = saved
+
+
 def inference_suite(cfg: Config, device: Any) -> dict[str, Any]:
     """Every seed model × variant × batch size: latency, throughput, speed-up, memory."""
+    with _cold_inductor_cache():
+        return _inference_suite(cfg, device)
+
+
+def _inference_suite(cfg: Config, device: Any) -> dict[str, Any]:
     import torch
 
     from . import models as seed_models
@@ -695,7 +715,9 @@ def _bytes(n: int | None) -> str:
         return "—"
     if n >= 1 << 20:
         return f"{n / (1 << 20):.1f} MB"
-    return f"{n / 1024:.0f} kB"
+    if n >= 1024:
+        return f"{n / 1024:.0f} kB"
+    return f"{n} B"
 
 
 def _ms(seconds: float) -> str:
@@ -711,7 +733,8 @@ def inference_tables(result: dict[str, Any], fmt: str = "simple") -> str:
     """One table per batch size (terminal), or one compact table of all batch sizes (markdown)."""
     compiled = [f"{r['model']} batch {r['batch']:,}: {r['latency']['first_call_s']:.1f} s" for r in result["rows"]
                 if r["variant"] == "torch.compile" and r.get("status") == "ok"]
-    note = ("\n\ntorch.compile's first call (compilation; not in the medians): " + "; ".join(compiled)) if compiled else ""
+    note = ("\n\ntorch.compile's first call (compilation, from an empty cache; not in the medians): "
+            + "; ".join(compiled)) if compiled else ""
     if fmt != "simple":
         return _inference_compact(result, fmt) + note
     return _inference_per_batch(result, fmt) + note
@@ -1110,6 +1133,9 @@ def training_suite(cfg: Config, device: Any) -> dict[str, Any]:
     from . import train as fxtrain
 
     root = _data_root(cfg.data)
+    cache = getattr(fxdata, "_CACHE", None)
+    if isinstance(cache, dict):  # time a cold load: the inference suite may have loaded MNIST already
+        cache.clear()
     start = time.perf_counter()
     data = fxdata.load(root, device=device)
     fx_load_s = time.perf_counter() - start
@@ -1201,7 +1227,8 @@ def training_suite(cfg: Config, device: Any) -> dict[str, Any]:
             "The seeds' loop is seed 001's: torchvision MNIST with ToTensor + Normalize(0.1307, 0.3081) through "
             "DataLoader(batch 64, shuffle=True, num_workers=0), Adam lr 1e-3. fxlab.train.fit (tensors held on the "
             "device, batches by indexing, its one-cycle schedule) runs at batch 64, the seeds' batch, and at its "
-            "default batch. Loading the data is timed apart (data_load_s). Accuracy: test accuracy after that "
+            "default batch. Loading the data (read + check the files; fxlab also verifies their MD5s) is timed apart "
+            "(data_load_s). Accuracy: test accuracy after that "
             "one epoch (fxlab.train.evaluate). Evaluation: the test set with the fxlab-trained model, the seeds' "
             "loop vs fxlab.train.evaluate."
         ),
@@ -1248,7 +1275,12 @@ def _training_rss(root: str, cfg: Config) -> dict[str, Any]:
         "steps = None if sys.argv[2] == 'epoch' else int(sys.argv[2])\n"
         "d = data.load(sys.argv[1], download=False)\n"
         "train.fit(models.build('mymodule'), d, epochs=1, device='cpu', progress=False, max_steps=steps)\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)\n"
+        # VmHWM is this process's own peak; Linux's ru_maxrss keeps the parent's peak across fork + exec
+        "try:\n"
+        "    hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]\n"
+        "    print(int(hwm.split()[1]) * 1024)\n"
+        "except (OSError, IndexError):\n"
+        "    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == 'darwin' else 1024))\n"
     )
     steps = "epoch" if cfg.probe_steps is None else str(cfg.probe_steps)
     start = time.perf_counter()
@@ -1263,7 +1295,7 @@ def _training_rss(root: str, cfg: Config) -> dict[str, Any]:
     what = "one epoch" if cfg.probe_steps is None else f"{cfg.probe_steps} steps"
     return {"status": "ok", "peak_rss_bytes": int(proc.stdout.strip().splitlines()[-1]),
             "seconds": time.perf_counter() - start,
-            "what": f"ru_maxrss of a fresh Python process: import torch + fxlab, load MNIST, train mymodule {what}"}
+            "what": f"VmHWM of a fresh Python process that imports torch + fxlab, loads MNIST, trains mymodule {what}"}
 
 
 def training_tables(result: dict[str, Any], fmt: str = "simple") -> str:
@@ -1287,8 +1319,8 @@ def training_tables(result: dict[str, Any], fmt: str = "simple") -> str:
         epochs = r.get("recipe", {}).get("epochs", "?")
         notes.append(f"fxlab's default recipe ({epochs} epochs): {r['accuracy']:.2f}% test accuracy in {r['seconds']:.0f} s")
     if result.get("memory", {}).get("peak_rss_bytes"):
-        notes.append(f"peak RSS of a training process ({result['memory'].get('what', '')}): "
-                     f"{result['memory']['peak_rss_bytes'] / 2**20:.0f} MB")
+        notes.append(f"peak memory training mymodule on CPU: {result['memory']['peak_rss_bytes'] / 2**20:.0f} MB "
+                     f"({result['memory'].get('what', '')})")
     notes.append("data loading, timed apart: " + ", ".join(f"{k} {v:.2f} s" for k, v in result["data_load_s"].items()))
     return text + "\n\n" + "\n".join(("- " if fmt != "simple" else "") + n for n in notes)
 
