@@ -14,25 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 
 import fxlab
-from fxlab.models import build, names
+from seed_helpers import seed_model
+from fxlab.models import names
 from fxlab.passes import CommonSubexpressionElimination, DeadCodeElimination, RemoveDropout, has_effects
 
 CLEANUP = ["remove-dropout", "dce", "cse"]
 
 
-def seed_model(name: str) -> nn.Module:
-    model = build(name)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm1d):
-                m.running_mean.normal_()
-                m.running_var.uniform_(0.25, 4)
-    return model.eval()
-
-
-def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    scale = expected.detach().abs().max().item() or 1.0
-    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5 * scale)
 
 
 def graph_of(gm: fx.GraphModule) -> list[str]:

@@ -15,17 +15,10 @@ from torch import nn
 from torch.fx.passes.infra.pass_manager import PassManager
 
 import fxlab
+from seed_helpers import SEED_LAYERS
 from fxlab.models import build, names
 from fxlab.passes import InsertActivation, InsertRelu
 
-# one named layer of every seed model, as the seeds spell it
-SEED_LAYERS = {
-    "mymodule": "layer3",
-    "neuralnetwork": "fc1",
-    "simplenn": "fc2",
-    "mymnist": "_hidden_layer_1",
-    "linear-relu-stack": "linear_relu_stack.4",
-}
 
 
 def eager_with_activation(model: nn.Module, layers: dict[str, list], x: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_linear_bn_eval
 
 import fxlab
+from seed_helpers import assert_close, randomize_batchnorm, seed_model, state
 from fxlab.models import build, names
 from fxlab.nn import LinearReLU
 from fxlab.passes import FoldBatchNorm, FuseConsecutiveLinear, FuseLinearReLU, relu_input
@@ -31,33 +32,8 @@ EXACT = [*FUSION, "remove-dropout", "dce", "cse"]
 # -- helpers -----------------------------------------------------------------------------------
 
 
-def randomize_batchnorm(model: nn.Module) -> nn.Module:
-    """Random running statistics and affine parameters, so that folding really changes weights."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                if m.running_mean is not None:
-                    m.running_mean.normal_(0, 1)
-                    m.running_var.uniform_(0.25, 4)
-                if m.weight is not None:
-                    m.weight.normal_(1, 0.5)
-                if m.bias is not None:
-                    m.bias.normal_(0, 0.5)
-    return model
 
 
-def seed_model(name: str) -> nn.Module:
-    return randomize_batchnorm(build(name)).eval()
-
-
-def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    """Equal within 1e-5 relative to the scale of the expected output."""
-    scale = expected.detach().abs().max().item() or 1.0
-    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5 * scale)
-
-
-def state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in model.state_dict().items()}
 
 
 def same_state(model: nn.Module, saved: dict[str, torch.Tensor]) -> bool:

@@ -30,19 +30,12 @@ from hypothesis import strategies as st
 from torch import nn
 
 import fxlab
-from fxlab.models import build, names
+from seed_helpers import SEED_LAYERS, assert_close, randomize_batchnorm, seed_model, state
+from fxlab.models import names
 from fxlab.pipeline import _option_fields, _required_options, _text_types
 
 GOLDEN = Path(__file__).parent / "golden"
 
-#: One named layer of every seed model, as the seeds spell it (where insertions go).
-SEED_LAYERS = {
-    "mymodule": "layer3",
-    "neuralnetwork": "fc1",
-    "simplenn": "fc2",
-    "mymnist": "_hidden_layer_1",
-    "linear-relu-stack": "linear_relu_stack.4",
-}
 
 #: A hidden layer of every seed model (SEED_LAYERS names some output layers).
 HIDDEN_LAYERS = {
@@ -136,31 +129,8 @@ def test_every_pass_is_covered() -> None:
 # -- helpers -----------------------------------------------------------------------------------
 
 
-def randomize_batchnorm(model: nn.Module) -> nn.Module:
-    """Random running statistics and affine parameters, so that folding really changes weights."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.normal_(0, 1)
-                m.running_var.uniform_(0.25, 4)
-                if m.weight is not None:
-                    m.weight.normal_(1, 0.5)
-                    m.bias.normal_(0, 0.5)
-    return model
 
 
-def seed_model(name: str) -> nn.Module:
-    return randomize_batchnorm(build(name)).eval()
-
-
-def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    """Equal within 1e-5 relative to the scale of the expected output."""
-    scale = expected.detach().abs().max().item() or 1.0
-    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5 * scale)
-
-
-def state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def same_state(model: nn.Module, saved: dict[str, torch.Tensor]) -> bool:
