@@ -60,7 +60,8 @@ def state_dict_kb(m):
 
 def latency_ms(m, repeats=5, calls=10):
     with torch.no_grad():
-        m(x)
+        for _ in range(20):  # warm-up
+            m(x)
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
