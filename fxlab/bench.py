@@ -1330,19 +1330,10 @@ def training_tables(result: dict[str, Any], fmt: str = "simple") -> str:
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write JSON to ``path`` through a temporary file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1, default=_json_default)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Write ``obj`` as JSON to ``path`` atomically."""
+    from .files import write_atomic
+
+    write_atomic(path, json.dumps(obj, indent=1, default=_json_default) + "\n")
 
 
 def _json_default(obj: Any) -> Any:
