@@ -4,6 +4,7 @@ state-dict size and round trip, accuracy budgets on real MNIST, golden printouts
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 import io
 import warnings
 
@@ -14,6 +15,7 @@ from torch import fx, nn
 import fxlab
 import fxlab.nn.quantized as quantized_nn
 from fxlab.models import build
+from fxlab.nn import kernels
 from fxlab.nn import (
     HalfLinear,
     Int8DynamicLinear,
@@ -75,11 +77,21 @@ def int8_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(quantized_nn, "CPU_MIN_WORK", 0)
 
 
+@pytest.fixture(params=["kernels", "torch ops"])
+def kernel_mode(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run a test with the fused CPU kernels, then with torch ops only."""
+    if request.param == "kernels":
+        yield request.param
+    else:
+        with kernels.disabled():
+            yield request.param
+
+
 @pytest.mark.parametrize("forced", [False, True])
 @pytest.mark.parametrize("rows", [1, 16, 64])
 @pytest.mark.parametrize("shape", [(784, 128), (64, 10)])
 def test_dynamic_error_within_activation_rounding_bound(
-    request: pytest.FixtureRequest, shape: tuple[int, int], rows: int, forced: bool
+    request: pytest.FixtureRequest, shape: tuple[int, int], rows: int, forced: bool, kernel_mode: str
 ) -> None:
     if forced:
         request.getfixturevalue("int8_everywhere")
@@ -99,7 +111,15 @@ def test_dynamic_error_within_activation_rounding_bound(
 
 
 def test_dynamic_kernel_choice() -> None:
-    """int8 GEMM where it pays off on this CPU: big layers with enough rows; else weight-only math."""
+    """With the fused kernels: int8 at every size. With torch ops only: the int8 GEMM where it
+    pays off on this CPU (big layers with enough rows), else weight-only math."""
+    if kernels.available():
+        assert Int8DynamicLinear.from_float(nn.Linear(64, 10)).uses_int8_matmul(torch.randn(1, 64))
+    with kernels.disabled():
+        _torch_ops_kernel_choice()
+
+
+def _torch_ops_kernel_choice() -> None:
     big, small = Int8DynamicLinear.from_float(nn.Linear(784, 128)), Int8DynamicLinear.from_float(nn.Linear(64, 10))
     assert big.uses_int8_matmul(torch.randn(256, 784)) and big.uses_int8_matmul(torch.randn(16, 784))
     assert not big.uses_int8_matmul(torch.randn(1, 784))

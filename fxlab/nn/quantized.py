@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..graph import LeafModule
+from . import kernels
 
 __all__ = [
     "Dequantize",
@@ -50,8 +51,12 @@ CPU_MIN_WORK = 1_600_000
 CPU_WEIGHT_ROWS = 6
 #: On CPU a native half GEMM (oneDNN, ~20 µs to set up) is used from this many multiply-adds up.
 CPU_HALF_MIN_MACS = 2**20
+#: Weight-only int8 and bf16 Linears run a fused CPU kernel (float activations × the stored weights,
+#: no float copy of them) for inputs of at most this many rows; more rows take the float32 GEMM.
+KERNEL_MAX_ROWS = 8
 
 _EPS = 1e-12
+_from_numpy = torch.from_numpy
 #: ATen splits an elementwise op over threads from this many elements (``at::internal::GRAIN_SIZE``).
 _SMALL = 32768
 _HALF_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -77,15 +82,26 @@ def quantize_weight(weight: Tensor) -> tuple[Tensor, Tensor]:
 def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
     """Symmetric per-row int8 quantization of a 2-D float tensor: ``x ≈ q * scale``.
 
-    ``scale`` has shape (rows, 1); ``|x| / scale <= 127`` up to one rounding, so no clamp is
-    needed. Few rows: fewest ops (``abs().amax()``, one division). Many rows: fewest passes over
-    memory (``max(amax, -amin)`` writes no copy of ``x``; a multiply is ~2× cheaper than a divide).
+    ``a = max(max |x|, eps)`` per row, ``q = round(x * (127 * (1 / a)))`` (half to even) and
+    ``scale = a * (1 / 127)`` of shape (rows, 1); ``|q| <= 127`` without a clamp. On CPU one fused
+    kernel (:mod:`fxlab.nn.kernels`) computes exactly this; otherwise torch ops: few rows, fewest
+    ops (``abs().amax()``); many rows, fewest passes over memory (``max(amax, -amin)`` writes no
+    copy of ``x``).
+
+    >>> q, s = quantize_rows(torch.tensor([[0.5, -1.0], [0.0, 0.0]]))
+    >>> q.tolist()
+    [[64, -127], [0, 0]]
     """
+    k = kernels.for_tensor(x) if x.dtype == torch.float32 else None
+    if k is not None:
+        q, scale = k.quantize_rows(x.numpy(), _EPS)
+        return _from_numpy(q), _from_numpy(scale)
     if x.numel() < _SMALL:
-        scale = x.abs().amax(dim=1, keepdim=True).clamp_min_(_EPS).mul_(1 / 127)
-        return torch.round(x / scale).to(torch.int8), scale
-    absmax = torch.maximum(x.amax(dim=1, keepdim=True), x.amin(dim=1, keepdim=True).neg_()).clamp_min_(_EPS)
-    q = (x * (127.0 / absmax)).round_().to(torch.int8)
+        absmax = x.abs().amax(dim=1, keepdim=True)
+    else:
+        absmax = torch.maximum(x.amax(dim=1, keepdim=True), x.amin(dim=1, keepdim=True).neg_())
+    absmax = absmax.clamp_min_(_EPS)
+    q = (x * absmax.reciprocal().mul_(127.0)).round_().to(torch.int8)
     return (q if q.is_contiguous() else q.contiguous()), absmax.mul_(1 / 127)
 
 
@@ -116,6 +132,10 @@ def linear_int8_weight(x: Tensor, wq: Tensor, w_scale: Tensor, bias: Tensor | No
     return torch.addcmul(bias, y, w_scale) if bias is not None else y.mul_(w_scale)
 
 
+def _relu(y: Tensor, relu: bool) -> Tensor:
+    return y.relu_() if relu else y
+
+
 def big_enough(x: Tensor, in_features: int, out_features: int) -> bool:
     """Whether a 2-D ``x`` times an (out, in) int8 weight should take the int8 GEMM."""
     if x.is_cuda:
@@ -142,11 +162,25 @@ def _native_half_on_cpu(dtype: torch.dtype) -> bool:
 # the Linears
 
 
-class _LinearBase(nn.Module, LeafModule):
+class _KernelCaches:
+    """Drops the caches the fused kernels keep on a module (NumPy views, Python scalars) from
+    pickles and deep copies: they are rebuilt from the tensors on the next forward."""
+
+    _CACHES = ("_fxlab_arrays", "_values")
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        for key in self._CACHES:
+            state.pop(key, None)
+        return state
+
+
+class _LinearBase(_KernelCaches, nn.Module, LeafModule):
     """What the quantized Linears share: shapes, the fused ReLU flag, (…, K) inputs, the printout.
 
-    Subclasses implement ``matmul(x2d, weight, bias)``. ``forward`` reads the parameters from
-    ``_parameters`` directly: ``Module.__getattr__`` costs ~0.4 µs a lookup, a tenth of a batch-1 layer.
+    Subclasses implement ``matmul(x2d, weight, bias, relu)`` (which applies the ReLU when
+    ``relu``, so that a fused kernel can). ``forward`` reads the parameters from ``_parameters``
+    directly: ``Module.__getattr__`` costs ~0.4 µs a lookup, a tenth of a batch-1 layer.
     """
 
     in_features: int
@@ -172,14 +206,11 @@ class _LinearBase(nn.Module, LeafModule):
     def forward(self, x: Tensor) -> Tensor:
         params = self._parameters
         if x.dim() == 2:
-            y = self.matmul(x, params["weight"], params["bias"])
-            return y.relu_() if self.relu else y
-        y = self.matmul(x.reshape(-1, self.in_features), params["weight"], params["bias"])
-        if self.relu:
-            y = y.relu_()
+            return self.matmul(x, params["weight"], params.get("bias"), self.relu)
+        y = self.matmul(x.reshape(-1, self.in_features), params["weight"], params.get("bias"), self.relu)
         return y.reshape(*x.shape[:-1], self.out_features)
 
-    def matmul(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:  # pragma: no cover
+    def matmul(self, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
 
@@ -218,28 +249,40 @@ class Int8DynamicLinear(_Int8WeightLinear):
     """int8 weights (per output channel) × int8 activations quantized per row at run time.
 
     ``y = (q(x) @ q(W).T) · s_x · s_w + b``, accumulated exactly in int32 by ``torch._int_mm``.
-    A matmul too small for that to pay off runs the weight-only arithmetic instead (see
-    :meth:`uses_int8_matmul`).
+    On CPU the fused kernels of :mod:`fxlab.nn.kernels` run it at every size; without them a
+    matmul too small to pay for the torch ops of quantization runs the weight-only arithmetic
+    instead (see :meth:`uses_int8_matmul`).
 
     >>> m = Int8DynamicLinear.from_float(torch.nn.Linear(784, 128))
     >>> m
     Int8DynamicLinear(784→128, per-channel)
-    >>> m.uses_int8_matmul(torch.randn(256, 784)), m.uses_int8_matmul(torch.randn(1, 784))
-    (True, False)
+    >>> m.uses_int8_matmul(torch.randn(256, 784))
+    True
     """
 
     def uses_int8_matmul(self, x: Tensor) -> bool:
-        """Whether a 2-D input ``x`` takes the int8 path (else: float activations × int8 weights)."""
+        """Whether a 2-D input ``x`` takes the int8 path (else: float activations × int8 weights):
+        always with the fused CPU kernels, else when :func:`big_enough`."""
+        if x.dtype == torch.float32 and kernels.for_tensor(x) is not None:
+            return True
         return big_enough(x, self.in_features, self.out_features)
 
-    def matmul(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    def matmul(self, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
         w_scale = self._buffers["weight_scale"]
+        k = kernels.for_tensor(x) if x.dtype == torch.float32 else None
+        if k is not None:  # fused kernels: int8 arithmetic pays off at every size
+            w, ws, b = kernels.arrays(self, "weight", "weight_scale", "bias")
+            if x.shape[0] <= KERNEL_MAX_ROWS:
+                return _from_numpy(k.dynamic_linear(x.numpy(), w, ws, b, relu, _EPS))
+            xq, x_scale = k.quantize_rows(x.numpy(), _EPS)
+            acc = int8_matmul(_from_numpy(xq), weight)
+            return _from_numpy(k.scale_rows_cols(acc.numpy(), x_scale, ws, b, relu))
         if not big_enough(x, self.in_features, self.out_features):
-            return linear_int8_weight(x, weight, w_scale, bias)
+            return _relu(linear_int8_weight(x, weight, w_scale, bias), relu)
         xq, x_scale = quantize_rows(x)
         acc = int8_matmul(xq, weight)
         scale = x_scale * w_scale
-        return torch.addcmul(bias, acc, scale) if bias is not None else acc * scale
+        return _relu(torch.addcmul(bias, acc, scale) if bias is not None else acc * scale, relu)
 
 
 class Int8WeightOnlyLinear(_Int8WeightLinear):
@@ -250,8 +293,13 @@ class Int8WeightOnlyLinear(_Int8WeightLinear):
     Int8WeightOnlyLinear(784→128, per-channel)
     """
 
-    def matmul(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        return linear_int8_weight(x, weight, self._buffers["weight_scale"], bias)
+    def matmul(self, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+        w_scale = self._buffers["weight_scale"]
+        if x.shape[0] <= KERNEL_MAX_ROWS and x.dtype == torch.float32:
+            k = kernels.for_tensor(x)
+            if k is not None:
+                return _from_numpy(k.linear_w8(x.numpy(), *kernels.arrays(self, "weight", "weight_scale", "bias"), relu))
+        return _relu(linear_int8_weight(x, weight, w_scale, bias), relu)
 
 
 class HalfLinear(_LinearBase):
@@ -303,11 +351,16 @@ class HalfLinear(_LinearBase):
         """Whether a 2-D input ``x`` runs a native half GEMM (else: upcast weights, float32 GEMM)."""
         return _half_pays_off(x, self.weight.dtype, self.in_features, self.out_features)
 
-    def matmul(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    def matmul(self, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+        if x.shape[0] <= KERNEL_MAX_ROWS and x.dtype == torch.float32:
+            k = kernels.for_tensor(x)
+            if k is not None:
+                w_bits, b = kernels.arrays(self, "weight", "bias")
+                return _from_numpy(k.linear_half(x.numpy(), w_bits, weight.dtype == torch.float16, b, relu))
         if _half_pays_off(x, weight.dtype, self.in_features, self.out_features):
             y = F.linear(x.to(weight.dtype), weight)
-            return torch.add(bias, y) if bias is not None else y.to(x.dtype)
-        return F.linear(x, weight.to(x.dtype), bias)
+            return _relu(torch.add(bias, y) if bias is not None else y.to(x.dtype), relu)
+        return _relu(F.linear(x, weight.to(x.dtype), bias), relu)
 
     def _details(self) -> list[str]:
         return [_HALF_NAMES.get(self.dtype, str(self.dtype))]
@@ -347,7 +400,7 @@ class MinMaxObserver(nn.Module, LeafModule):
         return f"min={float(self.min_val):.4g}, max={float(self.max_val):.4g}" if self.seen else "empty"
 
 
-class _QParams(nn.Module, LeafModule):
+class _QParams(_KernelCaches, nn.Module, LeafModule):
     """A per-tensor affine int8 scale and zero point, held as buffers."""
 
     def __init__(self, scale: float = 1.0, zero_point: int = 0) -> None:
@@ -358,20 +411,44 @@ class _QParams(nn.Module, LeafModule):
     def extra_repr(self) -> str:
         return "int8, per-tensor"
 
+    def values(self) -> tuple[float, float, int]:
+        """``(scale, 1 / scale, zero_point)`` as Python numbers (``1 / scale`` as float32 computes
+        it), cached until a buffer changes (assignment, ``fill_``, ``load_state_dict``)."""
+        b = self._buffers
+        scale, zero_point = b["scale"], b["zero_point"]
+        cached = self.__dict__.get("_values")
+        if (
+            cached is None
+            or cached[0] is not scale  # the cache holds the tensors, so an id is never reused
+            or cached[1] is not zero_point
+            or cached[2] != (scale._version, zero_point._version)
+        ):
+            values = (float(scale), float(scale.reciprocal()), int(zero_point))
+            cached = (scale, zero_point, (scale._version, zero_point._version), values)
+            self.__dict__["_values"] = cached
+        return cached[3]
+
 
 class Quantize(_QParams):
     """float → int8: ``clamp(round(x / scale) + zero_point, -128, 127)``."""
 
     def forward(self, x: Tensor) -> Tensor:
+        k = kernels.for_tensor(x) if x.dtype == torch.float32 and x.dim() == 2 else None
+        if k is not None:
+            _, inv_scale, zero_point = self.values()
+            return _from_numpy(k.quantize_affine(x.numpy(), inv_scale, zero_point))
         b = self._buffers
-        q = torch.round(x * b["scale"].reciprocal()).add_(b["zero_point"]).clamp_(-128, 127)
-        return q.to(torch.int8)
+        return torch.round(x * b["scale"].reciprocal()).add_(b["zero_point"]).clamp_(-128, 127).to(torch.int8)
 
 
 class Dequantize(_QParams):
     """int8 → float: ``(q - zero_point) * scale``."""
 
     def forward(self, q: Tensor) -> Tensor:
+        k = kernels.for_tensor(q) if q.dtype == torch.int8 and q.dim() == 2 else None
+        if k is not None:
+            scale, _, zero_point = self.values()
+            return _from_numpy(k.dequantize_affine(q.numpy(), scale, zero_point))
         b = self._buffers
         return q.float().sub_(b["zero_point"]).mul_(b["scale"])
 
@@ -435,8 +512,17 @@ class Int8StaticLinear(_Int8WeightLinear):
 
     def forward(self, xq: Tensor) -> Tensor:
         x2 = xq if xq.dim() == 2 else xq.reshape(-1, self.in_features)
-        acc = int8_matmul(x2, self.weight)
-        y = torch.addcmul(self._offset, acc, self._multiplier).round_().clamp_(self._low, 127).to(torch.int8)
+        k = kernels.for_tensor(x2)
+        if k is not None:
+            w, multiplier, offset = kernels.arrays(self, "weight", "_multiplier", "_offset")
+            if x2.shape[0] <= KERNEL_MAX_ROWS:
+                y = _from_numpy(k.static_linear(x2.numpy(), w, multiplier, offset, self._low))
+            else:
+                acc = int8_matmul(x2, self._parameters["weight"])
+                y = _from_numpy(k.requantize(acc.numpy(), multiplier, offset, self._low))
+        else:
+            acc = int8_matmul(x2, self.weight)
+            y = torch.addcmul(self._offset, acc, self._multiplier).round_().clamp_(self._low, 127).to(torch.int8)
         return y if xq.dim() == 2 else y.reshape(*xq.shape[:-1], self.out_features)
 
     def __repr__(self) -> str:  # one line, like the other quantized Linears

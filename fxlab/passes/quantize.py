@@ -383,7 +383,34 @@ def _static(gm: fx.GraphModule, nodes: list[fx.Node], config: Int8StaticConfig, 
         for obs in (before, after):
             graph.erase_node(obs)
             gm.delete_submodule(str(obs.target))
+    _chain_int8(gm, {str(node.target) for node, _, _ in observed})
     return gm
+
+
+def _chain_int8(gm: fx.GraphModule, paths: set[str]) -> None:
+    """Drop each ``output_dequant → input_quant`` pair between two int8 Linears.
+
+    Where one int8 Linear's output feeds only the next one, both observers saw the same tensor,
+    so the two modules hold the same scale and zero point and quantize(dequantize(q)) is q: the
+    int8 values flow straight on, and the graph keeps a quantize node where float enters the int8
+    chain and a dequantize node where it leaves (or forks, or meets a float op such as GELU).
+    """
+    graph = gm.graph
+    for quant in list(graph.nodes):
+        if quant.op != "call_module" or not str(quant.target).endswith(".input_quant"):
+            continue
+        dequant = quant.args[0]
+        if not (isinstance(dequant, fx.Node) and dequant.op == "call_module" and len(dequant.users) == 1):
+            continue
+        producer, _, kind = str(dequant.target).rpartition(".")
+        if kind != "output_dequant" or producer not in paths or str(quant.target).rpartition(".")[0] not in paths:
+            continue
+        out_q, in_q = gm.get_submodule(str(dequant.target)), gm.get_submodule(str(quant.target))
+        if not (torch.equal(out_q.scale, in_q.scale) and torch.equal(out_q.zero_point, in_q.zero_point)):
+            continue
+        quant.replace_all_uses_with(dequant.args[0])
+        graph.erase_node(quant)
+        graph.erase_node(dequant)
 
 
 def _add_module(gm: fx.GraphModule, name: str, module: nn.Module) -> str:

@@ -1,0 +1,150 @@
+"""The fused CPU kernels (fxlab.nn.kernels) compute what the torch ops compute."""
+
+from __future__ import annotations
+
+import io
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import fxlab.nn.quantized as quantized_nn
+from fxlab.nn import (
+    Dequantize,
+    HalfLinear,
+    Int8DynamicLinear,
+    Int8StaticLinear,
+    Int8WeightOnlyLinear,
+    Quantize,
+    kernels,
+)
+from fxlab.nn.quantized import quantize_rows
+
+pytestmark = pytest.mark.skipif(not kernels.available(), reason="numba is a dependency; it must import")
+
+
+def _both(fn):
+    """``fn()`` with the kernels, then with torch ops only."""
+    with torch.no_grad():
+        fast = fn()
+        with kernels.disabled():
+            slow = fn()
+    return fast, slow
+
+
+@pytest.mark.parametrize("shape", [(1, 784), (7, 3), (256, 784), (1000, 50), (3, 1)])
+def test_quantize_rows_matches_torch_exactly(shape: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(*shape) * torch.rand(shape[0], 1) * 10
+    x[0, 0] = 0.0
+    if shape[0] > 2:
+        x[1] = 0.0  # an all-zero row: scale eps, codes 0
+    (q, s), (q_ref, s_ref) = _both(lambda: quantize_rows(x))
+    assert q.dtype == torch.int8 and s.shape == (shape[0], 1)
+    assert torch.equal(q, q_ref) and torch.equal(s, s_ref)
+
+
+@pytest.mark.parametrize("rows", [1, 5, 8, 9, 256])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+def test_dynamic_kernels_match_the_int8_torch_path(monkeypatch: pytest.MonkeyPatch, rows: int, relu: bool,
+                                                   bias: bool) -> None:
+    monkeypatch.setattr(quantized_nn, "CPU_MIN_WORK", 0)  # torch ops take the int8 GEMM too
+    torch.manual_seed(1)
+    m = Int8DynamicLinear.from_float(nn.Linear(784, 50, bias=bias), relu=relu)
+    x = torch.randn(rows, 784)
+    fast, slow = _both(lambda: m(x))
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+    if relu:
+        assert (fast >= 0).all()
+
+
+@pytest.mark.parametrize("k", [1024, 1025, 3000])
+def test_integer_dot_products_are_exact_for_long_rows(k: int) -> None:
+    """Beyond 1024 inputs the float32 partial sums are chunked: still the exact int32 sum."""
+    torch.manual_seed(2)
+    m = Int8StaticLinear.from_float(nn.Linear(k, 16), input_range=(-1.0, 1.0), output_range=(-40.0, 40.0))
+    xq = torch.full((2, k), -128, dtype=torch.int8)  # the largest products: 128 × 127
+    xq[1] = torch.randint(-128, 128, (k,), dtype=torch.int8)
+    with torch.no_grad():
+        m.weight.fill_(127)
+        m.weight[1:] = torch.randint(-127, 128, (15, k), dtype=torch.int8)
+        m.refresh()
+    fast, slow = _both(lambda: m(xq))
+    assert torch.equal(fast, slow)
+
+
+@pytest.mark.parametrize("rows", [1, 8, 9, 100])
+def test_static_modules_match_torch_exactly(rows: int) -> None:
+    torch.manual_seed(3)
+    lin = Int8StaticLinear.from_float(nn.Linear(128, 64), relu=True, input_range=(-2.0, 3.0), output_range=(0.0, 9.0))
+    x = torch.randn(rows, 128) * 2
+    q_fast, q_slow = _both(lambda: lin.input_quant(x))
+    assert torch.equal(q_fast, q_slow)
+    y_fast, y_slow = _both(lambda: lin(q_fast))
+    assert (y_fast.int() - y_slow.int()).abs().max() <= 1  # rounding ties may fall either side
+    assert (y_fast != y_slow).float().mean() < 1e-3
+    d_fast, d_slow = _both(lambda: lin.output_dequant(y_fast))
+    assert torch.equal(d_fast, d_slow)
+
+
+@pytest.mark.parametrize("module", ["weight-only", "bf16", "fp16"])
+@pytest.mark.parametrize("rows", [1, 8])
+def test_float_activation_kernels_match_torch(module: str, rows: int) -> None:
+    torch.manual_seed(4)
+    lin = nn.Linear(300, 40)
+    if module == "weight-only":
+        m = Int8WeightOnlyLinear.from_float(lin, relu=True)
+    else:
+        m = HalfLinear.from_float(lin, relu=True, dtype=torch.bfloat16 if module == "bf16" else torch.float16)
+    x = torch.randn(rows, 300)
+    fast, slow = _both(lambda: m(x))
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_weights_widen_exactly(dtype: torch.dtype) -> None:
+    """Every 16-bit pattern (normals, subnormals, ±0, ±inf, NaN) widens to its float32 value."""
+    k = kernels._load()
+    bits = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).reshape(1, -1)
+    w = bits.view(dtype)
+    row = np.empty(w.shape[1], dtype=np.float32)
+    k._widen_half(bits.numpy(), 0, dtype == torch.float16, row, row.view(np.int32))
+    assert np.array_equal(row, w.float().numpy()[0], equal_nan=True)
+
+
+def test_kernels_stay_out_of_autograd_and_tracing() -> None:
+    m = Int8WeightOnlyLinear.from_float(nn.Linear(8, 4))
+    x = torch.randn(2, 8, requires_grad=True)
+    assert kernels.for_tensor(x) is None  # grad mode on: torch ops
+    with torch.no_grad():
+        assert kernels.for_tensor(x) is not None
+    assert kernels.for_tensor(torch.randn(8, 2).t()) is None  # not contiguous
+    with kernels.disabled():
+        assert kernels.for_tensor(torch.randn(2, 8)) is None
+    assert m(x).shape == (2, 4)
+
+
+def test_caches_follow_the_tensors_and_stay_out_of_pickles() -> None:
+    torch.manual_seed(5)
+    a = Int8DynamicLinear.from_float(nn.Linear(16, 4))
+    b = Int8DynamicLinear.from_float(nn.Linear(16, 4))
+    x = torch.randn(3, 16)
+    with torch.no_grad():
+        a(x)
+        assert "_fxlab_arrays" in a.__dict__
+        buf = io.BytesIO()
+        torch.save(a, buf)
+        assert b"_fxlab_arrays" not in pickle.dumps(a.__getstate__())
+        a.load_state_dict(b.state_dict())  # in place: the cached views see the new values
+        torch.testing.assert_close(a(x), b(x))
+        a.weight.data = torch.zeros_like(a.weight)  # a new tensor: the cache is rebuilt
+        torch.testing.assert_close(a(x), a.bias.expand(3, 4))
+    q = Quantize()
+    q.scale.fill_(0.5)
+    assert q.values()[0] == 0.5
+    q.scale.fill_(0.25)  # in place: the version changes
+    assert q.values() == (0.25, 4.0, 0)
+    assert torch.equal(Dequantize()(torch.tensor([[3]], dtype=torch.int8)), torch.tensor([[3.0]]))
