@@ -108,11 +108,9 @@ def test_float_activation_kernels_match_torch(module: str, rows: int) -> None:
 def test_half_weights_widen_exactly(dtype: torch.dtype) -> None:
     """Every 16-bit pattern (normals, subnormals, ±0, ±inf, NaN) widens to its float32 value."""
     k = kernels._load()
-    bits = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).reshape(1, -1)
-    w = bits.view(dtype)
-    row = np.empty(w.shape[1], dtype=np.float32)
-    k._widen_half(bits.numpy(), 0, dtype == torch.float16, row, row.view(np.int32))
-    assert np.array_equal(row, w.float().numpy()[0], equal_nan=True)
+    bits = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16)
+    widened = k.widen_half(bits.numpy(), dtype == torch.float16)
+    assert np.array_equal(widened, bits.view(dtype).float().numpy(), equal_nan=True)
 
 
 def test_kernels_stay_out_of_autograd_and_tracing() -> None:
@@ -148,3 +146,12 @@ def test_caches_follow_the_tensors_and_stay_out_of_pickles() -> None:
     q.scale.fill_(0.25)  # in place: the version changes
     assert q.values() == (0.25, 4.0, 0)
     assert torch.equal(Dequantize()(torch.tensor([[3]], dtype=torch.int8)), torch.tensor([[3.0]]))
+
+
+def test_a_misfit_input_is_refused_not_read_past_its_end() -> None:
+    m = Int8DynamicLinear.from_float(nn.Linear(16, 4))
+    with torch.no_grad(), pytest.raises((ValueError, RuntimeError)):
+        m(torch.randn(2, 8))
+    s = Int8StaticLinear.from_float(nn.Linear(16, 4), input_range=(-1.0, 1.0), output_range=(-1.0, 1.0))
+    with torch.no_grad(), pytest.raises((ValueError, RuntimeError)):
+        s(torch.zeros(2, 8, dtype=torch.int8))

@@ -4,9 +4,9 @@ state-dict size and round trip, accuracy budgets on real MNIST, golden printouts
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 import io
 import warnings
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -15,13 +15,13 @@ from torch import fx, nn
 import fxlab
 import fxlab.nn.quantized as quantized_nn
 from fxlab.models import build
-from fxlab.nn import kernels
 from fxlab.nn import (
     HalfLinear,
     Int8DynamicLinear,
     Int8StaticLinear,
     Int8WeightOnlyLinear,
     LinearReLU,
+    kernels,
 )
 from fxlab.passes import FuseLinearReLU, QuantizeLinear
 from fxlab.passes.quantize import MODES, structure_only

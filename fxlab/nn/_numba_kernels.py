@@ -3,12 +3,20 @@
 Each kernel makes one pass over memory where the eager torch version takes several ops, and
 runs on the calling thread. The arithmetic is the torch reference's, in float32: the same
 products, the same round-half-to-even (``np.rint``), so quantized codes match it exactly.
+
+Activations (inputs and outputs, new every call) are passed as the addresses of contiguous
+tensors plus their sizes, which costs a tenth of converting them to and from NumPy; the
+module's constant tensors (weights, scales) are passed as cached NumPy views. The caller
+(:mod:`fxlab.nn.kernels`) checks dtypes, contiguity and shapes before it hands over addresses.
 """
 
 from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic
 
 # reassociation lets LLVM vectorise the float dot products (no other fast-math: inf and NaN behave)
 _JIT = {"cache": True, "nogil": True, "fastmath": {"reassoc", "contract", "nsz"}, "boundscheck": False,
@@ -21,39 +29,103 @@ _ONE = np.float32(1.0)
 _ZERO = np.float32(0.0)
 
 
-@numba.njit(**_EXACT)
-def quantize_rows(x, eps):  # pragma: no cover - compiled
-    """Per-row symmetric int8 of a float32 (M, K) ``x``: ``(q, scale)`` with
-    ``a = max(max|x|, eps)``, ``q = rint(x * (127 * (1 / a)))``, ``scale = a * (1 / 127)`` (M, 1).
+# --------------------------------------------------------------------------------------------
+# intrinsics: addresses → typed pointers, 16-bit float patterns → float32, int32 bits → float32
 
-    The row maximum is taken over the bits of ``x`` seen as int32 with the sign cleared (a
+
+def _pointer_to(nbtype: types.Type):
+    @intrinsic
+    def pointer(typingctx, address):  # pragma: no cover - compiled
+        result = types.CPointer(nbtype)
+
+        def codegen(context, builder, signature, args):
+            return builder.inttoptr(args[0], context.get_value_type(result))
+
+        return result(types.intp), codegen
+
+    return pointer
+
+
+_f32p = _pointer_to(types.float32)
+_i32p = _pointer_to(types.int32)
+_i8p = _pointer_to(types.int8)
+
+
+@intrinsic
+def _bits_to_f32(typingctx, bits):  # pragma: no cover - compiled
+    """The float32 whose bits are the int32 ``bits``."""
+
+    def codegen(context, builder, signature, args):
+        value = args[0]
+        if value.type.width != 32:
+            value = builder.trunc(value, ir.IntType(32))
+        return builder.bitcast(value, ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
+@intrinsic
+def _f16_to_f32(typingctx, bits):  # pragma: no cover - compiled
+    """An int16 holding a float16's bits → that value as float32 (exact; F16C's vcvtph2ps)."""
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
+@intrinsic
+def _bf16_to_f32(typingctx, bits):  # pragma: no cover - compiled
+    """An int16 holding a bfloat16's bits → that value as float32 (the top half of its bits)."""
+
+    def codegen(context, builder, signature, args):
+        wide = builder.shl(builder.zext(args[0], ir.IntType(32)), ir.Constant(ir.IntType(32), 16))
+        return builder.bitcast(wide, ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
+# --------------------------------------------------------------------------------------------
+# int8 dynamic
+
+
+@numba.njit(**_EXACT)
+def _row_absmax(x, i, k, eps):  # pragma: no cover - compiled
+    """``max(max_j |x[i, j]|, eps)``, reduced over the bits of ``x`` with the sign cleared (a
     float's magnitude orders like those bits, and an integer max reduction vectorises)."""
-    m, k = x.shape
-    x_bits = x.view(np.int32)
-    q = np.empty((m, k), dtype=np.int8)
-    scale = np.empty((m, 1), dtype=np.float32)
-    scale_bits = scale.view(np.int32)
+    bits = x.view(np.int32)
+    a = np.int32(0)
+    for j in range(k):
+        a = max(a, bits[i, j] & _ABS_BITS)
+    return max(_bits_to_f32(a), eps)
+
+
+@numba.njit(**_EXACT)
+def quantize_rows(x_at, m, k, eps, q_at, scale_at):  # pragma: no cover - compiled
+    """Per-row symmetric int8 of a float32 (m, k): ``a = max(max|x|, eps)``,
+    ``q = rint(x * (127 * (1 / a)))`` (int8), ``scale = a * (1 / 127)`` (m floats)."""
+    x = numba.carray(_f32p(x_at), (m, k))
+    q = numba.carray(_i8p(q_at), (m, k))
+    scale = numba.carray(_f32p(scale_at), m)
     for i in range(m):
-        a = np.int32(0)
-        for j in range(k):
-            a = max(a, x_bits[i, j] & _ABS_BITS)
-        scale_bits[i, 0] = a
-        amax = max(scale[i, 0], eps)
+        amax = _row_absmax(x, i, k, eps)
         inv = _F127 * (_ONE / amax)
         for j in range(k):
             q[i, j] = np.int8(np.rint(x[i, j] * inv))
-        scale[i, 0] = amax * (_ONE / _F127)
-    return q, scale
+        scale[i] = amax * (_ONE / _F127)
 
 
 @numba.njit(**_EXACT)
-def scale_rows_cols(acc, row_scale, col_scale, bias, relu):  # pragma: no cover - compiled
-    """``acc * (row_scale[i] * col_scale[o]) + bias[o]`` (bias of length 0: none), then ReLU if asked."""
-    m, n = acc.shape
-    out = np.empty((m, n), dtype=np.float32)
+def scale_rows_cols(acc_at, m, row_scale_at, col_scale, bias, relu, out_at):  # pragma: no cover - compiled
+    """``out = acc * (row_scale[i] * col_scale[o]) + bias[o]`` (bias of length 0: none), then
+    ReLU if asked; ``acc`` int32 (m, n), ``n = len(col_scale)``."""
+    n = col_scale.shape[0]
+    acc = numba.carray(_i32p(acc_at), (m, n))
+    row_scale = numba.carray(_f32p(row_scale_at), m)
+    out = numba.carray(_f32p(out_at), (m, n))
     has_bias = bias.shape[0] > 0
     for i in range(m):
-        r = row_scale[i, 0]
+        r = row_scale[i]
         for o in range(n):
             y = np.float32(acc[i, o]) * (r * col_scale[o])
             if has_bias:
@@ -61,15 +133,67 @@ def scale_rows_cols(acc, row_scale, col_scale, bias, relu):  # pragma: no cover 
             if relu and y < _ZERO:
                 y = _ZERO
             out[i, o] = y
-    return out
+
+
+#: int8 × int8 products summed in float32 are exact while every partial sum stays below 2**24:
+#: 1024 × 128 × 127 < 2**24, so longer dot products run in chunks of 1024 (Numba widens int32
+#: arithmetic to int64, which AVX-512 multiplies slowly; float32 FMAs vectorise well).
+_CHUNK = 1024
 
 
 @numba.njit(**_JIT)
-def linear_w8(x, w, w_scale, bias, relu):  # pragma: no cover - compiled
-    """``(x @ w.T) * w_scale + bias`` for float32 ``x`` (few rows) and int8 ``w`` (N, K)."""
-    m, k = x.shape
-    n = w.shape[0]
-    out = np.empty((m, n), dtype=np.float32)
+def _int_dot(a, w, o):  # pragma: no cover - compiled
+    """Exact ``sum_j a[j] * w[o, j]`` for integer-valued float32 ``a`` (|a| <= 128), int8 ``w``."""
+    k = a.shape[0]
+    if k <= _CHUNK:
+        acc = _ZERO
+        for j in range(k):
+            acc += a[j] * np.float32(w[o, j])
+        return acc
+    total = np.int64(0)
+    for j0 in range(0, k, _CHUNK):
+        part = _ZERO
+        for j in range(j0, min(j0 + _CHUNK, k)):
+            part += a[j] * np.float32(w[o, j])
+        total += np.int64(part)
+    return np.float32(total)
+
+
+@numba.njit(**_JIT)
+def dynamic_linear(x_at, m, w, w_scale, bias, relu, eps, out_at):  # pragma: no cover - compiled
+    """The whole int8 dynamic Linear for a few rows: each row quantized as :func:`quantize_rows`
+    does, exact integer dot products with the int8 ``w`` (n, k) (what ``torch._int_mm``
+    computes), then ``acc * (scale * w_scale[o]) + bias[o]`` and ReLU if asked."""
+    n, k = w.shape
+    x = numba.carray(_f32p(x_at), (m, k))
+    out = numba.carray(_f32p(out_at), (m, n))
+    q = np.empty(k, dtype=np.float32)
+    has_bias = bias.shape[0] > 0
+    for i in range(m):
+        amax = _row_absmax(x, i, k, eps)
+        inv = _F127 * (_ONE / amax)
+        for j in range(k):
+            q[j] = np.rint(x[i, j] * inv)
+        scale = amax * (_ONE / _F127)
+        for o in range(n):
+            y = _int_dot(q, w, o) * (scale * w_scale[o])
+            if has_bias:
+                y += bias[o]
+            if relu and y < _ZERO:
+                y = _ZERO
+            out[i, o] = y
+
+
+# --------------------------------------------------------------------------------------------
+# float activations × int8 or half weights
+
+
+@numba.njit(**_JIT)
+def linear_w8(x_at, m, w, w_scale, bias, relu, out_at):  # pragma: no cover - compiled
+    """``(x @ w.T) * w_scale + bias`` for float32 ``x`` (m, k), few rows, and int8 ``w`` (n, k)."""
+    n, k = w.shape
+    x = numba.carray(_f32p(x_at), (m, k))
+    out = numba.carray(_f32p(out_at), (m, n))
     has_bias = bias.shape[0] > 0
     for i in range(m):
         for o in range(n):
@@ -82,171 +206,94 @@ def linear_w8(x, w, w_scale, bias, relu):  # pragma: no cover - compiled
             if relu and y < _ZERO:
                 y = _ZERO
             out[i, o] = y
-    return out
 
 
 @numba.njit(**_EXACT)
-def _widen_half(w_bits, o, fp16, row, row_bits):  # pragma: no cover - compiled
-    """Row ``o`` of 16-bit float patterns ``w_bits`` → float32 ``row`` (``row_bits``: same memory).
-
-    bfloat16 is the top half of a float32. float16: ``(h & 0x7fff) << 13`` read as a float32 and
-    scaled by 2**112 is the magnitude (subnormals included); then the sign, and inf/NaN kept."""
-    k = row.shape[0]
-    if not fp16:
-        for j in range(k):
-            row_bits[j] = (np.int32(w_bits[o, j]) & np.int32(0xFFFF)) << 16
-        return
-    for j in range(k):
-        row_bits[j] = (np.int32(w_bits[o, j]) & np.int32(0x7FFF)) << 13
-    for j in range(k):
-        row[j] = row[j] * np.float32(5.192296858534828e33)  # 2**112
-    for j in range(k):
-        h = np.int32(w_bits[o, j])
-        special = np.int32(0x7F800000) if (h & np.int32(0x7C00)) == np.int32(0x7C00) else np.int32(0)
-        row_bits[j] = row_bits[j] | ((h & np.int32(0x8000)) << 16) | special
+def widen_half(w_bits, fp16):  # pragma: no cover - compiled
+    """16-bit float patterns (int16) → float32 values, as ``linear_half`` reads them (for tests)."""
+    flat = w_bits.reshape(-1)
+    out = np.empty(flat.shape[0], dtype=np.float32)
+    for j in range(flat.shape[0]):
+        out[j] = _f16_to_f32(flat[j]) if fp16 else _bf16_to_f32(flat[j])
+    return out
 
 
 @numba.njit(**_JIT)
-def linear_half(x, w_bits, fp16, bias, relu):  # pragma: no cover - compiled
-    """``x @ w.T + bias`` for float32 ``x`` (few rows) and a bfloat16 / float16 (``fp16``) ``w``
-    given as its 16-bit patterns, each weight row widened exactly to float32 in a scratch row."""
-    m, k = x.shape
-    n = w_bits.shape[0]
-    out = np.empty((m, n), dtype=np.float32)
-    row = np.empty(k, dtype=np.float32)
-    row_bits = row.view(np.int32)
+def linear_half(x_at, m, w_bits, fp16, bias, relu, out_at):  # pragma: no cover - compiled
+    """``x @ w.T + bias`` for float32 ``x`` (m, k), few rows, and a bfloat16 / float16 (``fp16``)
+    ``w`` given as its 16-bit patterns, each weight widened exactly to float32 as it is read."""
+    n, k = w_bits.shape
+    x = numba.carray(_f32p(x_at), (m, k))
+    out = numba.carray(_f32p(out_at), (m, n))
     has_bias = bias.shape[0] > 0
-    for o in range(n):
-        _widen_half(w_bits, o, fp16, row, row_bits)
-        for i in range(m):
+    for i in range(m):
+        for o in range(n):
             acc = _ZERO
-            for j in range(k):
-                acc += x[i, j] * row[j]
+            if fp16:
+                for j in range(k):
+                    acc += x[i, j] * _f16_to_f32(w_bits[o, j])
+            else:
+                for j in range(k):
+                    acc += x[i, j] * _bf16_to_f32(w_bits[o, j])
             if has_bias:
                 acc += bias[o]
             if relu and acc < _ZERO:
                 acc = _ZERO
             out[i, o] = acc
-    return out
+
+
+# --------------------------------------------------------------------------------------------
+# int8 static
 
 
 @numba.njit(**_EXACT)
-def quantize_affine(x, inv_scale, zero_point):  # pragma: no cover - compiled
-    """Per-tensor affine int8 of a 2-D ``x``: ``clamp(rint(x * inv_scale) + zero_point, -128, 127)``."""
-    m, k = x.shape
-    q = np.empty((m, k), dtype=np.int8)
+def quantize_affine(x_at, size, inv_scale, zero_point, q_at):  # pragma: no cover - compiled
+    """Per-tensor affine int8 of ``size`` floats: ``clamp(rint(x * inv_scale) + zero_point, -128, 127)``."""
+    x = numba.carray(_f32p(x_at), size)
+    q = numba.carray(_i8p(q_at), size)
     inv = np.float32(inv_scale)
     zp = np.float32(zero_point)
-    for i in range(m):
-        for j in range(k):
-            v = np.rint(x[i, j] * inv) + zp
-            q[i, j] = np.int8(min(max(v, np.float32(-128.0)), _F127))
-    return q
+    for j in range(size):
+        v = np.rint(x[j] * inv) + zp
+        q[j] = np.int8(min(max(v, np.float32(-128.0)), _F127))
 
 
 @numba.njit(**_EXACT)
-def requantize(acc, multiplier, offset, low):  # pragma: no cover - compiled
-    """int32 accumulator → int8: ``clamp(rint(acc * multiplier[o] + offset[o]), low, 127)``."""
-    m, n = acc.shape
-    q = np.empty((m, n), dtype=np.int8)
+def dequantize_affine(q_at, size, scale, zero_point, out_at):  # pragma: no cover - compiled
+    """``out = (q - zero_point) * scale`` for ``size`` int8 codes, per tensor."""
+    q = numba.carray(_i8p(q_at), size)
+    out = numba.carray(_f32p(out_at), size)
+    s = np.float32(scale)
+    zp = np.float32(zero_point)
+    for j in range(size):
+        out[j] = (np.float32(q[j]) - zp) * s
+
+
+@numba.njit(**_EXACT)
+def requantize(acc_at, m, multiplier, offset, low, q_at):  # pragma: no cover - compiled
+    """int32 (m, n) → int8: ``clamp(rint(acc * multiplier[o] + offset[o]), low, 127)``."""
+    n = multiplier.shape[0]
+    acc = numba.carray(_i32p(acc_at), (m, n))
+    q = numba.carray(_i8p(q_at), (m, n))
     lo = np.float32(low)
     for i in range(m):
         for o in range(n):
             v = np.rint(np.float32(acc[i, o]) * multiplier[o] + offset[o])
             q[i, o] = np.int8(min(max(v, lo), _F127))
-    return q
-
-
-@numba.njit(**_EXACT)
-def dequantize_affine(q, scale, zero_point):  # pragma: no cover - compiled
-    """``(q - zero_point) * scale`` as float32."""
-    m, k = q.shape
-    out = np.empty((m, k), dtype=np.float32)
-    s = np.float32(scale)
-    zp = np.float32(zero_point)
-    for i in range(m):
-        for j in range(k):
-            out[i, j] = (np.float32(q[i, j]) - zp) * s
-    return out
-
-
-#: int8 × int8 products summed in float32 are exact while every partial sum stays below 2**24:
-#: 1024 × 128 × 127 < 2**24, so dot products run in chunks of 1024 (numba would widen int32
-#: arithmetic to int64, which AVX-512 multiplies slowly; float32 FMAs vectorise well).
-_CHUNK = 1024
 
 
 @numba.njit(**_JIT)
-def _int_dot_long(a, w, o):  # pragma: no cover - compiled
-    """Exact ``sum_j a[j] * w[o, j]`` in chunks of ``_CHUNK``, for K above it."""
-    k = a.shape[0]
-    total = np.int64(0)
-    for j0 in range(0, k, _CHUNK):
-        part = _ZERO
-        for j in range(j0, min(j0 + _CHUNK, k)):
-            part += a[j] * np.float32(w[o, j])
-        total += np.int64(part)
-    return np.float32(total)
-
-
-@numba.njit(**_JIT)
-def dynamic_linear(x, w, w_scale, bias, relu, eps):  # pragma: no cover - compiled
-    """The whole int8 dynamic Linear for a few rows: quantize each row as :func:`quantize_rows`
-    does, exact integer dot products with the int8 ``w`` (N, K) (what ``torch._int_mm``
-    computes), then ``acc * (scale * w_scale[o]) + bias[o]`` and ReLU if asked."""
-    m, k = x.shape
-    n = w.shape[0]
-    out = np.empty((m, n), dtype=np.float32)
-    x_bits = x.view(np.int32)
-    q = np.empty(k, dtype=np.float32)
-    one = np.empty(1, dtype=np.float32)
-    one_bits = one.view(np.int32)
-    has_bias = bias.shape[0] > 0
-    for i in range(m):
-        a = np.int32(0)
-        for j in range(k):
-            a = max(a, x_bits[i, j] & _ABS_BITS)
-        one_bits[0] = a
-        amax = max(one[0], eps)
-        inv = _F127 * (_ONE / amax)
-        for j in range(k):
-            q[j] = np.rint(x[i, j] * inv)
-        scale = amax * (_ONE / _F127)
-        for o in range(n):
-            if k <= _CHUNK:  # exact in float32 (see _CHUNK)
-                acc = _ZERO
-                for j in range(k):
-                    acc += q[j] * np.float32(w[o, j])
-            else:
-                acc = _int_dot_long(q, w, o)
-            y = acc * (scale * w_scale[o])
-            if has_bias:
-                y += bias[o]
-            if relu and y < _ZERO:
-                y = _ZERO
-            out[i, o] = y
-    return out
-
-
-@numba.njit(**_JIT)
-def static_linear(xq, w, multiplier, offset, low):  # pragma: no cover - compiled
-    """The int8 static Linear for a few rows: exact integer dot products of int8 ``xq`` with the
-    int8 ``w`` (N, K), then :func:`requantize`."""
-    m, k = xq.shape
-    n = w.shape[0]
-    out = np.empty((m, n), dtype=np.int8)
+def static_linear(xq_at, m, w, multiplier, offset, low, q_at):  # pragma: no cover - compiled
+    """The int8 static Linear for a few rows: exact integer dot products of the int8 (m, k)
+    input with the int8 ``w`` (n, k), then :func:`requantize`."""
+    n, k = w.shape
+    xq = numba.carray(_i8p(xq_at), (m, k))
+    q = numba.carray(_i8p(q_at), (m, n))
     a = np.empty(k, dtype=np.float32)
     lo = np.float32(low)
     for i in range(m):
         for j in range(k):
             a[j] = np.float32(xq[i, j])
         for o in range(n):
-            if k <= _CHUNK:  # exact in float32 (see _CHUNK)
-                acc = _ZERO
-                for j in range(k):
-                    acc += a[j] * np.float32(w[o, j])
-            else:
-                acc = _int_dot_long(a, w, o)
-            v = np.rint(acc * multiplier[o] + offset[o])
-            out[i, o] = np.int8(min(max(v, lo), _F127))
-    return out
+            v = np.rint(_int_dot(a, w, o) * multiplier[o] + offset[o])
+            q[i, o] = np.int8(min(max(v, lo), _F127))

@@ -40,6 +40,7 @@ import logging
 import os
 from collections.abc import Iterator
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,7 +50,10 @@ __all__ = ["arrays", "available", "disabled", "for_tensor"]
 
 log = logging.getLogger(__name__)
 
-_state = {"enabled": os.environ.get("FXLAB_KERNELS", "numba").strip().lower() != "torch"}
+_ENABLED = os.environ.get("FXLAB_KERNELS", "numba").strip().lower() != "torch"
+_UNSET = object()
+#: the kernel module while enabled and loaded; None while disabled or unavailable; _UNSET until asked
+_active: Any = _UNSET if _ENABLED else None
 
 
 @functools.cache
@@ -62,9 +66,16 @@ def _load() -> ModuleType | None:
     return _numba_kernels
 
 
+def _kernels() -> ModuleType | None:
+    global _active
+    if _active is _UNSET:
+        _active = _load()
+    return _active
+
+
 def available() -> bool:
     """Whether the fused kernels are enabled and Numba can be imported."""
-    return _state["enabled"] and _load() is not None
+    return _kernels() is not None
 
 
 @contextlib.contextmanager
@@ -76,22 +87,24 @@ def disabled() -> Iterator[None]:
     ...     kernels.available()
     False
     """
-    saved = _state["enabled"]
-    _state["enabled"] = False
+    global _active
+    saved = _active
+    _active = None
     try:
         yield
     finally:
-        _state["enabled"] = saved
+        _active = saved
 
 
 def for_tensor(x: Tensor) -> ModuleType | None:
     """The kernel module if ``x`` can take it (a plain contiguous CPU tensor, outside autograd,
     not being traced or compiled), else None."""
-    if not _state["enabled"] or type(x) is not Tensor or not x.is_cpu or not x.is_contiguous():
+    k = _active if _active is not _UNSET else _kernels()
+    if k is None or type(x) is not Tensor or not x.is_cpu or not x.is_contiguous():
         return None
     if (x.requires_grad and torch.is_grad_enabled()) or torch.compiler.is_compiling() or torch.jit.is_tracing():
         return None
-    return _load()
+    return k
 
 
 _NO_ARRAY = np.empty(0, dtype=np.float32)
@@ -103,14 +116,102 @@ def _numpy(t: Tensor) -> np.ndarray:
     return (t.view(torch.int16) if half else t).numpy()  # 16-bit patterns: NumPy has no bfloat16, Numba no float16
 
 
-def arrays(module: nn.Module, *names: str) -> tuple[np.ndarray, ...]:
-    """NumPy views of ``module``'s parameters / buffers ``names`` (a missing one: an empty array),
-    cached on the module until one of them is replaced (in-place changes show through a view)."""
-    tensors = [module._parameters.get(n, module._buffers.get(n)) for n in names]
-    key = tuple(t.data_ptr() if t is not None else 0 for t in tensors)
+def arrays(module: nn.Module, a: Tensor, b: Tensor | None, c: Tensor | None = None) -> tuple[np.ndarray, ...]:
+    """NumPy views of ``module``'s tensors ``a, b, c`` (None: an empty array), cached on the module
+    until one of them is replaced (changes in place show through a view)."""
+    key = (a.data_ptr(), b.data_ptr() if b is not None else 0, c.data_ptr() if c is not None else 0)
     cached = module.__dict__.get("_fxlab_arrays")
     if cached is None or cached[0] != key:
-        views = tuple(_numpy(t) if t is not None else _NO_ARRAY for t in tensors)
+        views = (_numpy(a), _numpy(b) if b is not None else _NO_ARRAY, _numpy(c) if c is not None else _NO_ARRAY)
         cached = (key, views)  # the views hold their tensors: a live pointer is never reused
         module.__dict__["_fxlab_arrays"] = cached
     return cached[1]
+
+
+# --------------------------------------------------------------------------------------------
+# tensor-level calls. The caller has checked ``for_tensor(x)`` (contiguous CPU) and the dtypes;
+# outputs are new tensors whose addresses the kernels write through.
+
+_empty = torch.empty
+_int8 = torch.int8
+
+
+def _check(x: Tensor, w: np.ndarray) -> int:
+    """Rows of a 2-D ``x`` whose width matches the weight's in-features (the kernels read by address)."""
+    if x.dim() != 2 or x.shape[1] != w.shape[1]:
+        raise ValueError(f"input of shape {tuple(x.shape)} does not fit a weight of shape {w.shape}: "
+                         f"expected (rows, {w.shape[1]})")
+    return x.shape[0]
+
+
+def quantize_rows(k: ModuleType, x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """Per-row symmetric int8 of a 2-D float32 ``x``: ``(q, scale)``, ``scale`` of shape (rows, 1)."""
+    m, n = x.shape
+    q, scale = _empty(m, n, dtype=_int8), _empty(m, 1)
+    k.quantize_rows(x.data_ptr(), m, n, eps, q.data_ptr(), scale.data_ptr())
+    return q, scale
+
+
+def scale_rows_cols(k: ModuleType, acc: Tensor, row_scale: Tensor, col_scale: np.ndarray, bias: np.ndarray,
+                    relu: bool) -> Tensor:
+    """``acc * row_scale * col_scale + bias`` (then ReLU) for an int32 ``acc`` (rows, cols), ``row_scale`` (rows, 1)."""
+    m = acc.shape[0]
+    out = _empty(m, col_scale.shape[0])
+    k.scale_rows_cols(acc.data_ptr(), m, row_scale.data_ptr(), col_scale, bias, relu, out.data_ptr())
+    return out
+
+
+def dynamic_linear(k: ModuleType, x: Tensor, w: np.ndarray, w_scale: np.ndarray, bias: np.ndarray, relu: bool,
+                   eps: float) -> Tensor:
+    """The int8 dynamic Linear in one kernel (for few rows)."""
+    m = _check(x, w)
+    out = _empty(m, w.shape[0])
+    k.dynamic_linear(x.data_ptr(), m, w, w_scale, bias, relu, eps, out.data_ptr())
+    return out
+
+
+def linear_w8(k: ModuleType, x: Tensor, w: np.ndarray, w_scale: np.ndarray, bias: np.ndarray, relu: bool) -> Tensor:
+    """``(x @ w.T) * w_scale + bias`` (then ReLU) for int8 ``w``, without a float copy of it (few rows)."""
+    m = _check(x, w)
+    out = _empty(m, w.shape[0])
+    k.linear_w8(x.data_ptr(), m, w, w_scale, bias, relu, out.data_ptr())
+    return out
+
+
+def linear_half(k: ModuleType, x: Tensor, w_bits: np.ndarray, fp16: bool, bias: np.ndarray, relu: bool) -> Tensor:
+    """``x @ w.T + bias`` (then ReLU) for bfloat16 / float16 ``w`` given as 16-bit patterns (few rows)."""
+    m = _check(x, w_bits)
+    out = _empty(m, w_bits.shape[0])
+    k.linear_half(x.data_ptr(), m, w_bits, fp16, bias, relu, out.data_ptr())
+    return out
+
+
+def quantize_affine(k: ModuleType, x: Tensor, inv_scale: float, zero_point: int) -> Tensor:
+    """``clamp(round(x * inv_scale) + zero_point, -128, 127)`` as int8, per tensor, any shape."""
+    q = torch.empty_like(x, dtype=_int8)
+    k.quantize_affine(x.data_ptr(), x.numel(), inv_scale, zero_point, q.data_ptr())
+    return q
+
+
+def dequantize_affine(k: ModuleType, q: Tensor, scale: float, zero_point: int) -> Tensor:
+    """``(q - zero_point) * scale`` as float32, per tensor, any shape."""
+    out = torch.empty_like(q, dtype=torch.float32)
+    k.dequantize_affine(q.data_ptr(), q.numel(), scale, zero_point, out.data_ptr())
+    return out
+
+
+def requantize(k: ModuleType, acc: Tensor, multiplier: np.ndarray, offset: np.ndarray, low: int) -> Tensor:
+    """``clamp(round(acc * multiplier + offset), low, 127)`` as int8, per output column."""
+    m = acc.shape[0]
+    q = _empty(m, multiplier.shape[0], dtype=_int8)
+    k.requantize(acc.data_ptr(), m, multiplier, offset, low, q.data_ptr())
+    return q
+
+
+def static_linear(k: ModuleType, xq: Tensor, w: np.ndarray, multiplier: np.ndarray, offset: np.ndarray,
+                  low: int) -> Tensor:
+    """The int8 static Linear in one kernel (for few rows): int8 in, int8 out."""
+    m = _check(xq, w)
+    q = _empty(m, w.shape[0], dtype=_int8)
+    k.static_linear(xq.data_ptr(), m, w, multiplier, offset, low, q.data_ptr())
+    return q

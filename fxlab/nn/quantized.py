@@ -56,7 +56,6 @@ CPU_HALF_MIN_MACS = 2**20
 KERNEL_MAX_ROWS = 8
 
 _EPS = 1e-12
-_from_numpy = torch.from_numpy
 #: ATen splits an elementwise op over threads from this many elements (``at::internal::GRAIN_SIZE``).
 _SMALL = 32768
 _HALF_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -94,8 +93,7 @@ def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
     """
     k = kernels.for_tensor(x) if x.dtype == torch.float32 else None
     if k is not None:
-        q, scale = k.quantize_rows(x.numpy(), _EPS)
-        return _from_numpy(q), _from_numpy(scale)
+        return kernels.quantize_rows(k, x, _EPS)
     if x.numel() < _SMALL:
         absmax = x.abs().amax(dim=1, keepdim=True)
     else:
@@ -271,12 +269,11 @@ class Int8DynamicLinear(_Int8WeightLinear):
         w_scale = self._buffers["weight_scale"]
         k = kernels.for_tensor(x) if x.dtype == torch.float32 else None
         if k is not None:  # fused kernels: int8 arithmetic pays off at every size
-            w, ws, b = kernels.arrays(self, "weight", "weight_scale", "bias")
+            w, ws, b = kernels.arrays(self, weight, w_scale, bias)
             if x.shape[0] <= KERNEL_MAX_ROWS:
-                return _from_numpy(k.dynamic_linear(x.numpy(), w, ws, b, relu, _EPS))
-            xq, x_scale = k.quantize_rows(x.numpy(), _EPS)
-            acc = int8_matmul(_from_numpy(xq), weight)
-            return _from_numpy(k.scale_rows_cols(acc.numpy(), x_scale, ws, b, relu))
+                return kernels.dynamic_linear(k, x, w, ws, b, relu, _EPS)
+            xq, x_scale = kernels.quantize_rows(k, x, _EPS)
+            return kernels.scale_rows_cols(k, int8_matmul(xq, weight), x_scale, ws, b, relu)
         if not big_enough(x, self.in_features, self.out_features):
             return _relu(linear_int8_weight(x, weight, w_scale, bias), relu)
         xq, x_scale = quantize_rows(x)
@@ -298,7 +295,7 @@ class Int8WeightOnlyLinear(_Int8WeightLinear):
         if x.shape[0] <= KERNEL_MAX_ROWS and x.dtype == torch.float32:
             k = kernels.for_tensor(x)
             if k is not None:
-                return _from_numpy(k.linear_w8(x.numpy(), *kernels.arrays(self, "weight", "weight_scale", "bias"), relu))
+                return kernels.linear_w8(k, x, *kernels.arrays(self, weight, w_scale, bias), relu)
         return _relu(linear_int8_weight(x, weight, w_scale, bias), relu)
 
 
@@ -355,8 +352,8 @@ class HalfLinear(_LinearBase):
         if x.shape[0] <= KERNEL_MAX_ROWS and x.dtype == torch.float32:
             k = kernels.for_tensor(x)
             if k is not None:
-                w_bits, b = kernels.arrays(self, "weight", "bias")
-                return _from_numpy(k.linear_half(x.numpy(), w_bits, weight.dtype == torch.float16, b, relu))
+                w_bits, b, _ = kernels.arrays(self, weight, bias)
+                return kernels.linear_half(k, x, w_bits, weight.dtype == torch.float16, b, relu)
         if _half_pays_off(x, weight.dtype, self.in_features, self.out_features):
             y = F.linear(x.to(weight.dtype), weight)
             return _relu(torch.add(bias, y) if bias is not None else y.to(x.dtype), relu)
@@ -433,10 +430,10 @@ class Quantize(_QParams):
     """float → int8: ``clamp(round(x / scale) + zero_point, -128, 127)``."""
 
     def forward(self, x: Tensor) -> Tensor:
-        k = kernels.for_tensor(x) if x.dtype == torch.float32 and x.dim() == 2 else None
+        k = kernels.for_tensor(x) if x.dtype == torch.float32 else None
         if k is not None:
             _, inv_scale, zero_point = self.values()
-            return _from_numpy(k.quantize_affine(x.numpy(), inv_scale, zero_point))
+            return kernels.quantize_affine(k, x, inv_scale, zero_point)
         b = self._buffers
         return torch.round(x * b["scale"].reciprocal()).add_(b["zero_point"]).clamp_(-128, 127).to(torch.int8)
 
@@ -445,10 +442,10 @@ class Dequantize(_QParams):
     """int8 → float: ``(q - zero_point) * scale``."""
 
     def forward(self, q: Tensor) -> Tensor:
-        k = kernels.for_tensor(q) if q.dtype == torch.int8 and q.dim() == 2 else None
+        k = kernels.for_tensor(q) if q.dtype == torch.int8 else None
         if k is not None:
             scale, _, zero_point = self.values()
-            return _from_numpy(k.dequantize_affine(q.numpy(), scale, zero_point))
+            return kernels.dequantize_affine(k, q, scale, zero_point)
         b = self._buffers
         return q.float().sub_(b["zero_point"]).mul_(b["scale"])
 
@@ -512,14 +509,14 @@ class Int8StaticLinear(_Int8WeightLinear):
 
     def forward(self, xq: Tensor) -> Tensor:
         x2 = xq if xq.dim() == 2 else xq.reshape(-1, self.in_features)
-        k = kernels.for_tensor(x2)
+        k = kernels.for_tensor(x2) if x2.dtype == torch.int8 else None
         if k is not None:
-            w, multiplier, offset = kernels.arrays(self, "weight", "_multiplier", "_offset")
+            w, multiplier, offset = kernels.arrays(self, self._parameters["weight"], self._multiplier, self._offset)
             if x2.shape[0] <= KERNEL_MAX_ROWS:
-                y = _from_numpy(k.static_linear(x2.numpy(), w, multiplier, offset, self._low))
+                y = kernels.static_linear(k, x2, w, multiplier, offset, self._low)
             else:
                 acc = int8_matmul(x2, self._parameters["weight"])
-                y = _from_numpy(k.requantize(acc.numpy(), multiplier, offset, self._low))
+                y = kernels.requantize(k, acc, multiplier, offset, self._low)
         else:
             acc = int8_matmul(x2, self.weight)
             y = torch.addcmul(self._offset, acc, self._multiplier).round_().clamp_(self._low, 127).to(torch.int8)
