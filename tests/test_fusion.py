@@ -530,3 +530,29 @@ def test_random_mlps_random_exact_pipelines(model: RandomMLP, pipeline: list[str
     assert same_state(model, saved)
     with torch.no_grad():
         assert torch.equal(model(x), expected)
+
+
+def test_linear_relu_big_cpu_calls_use_packed_weights_that_follow_the_weight() -> None:
+    """Batches of ≥ 1024 rows on CPU run oneDNN's fused Linear+ReLU on a pre-packed weight: same
+    numbers as relu(linear), repacked after an in-place update, never saved or copied."""
+    import io
+
+    import fxlab.nn.fused as fused_nn
+
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 32)
+    fused = LinearReLU.from_linear(lin)
+    x = torch.randn(fused_nn.PACKED_MIN_ROWS, 64)
+    with torch.no_grad():
+        y = fused(x)
+        assert ("_fxlab_packed" in fused.__dict__) == fused_nn._MKLDNN
+        torch.testing.assert_close(y, torch.relu(lin(x)), rtol=1e-5, atol=1e-5)
+        lin.weight.mul_(-2.0)  # an optimizer step would do this in place
+        torch.testing.assert_close(fused(x), torch.relu(lin(x)), rtol=1e-5, atol=1e-5)
+    assert "_fxlab_packed" not in copy.deepcopy(fused).__dict__
+    buffer = io.BytesIO()
+    torch.save(fused, buffer)
+    assert set(fused.state_dict()) == {"weight", "bias"}
+    x.requires_grad_(True)  # autograd: the plain path
+    fused(x).sum().backward()
+    assert x.grad is not None and lin.weight.grad is not None

@@ -10,6 +10,13 @@ from ..graph import LeafModule
 
 __all__ = ["LinearReLU"]
 
+#: On CPU, inference calls with at least this many multiply-adds (or rows) run oneDNN's
+#: Linear+ReLU primitive on pre-packed weights (ReLU in the GEMM's epilogue): 1.1-1.6× faster
+#: than ``addmm`` + ``relu_`` from there on this AVX-512 CPU, slower below (a fixed cost per call).
+PACKED_MIN_MACS = 16 * 2**20
+PACKED_MIN_ROWS = 1024
+_MKLDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
 
 class LinearReLU(nn.Linear, LeafModule):
     """``relu(linear(x))`` as one module, printed ``LinearReLU(784→128)``.
@@ -22,7 +29,8 @@ class LinearReLU(nn.Linear, LeafModule):
     The forward is one module call where there were two: ``F.linear`` (``addmm`` for 2-D input)
     and the ReLU in place on its fresh result, so no second output tensor is allocated; autograd
     stays correct (the linear's backward never reads its output) and exported graphs hold a
-    plain ``linear`` + ``relu_``.
+    plain ``linear`` + ``relu_``. Big inference calls on CPU (see ``PACKED_MIN_MACS``) run
+    oneDNN's fused Linear+ReLU on a pre-packed copy of the weight instead.
 
     >>> import torch
     >>> from fxlab.nn import LinearReLU
@@ -36,7 +44,43 @@ class LinearReLU(nn.Linear, LeafModule):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu_(F.linear(x, self.weight, self.bias))
+        weight, bias = self.weight, self.bias
+        if x.shape[0] * weight.shape[0] * weight.shape[1] >= PACKED_MIN_MACS or x.shape[0] >= PACKED_MIN_ROWS:
+            packed = self._packed_weight(x, weight)
+            if packed is not None:
+                return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "relu", [], "")
+        return torch.relu_(F.linear(x, weight, bias))
+
+    def _packed_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
+        """oneDNN's pre-packed copy of ``weight`` for an inference call on CPU, else None.
+
+        Kept until the weight changes (a new tensor, or an in-place update such as an optimizer
+        step); never in the state dict, pickles or deep copies."""
+        if not (
+            _MKLDNN
+            and type(x) is torch.Tensor
+            and x.is_cpu
+            and x.dim() == 2
+            and x.dtype == torch.float32
+            and weight.dtype == torch.float32
+            and weight.is_cpu
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+            and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing()
+        ):
+            return None
+        key = (weight.data_ptr(), weight._version, tuple(weight.shape))
+        cached = self.__dict__.get("_fxlab_packed")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), x.shape[0]))
+            self.__dict__["_fxlab_packed"] = cached
+        return cached[1]
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_fxlab_packed", None)
+        return state
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> LinearReLU:
