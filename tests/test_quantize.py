@@ -317,20 +317,61 @@ def test_fused_linear_relu_keeps_its_relu(mode: str) -> None:
     assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.95
 
 
-def test_static_graph_has_quantize_and_dequantize_around_each_linear() -> None:
+def test_static_graph_has_quantize_and_dequantize_around_the_int8_chain() -> None:
+    """Float enters through a quantize node and leaves through a dequantize node; between int8
+    Linears the activations stay int8 (a ReLU between them becomes an int8 table)."""
     gm = quantize(build("mymodule").eval(), "static")
-    ops = [(n.op, str(n.target)) for n in gm.graph.nodes if n.op == "call_module"]
-    assert ops == [
-        ("call_module", f"{layer}.{part}")
-        if part
-        else ("call_module", layer)
-        for layer in ("layer1", "layer2", "layer3")
-        for part in ("input_quant", "", "output_dequant")
-    ]
+    ops = [str(n.target) for n in gm.graph.nodes if n.op == "call_module"]
+    assert ops == ["layer1.input_quant", "layer1", "relu_int8", "layer2", "relu_1_int8", "layer3",
+                   "layer3.output_dequant"]
+    assert isinstance(gm.relu_int8, quantized_nn.Int8Table)
+    fused = quantize(fxlab.apply(build("mymodule").eval(), [FuseLinearReLU()]), "static")
+    assert [str(n.target) for n in fused.graph.nodes if n.op == "call_module"] == [
+        "layer1.input_quant", "layer1", "layer2", "layer3", "layer3.output_dequant"]
     assert not any("observer" in name for name, _ in gm.named_modules())
     keys = gm.state_dict().keys()
-    assert {"layer1.input_quant.scale", "layer1.input_quant.zero_point", "layer1.output_dequant.scale"} <= set(keys)
+    assert {"layer1.input_quant.scale", "layer1.input_quant.zero_point", "layer1.output_dequant.scale",
+            "relu_int8.table"} <= set(keys)
     assert gm.layer1.input_quant.scale.item() != 1.0  # calibrated, not the placeholder
+
+
+@pytest.mark.parametrize("model_name", ["mymodule", "mymnist"])
+@pytest.mark.parametrize("fuse", [False, True])
+def test_int8_chaining_changes_no_output(monkeypatch: pytest.MonkeyPatch, model_name: str, fuse: bool) -> None:
+    """Dropping dequantize → quantize pairs and tabulating dequantize → fn → quantize give the
+    very outputs of the graph with every quantize and dequantize step in place."""
+    import fxlab.passes.quantize as quantize_pass
+
+    model = build(model_name).eval()
+    if fuse:
+        model = fxlab.apply(model, [FuseLinearReLU()])
+    torch.manual_seed(0)
+    calibration = [torch.randn(64, 1, 28, 28) for _ in range(2)]
+    chained = fxlab.apply(model, [QuantizeLinear(mode="static", calibration=calibration)])
+    monkeypatch.setattr(quantize_pass, "_chain_int8", lambda gm, paths: None)
+    monkeypatch.setattr(quantize_pass, "_int8_tables", lambda gm, paths: None)
+    stepwise = fxlab.apply(model, [QuantizeLinear(mode="static", calibration=calibration)])
+    assert len(stepwise.graph.nodes) > len(chained.graph.nodes)
+    x = torch.randn(300, 1, 28, 28) * 2
+    with torch.no_grad():
+        assert torch.equal(chained(x), stepwise(x))
+        with kernels.disabled():
+            assert torch.equal(chained(x), stepwise(x))
+
+
+def test_int8_table_is_the_three_steps_on_every_code() -> None:
+    q, d = quantized_nn.Quantize(), quantized_nn.Dequantize()
+    d.scale.fill_(0.037)
+    d.zero_point.fill_(-20)
+    q.scale.fill_(0.011)
+    q.zero_point.fill_(5)
+    table = quantized_nn.Int8Table.build("gelu", torch.nn.functional.gelu, d, q)
+    codes = torch.arange(-128, 128).to(torch.int8).reshape(4, 64)
+    with torch.no_grad():
+        expected = q(torch.nn.functional.gelu(d(codes)))
+        assert torch.equal(table(codes), expected)
+        with kernels.disabled():
+            assert torch.equal(table(codes), expected)
 
 
 # -- errors ---------------------------------------------------------------------------------------

@@ -299,18 +299,11 @@ def static_linear(xq_at, m, w, multiplier, offset, low, q_at):  # pragma: no cov
             q[i, o] = np.int8(min(max(v, lo), _F127))
 
 
-# --------------------------------------------------------------------------------------------
-# float32 Linear epilogue
-
 
 @numba.njit(**_EXACT)
-def bias_relu_(y_at, m, bias, relu):  # pragma: no cover - compiled
-    """In place on a float32 (m, n) GEMM result: ``y = y + bias`` (length n; 0: none), then ReLU."""
-    n = bias.shape[0]
-    y = numba.carray(_f32p(y_at), (m, n))
-    for i in range(m):
-        for o in range(n):
-            v = y[i, o] + bias[o]
-            if relu and v < _ZERO:
-                v = _ZERO
-            y[i, o] = v
+def lookup(q_at, size, table, out_at):  # pragma: no cover - compiled
+    """``out[j] = table[q[j] + 128]`` for ``size`` int8 codes and a 256-entry int8 table."""
+    q = numba.carray(_i8p(q_at), size)
+    out = numba.carray(_i8p(out_at), size)
+    for j in range(size):
+        out[j] = table[np.int32(q[j]) + 128]

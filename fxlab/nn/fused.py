@@ -45,14 +45,13 @@ class LinearReLU(nn.Linear, LeafModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.weight, self.bias
-        if x.shape[0] * weight.shape[0] * weight.shape[1] >= PACKED_MIN_MACS or x.shape[0] >= PACKED_MIN_ROWS:
-            packed = self._packed_weight(x, weight)
-            if packed is not None:
-                return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "relu", [], "")
+        packed = self._packed_weight(x, weight)
+        if packed is not None:
+            return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "relu", [], "")
         return torch.relu_(F.linear(x, weight, bias))
 
     def _packed_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
-        """oneDNN's pre-packed copy of ``weight`` for an inference call on CPU, else None.
+        """oneDNN's pre-packed copy of ``weight`` for a big inference call on CPU, else None.
 
         Kept until the weight changes (a new tensor, or an in-place update such as an optimizer
         step); never in the state dict, pickles or deep copies."""
@@ -67,7 +66,10 @@ class LinearReLU(nn.Linear, LeafModule):
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
             and not torch.compiler.is_compiling()
             and not torch.jit.is_tracing()
-        ):
+        ):  # (checked first: traced, exported and compiled calls never see a shape test here)
+            return None
+        rows = x.shape[0]
+        if rows < PACKED_MIN_ROWS and rows * weight.shape[0] * weight.shape[1] < PACKED_MIN_MACS:
             return None
         key = (weight.data_ptr(), weight._version, tuple(weight.shape))
         cached = self.__dict__.get("_fxlab_packed")

@@ -19,6 +19,7 @@ kernel              replaces                                        used by
 ``requantize``      ``addcmul``, round, clamp, cast                 ``Int8StaticLinear`` (> 8)
 ``static_linear``   ``torch._int_mm`` and ``requantize``            ``Int8StaticLinear`` (≤ 8)
 ``dequantize_affine`` cast, zero point, scale                       ``Dequantize``
+``lookup``          index arithmetic, gather                        ``Int8Table``
 ==================  ==============================================  ==============================
 
 Integer dot products are exact, so the int8 kernels give the very codes and sums of the torch
@@ -96,13 +97,26 @@ def disabled() -> Iterator[None]:
         _active = saved
 
 
+_is_grad_enabled = torch.is_grad_enabled
+_is_compiling = torch.compiler.is_compiling
+_is_tracing = torch.jit.is_tracing
+
+
 def for_tensor(x: Tensor) -> ModuleType | None:
     """The kernel module if ``x`` can take it (a plain contiguous CPU tensor, outside autograd,
-    not being traced or compiled), else None."""
-    k = _active if _active is not _UNSET else _kernels()
-    if k is None or type(x) is not Tensor or not x.is_cpu or not x.is_contiguous():
-        return None
-    if (x.requires_grad and torch.is_grad_enabled()) or torch.compiler.is_compiling() or torch.jit.is_tracing():
+    not being traced or compiled), else None. (Called on every quantized forward: kept lean.)"""
+    k = _active
+    if k is _UNSET:
+        k = _kernels()
+    if (
+        k is None
+        or type(x) is not Tensor
+        or not x.is_cpu
+        or not x.is_contiguous()
+        or (x.requires_grad and _is_grad_enabled())
+        or _is_compiling()
+        or _is_tracing()
+    ):
         return None
     return k
 
@@ -138,10 +152,11 @@ _int8 = torch.int8
 
 def _check(x: Tensor, w: np.ndarray) -> int:
     """Rows of a 2-D ``x`` whose width matches the weight's in-features (the kernels read by address)."""
-    if x.dim() != 2 or x.shape[1] != w.shape[1]:
-        raise ValueError(f"input of shape {tuple(x.shape)} does not fit a weight of shape {w.shape}: "
+    shape = x.shape
+    if len(shape) != 2 or shape[1] != w.shape[1]:
+        raise ValueError(f"input of shape {tuple(shape)} does not fit a weight of shape {w.shape}: "
                          f"expected (rows, {w.shape[1]})")
-    return x.shape[0]
+    return shape[0]
 
 
 def quantize_rows(k: ModuleType, x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
@@ -215,3 +230,10 @@ def static_linear(k: ModuleType, xq: Tensor, w: np.ndarray, multiplier: np.ndarr
     q = _empty(m, w.shape[0], dtype=_int8)
     k.static_linear(xq.data_ptr(), m, w, multiplier, offset, low, q.data_ptr())
     return q
+
+
+def lookup(k: ModuleType, q: Tensor, table: np.ndarray) -> Tensor:
+    """``table[q + 128]`` for int8 codes ``q`` of any shape and a 256-entry int8 ``table``."""
+    out = torch.empty_like(q)
+    k.lookup(q.data_ptr(), q.numel(), table, out.data_ptr())
+    return out

@@ -8,24 +8,32 @@ Weights are symmetric per output channel (``w ≈ q * weight_scale[:, None]``, `
 
 Kernels, chosen by measurement (README, "Quantization"; CPU figures from a 2-core AVX512 x86):
 
+* On CPU, everything around the GEMMs runs as fused Numba kernels (:mod:`fxlab.nn.kernels`):
+  per-row activation quantization, output scaling, requantization, quantize/dequantize, and for
+  at most ``KERNEL_MAX_ROWS`` rows whole Linears (int8 dot products exact, half weights widened
+  exactly). As torch ops each of these steps is several passes over memory and dispatches, which
+  cost more than an int8 GEMM saves. The torch ops remain the fallback (no Numba,
+  ``FXLAB_KERNELS=torch``, tracing, autograd, CUDA), and the tests hold both paths to each other.
 * int8 × int8 → int32: ``torch._int_mm`` (oneDNN on CPU, 3.5-4× faster than the float32 GEMM of
   the same shape). On CUDA it needs more than 16 rows and K, N multiples of 8: K and N are
   zero-padded there (zeros add nothing to an integer dot product, so padding is exact).
-* Per-row activation quantization costs ~10 small ops (~20 µs at one row); it pays off only for
-  a big enough matmul. On CPU, a call with ``K·N·(rows + 6) < 1.6M`` runs the weight-only
-  arithmetic instead (float activations × the same int8 weights, like torchao's
-  ``weight_only_decode``): only the activation rounding is skipped. See
-  :meth:`Int8DynamicLinear.uses_int8_matmul`.
-* Weight-only int8: weights converted to float on the fly, float32 GEMM, per-channel scale and
-  bias in one ``addcmul`` on the output. ``torch._weight_int8pack_mm`` is 40× slower here.
-* bf16 / fp16: native half GEMM on CUDA and, on CPUs with AVX512-BF16 or AMX (AMX-FP16 for fp16),
-  for matmuls of at least 2**20 multiply-adds; otherwise the half weights are upcast and the GEMM
-  runs in float32 (this CPU has no fast fp16 GEMM: 5× slower than float32). The bias stays float32.
+* Without the kernels, per-row activation quantization costs ~10 small ops (~20 µs at one row);
+  it pays off only for a big enough matmul: a call with ``K·N·(rows + 6) < 1.6M`` runs the
+  weight-only arithmetic instead (float activations × the same int8 weights, like torchao's
+  ``weight_only_decode``). See :meth:`Int8DynamicLinear.uses_int8_matmul`.
+* Weight-only int8 (more than ``KERNEL_MAX_ROWS`` rows): weights converted to float on the fly,
+  float32 GEMM, per-channel scale and bias in one ``addcmul`` on the output.
+  ``torch._weight_int8pack_mm`` is 40× slower here.
+* bf16 / fp16 (more than ``KERNEL_MAX_ROWS`` rows): native half GEMM on CUDA and, on CPUs with
+  AVX512-BF16 or AMX (AMX-FP16 for fp16), for matmuls of at least 2**20 multiply-adds; otherwise
+  the half weights are upcast and the GEMM runs in float32 (this CPU has no fast fp16 GEMM: 5×
+  slower than float32). The bias stays float32.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +47,7 @@ __all__ = [
     "HalfLinear",
     "Int8DynamicLinear",
     "Int8StaticLinear",
+    "Int8Table",
     "Int8WeightOnlyLinear",
     "MinMaxObserver",
     "Quantize",
@@ -508,22 +517,68 @@ class Int8StaticLinear(_Int8WeightLinear):
         self._low = int(self.output_dequant.zero_point) if self.relu else -128
 
     def forward(self, xq: Tensor) -> Tensor:
-        x2 = xq if xq.dim() == 2 else xq.reshape(-1, self.in_features)
-        k = kernels.for_tensor(x2) if x2.dtype == torch.int8 else None
+        if xq.dim() != 2:
+            y = self.forward(xq.reshape(-1, self.in_features))
+            return y.reshape(*xq.shape[:-1], self.out_features)
+        k = kernels.for_tensor(xq) if xq.dtype == torch.int8 else None
+        weight, b = self._parameters["weight"], self._buffers
         if k is not None:
-            w, multiplier, offset = kernels.arrays(self, self._parameters["weight"], self._multiplier, self._offset)
-            if x2.shape[0] <= KERNEL_MAX_ROWS:
-                y = kernels.static_linear(k, x2, w, multiplier, offset, self._low)
-            else:
-                acc = int8_matmul(x2, self._parameters["weight"])
-                y = kernels.requantize(k, acc, multiplier, offset, self._low)
-        else:
-            acc = int8_matmul(x2, self.weight)
-            y = torch.addcmul(self._offset, acc, self._multiplier).round_().clamp_(self._low, 127).to(torch.int8)
-        return y if xq.dim() == 2 else y.reshape(*xq.shape[:-1], self.out_features)
+            w, multiplier, offset = kernels.arrays(self, weight, b["_multiplier"], b["_offset"])
+            if xq.shape[0] <= KERNEL_MAX_ROWS:
+                return kernels.static_linear(k, xq, w, multiplier, offset, self._low)
+            return kernels.requantize(k, int8_matmul(xq, weight), multiplier, offset, self._low)
+        acc = int8_matmul(xq, weight)
+        return torch.addcmul(b["_offset"], acc, b["_multiplier"]).round_().clamp_(self._low, 127).to(torch.int8)
 
     def __repr__(self) -> str:  # one line, like the other quantized Linears
         return f"{type(self).__name__}({self.extra_repr()})"
+
+
+class Int8Table(_KernelCaches, nn.Module, LeafModule):
+    """An elementwise float function between two int8 tensors, as a 256-entry table.
+
+    ``table[q + 128]`` is ``quantize(fn(dequantize(q)))`` for every int8 code ``q``, with the
+    scales of the dequantize and quantize steps it replaces (computed once, by those very steps),
+    so it equals them exactly on every input. Static quantization puts one between two int8
+    Linears where a GELU (or ReLU, SiLU, sigmoid, ...) sat between them. The table is a buffer:
+    it saves and loads through the state dict.
+
+    >>> q, d = Quantize(), Dequantize()
+    >>> q.scale.fill_(0.1); d.scale.fill_(0.1)
+    tensor(0.1000)
+    tensor(0.1000)
+    >>> t = Int8Table.build("relu", torch.relu, d, q)
+    >>> t
+    Int8Table(relu, int8 → int8)
+    >>> t(torch.tensor([[-5, 0, 7]], dtype=torch.int8)).tolist()
+    [[0, 0, 7]]
+    """
+
+    def __init__(self, name: str = "fn") -> None:
+        super().__init__()
+        self.name = name
+        self.register_buffer("table", torch.arange(-128, 128, dtype=torch.int16).to(torch.int8))
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, name: str, fn: Any, dequantize: Dequantize, quantize: Quantize) -> Int8Table:
+        """The table of ``quantize(fn(dequantize(q)))`` over all 256 codes (torch ops throughout)."""
+        module = cls(name)
+        codes = torch.arange(-128, 128, dtype=torch.int16).to(torch.int8).reshape(1, 256)
+        with kernels.disabled():
+            module.table = quantize(fn(dequantize(codes))).reshape(256).to(torch.int8)
+        return module.to(dequantize.scale.device)
+
+    def forward(self, q: Tensor) -> Tensor:
+        table = self._buffers["table"]
+        k = kernels.for_tensor(q) if q.dtype == torch.int8 else None
+        if k is not None and table.is_cpu:
+            (array, _, _) = kernels.arrays(self, table, None)
+            return kernels.lookup(k, q, array)
+        return table[q.long() + 128]
+
+    def extra_repr(self) -> str:
+        return f"{self.name}, int8 → int8"
 
 
 def _refresh_after_load(module: Int8StaticLinear, _incompatible_keys: object) -> None:

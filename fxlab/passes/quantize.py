@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from ..errors import PassError, did_you_mean
@@ -34,6 +35,7 @@ from ..graph import Selector, describe_selector, module_text, select, target_nam
 from ..nn.fused import LinearReLU
 from ..nn.quantized import (
     HalfLinear,
+    Int8Table,
     Int8DynamicLinear,
     Int8StaticLinear,
     Int8WeightOnlyLinear,
@@ -383,7 +385,9 @@ def _static(gm: fx.GraphModule, nodes: list[fx.Node], config: Int8StaticConfig, 
         for obs in (before, after):
             graph.erase_node(obs)
             gm.delete_submodule(str(obs.target))
-    _chain_int8(gm, {str(node.target) for node, _, _ in observed})
+    paths = {str(node.target) for node, _, _ in observed}
+    _chain_int8(gm, paths)
+    _int8_tables(gm, paths)
     return gm
 
 
@@ -411,6 +415,71 @@ def _chain_int8(gm: fx.GraphModule, paths: set[str]) -> None:
         quant.replace_all_uses_with(dequant.args[0])
         graph.erase_node(quant)
         graph.erase_node(dequant)
+
+
+#: Elementwise float functions that may run between two int8 Linears as a 256-entry table.
+_TABLE_FUNCTIONS: dict[Any, str] = {
+    F.gelu: "gelu", F.relu: "relu", torch.relu: "relu", torch.relu_: "relu", F.relu6: "relu6",
+    F.silu: "silu", F.mish: "mish", F.elu: "elu", F.selu: "selu", F.leaky_relu: "leaky_relu",
+    F.hardtanh: "hardtanh", F.hardswish: "hardswish", F.hardsigmoid: "hardsigmoid", F.softplus: "softplus",
+    torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", torch.tanh: "tanh", F.tanh: "tanh",
+}
+_TABLE_MODULES = (nn.GELU, nn.ReLU, nn.ReLU6, nn.SiLU, nn.Mish, nn.ELU, nn.SELU, nn.LeakyReLU, nn.Hardtanh,
+                  nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.Sigmoid, nn.Tanh)
+_TABLE_METHODS = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "tanh": "tanh"}
+
+
+def _table_function(gm: fx.GraphModule, node: fx.Node) -> tuple[str, Callable[[torch.Tensor], torch.Tensor]] | None:
+    """``(name, fn)`` if ``node`` applies a known elementwise function to its first argument only."""
+    inputs: list[fx.Node] = []
+    fx.node.map_arg((node.args[1:], node.kwargs), inputs.append)
+    if inputs:  # other tensors take part: not a function of this one alone
+        return None
+    args, kwargs = node.args[1:], dict(node.kwargs)
+    if node.op == "call_function" and node.target in _TABLE_FUNCTIONS:
+        target = node.target
+        return _TABLE_FUNCTIONS[target], lambda x: target(x, *args, **kwargs)
+    if node.op == "call_method" and node.target in _TABLE_METHODS:
+        method = str(node.target)
+        return _TABLE_METHODS[method], lambda x: getattr(x, method)(*args, **kwargs)
+    if node.op == "call_module" and not args and not kwargs:
+        module = gm.get_submodule(str(node.target))
+        if type(module) in _TABLE_MODULES:
+            return type(module).__name__.lower(), module
+    return None
+
+
+def _int8_tables(gm: fx.GraphModule, paths: set[str]) -> None:
+    """Replace ``output_dequant → elementwise fn → input_quant`` between two int8 Linears by an
+    :class:`~fxlab.nn.quantized.Int8Table`: ``quantize(fn(dequantize(q)))`` for all 256 codes, equal
+    to the three steps on every input, so the activations stay int8 across a GELU and the like."""
+    graph = gm.graph
+    for quant in list(graph.nodes):
+        if quant.op != "call_module" or not str(quant.target).endswith(".input_quant"):
+            continue
+        if str(quant.target).rpartition(".")[0] not in paths:
+            continue
+        op = quant.args[0]
+        if not (isinstance(op, fx.Node) and len(op.users) == 1 and op.args and isinstance(op.args[0], fx.Node)):
+            continue
+        dequant = op.args[0]
+        producer, _, kind = str(dequant.target).rpartition(".")
+        if not (dequant.op == "call_module" and kind == "output_dequant" and producer in paths and len(dequant.users) == 1):
+            continue
+        found = _table_function(gm, op)
+        if found is None:
+            continue
+        name, fn = found
+        table = Int8Table.build(name, fn, gm.get_submodule(str(dequant.target)), gm.get_submodule(str(quant.target)))
+        path = _add_module(gm, f"{op.name}_int8", table)
+        with graph.inserting_before(quant):
+            lookup = graph.call_module(path, (dequant.args[0],))
+        quant.replace_all_uses_with(lookup)
+        old_module = str(op.target) if op.op == "call_module" else None
+        for node in (quant, op, dequant):
+            graph.erase_node(node)
+        if old_module and not any(n.op == "call_module" and n.target == old_module for n in graph.nodes):
+            gm.delete_submodule(old_module)
 
 
 def _add_module(gm: fx.GraphModule, name: str, module: nn.Module) -> str:
