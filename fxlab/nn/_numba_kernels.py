@@ -85,6 +85,16 @@ def _bf16_to_f32(typingctx, bits):  # pragma: no cover - compiled
     return types.float32(bits), codegen
 
 
+@numba.njit(**_EXACT)
+def _finish(y, bias, o, relu):  # pragma: no cover - compiled
+    """Output ``o`` of a Linear: ``y + bias[o]`` (bias of length 0: none), then ReLU if asked."""
+    if bias.shape[0] > 0:
+        y += bias[o]
+    if relu and y < _ZERO:
+        y = _ZERO
+    return y
+
+
 # --------------------------------------------------------------------------------------------
 # int8 dynamic
 
@@ -123,16 +133,10 @@ def scale_rows_cols(acc_at, m, row_scale_at, col_scale, bias, relu, out_at):  # 
     acc = numba.carray(_i32p(acc_at), (m, n))
     row_scale = numba.carray(_f32p(row_scale_at), m)
     out = numba.carray(_f32p(out_at), (m, n))
-    has_bias = bias.shape[0] > 0
     for i in range(m):
         r = row_scale[i]
         for o in range(n):
-            y = np.float32(acc[i, o]) * (r * col_scale[o])
-            if has_bias:
-                y += bias[o]
-            if relu and y < _ZERO:
-                y = _ZERO
-            out[i, o] = y
+            out[i, o] = _finish(np.float32(acc[i, o]) * (r * col_scale[o]), bias, o, relu)
 
 
 #: int8 × int8 products summed in float32 are exact while every partial sum stays below 2**24:
@@ -168,7 +172,6 @@ def dynamic_linear(x_at, m, w, w_scale, bias, relu, eps, out_at):  # pragma: no 
     x = numba.carray(_f32p(x_at), (m, k))
     out = numba.carray(_f32p(out_at), (m, n))
     q = np.empty(k, dtype=np.float32)
-    has_bias = bias.shape[0] > 0
     for i in range(m):
         amax = _row_absmax(x, i, k, eps)
         inv = _F127 * (_ONE / amax)
@@ -176,12 +179,7 @@ def dynamic_linear(x_at, m, w, w_scale, bias, relu, eps, out_at):  # pragma: no 
             q[j] = np.rint(x[i, j] * inv)
         scale = amax * (_ONE / _F127)
         for o in range(n):
-            y = _int_dot(q, w, o) * (scale * w_scale[o])
-            if has_bias:
-                y += bias[o]
-            if relu and y < _ZERO:
-                y = _ZERO
-            out[i, o] = y
+            out[i, o] = _finish(_int_dot(q, w, o) * (scale * w_scale[o]), bias, o, relu)
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,18 +192,12 @@ def linear_w8(x_at, m, w, w_scale, bias, relu, out_at):  # pragma: no cover - co
     n, k = w.shape
     x = numba.carray(_f32p(x_at), (m, k))
     out = numba.carray(_f32p(out_at), (m, n))
-    has_bias = bias.shape[0] > 0
     for i in range(m):
         for o in range(n):
             acc = _ZERO
             for j in range(k):
                 acc += x[i, j] * np.float32(w[o, j])
-            y = acc * w_scale[o]
-            if has_bias:
-                y += bias[o]
-            if relu and y < _ZERO:
-                y = _ZERO
-            out[i, o] = y
+            out[i, o] = _finish(acc * w_scale[o], bias, o, relu)
 
 
 @numba.njit(**_EXACT)
@@ -225,7 +217,6 @@ def linear_half(x_at, m, w_bits, fp16, bias, relu, out_at):  # pragma: no cover 
     n, k = w_bits.shape
     x = numba.carray(_f32p(x_at), (m, k))
     out = numba.carray(_f32p(out_at), (m, n))
-    has_bias = bias.shape[0] > 0
     for i in range(m):
         for o in range(n):
             acc = _ZERO
@@ -235,11 +226,7 @@ def linear_half(x_at, m, w_bits, fp16, bias, relu, out_at):  # pragma: no cover 
             else:
                 for j in range(k):
                     acc += x[i, j] * _bf16_to_f32(w_bits[o, j])
-            if has_bias:
-                acc += bias[o]
-            if relu and acc < _ZERO:
-                acc = _ZERO
-            out[i, o] = acc
+            out[i, o] = _finish(acc, bias, o, relu)
 
 
 # --------------------------------------------------------------------------------------------
