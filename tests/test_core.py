@@ -380,3 +380,27 @@ def test_keyword_and_number_strings_are_quoted() -> None:
         p = InsertActivation(after=text)
         assert p.to_text() == f'insert-activation{{after="{text}"}}'
         assert fxlab.parse_pipeline(p.to_text()) == [p]
+
+
+def test_applied_graph_module_is_called_directly_and_still_traceable() -> None:
+    """fxlab's GraphModules skip torch.fx's printing error wrapper; tracing a model that holds one
+    still sees through it, and a recompile brings the wrapper back."""
+    import torch
+    from torch import nn
+
+    import fxlab
+    from fxlab.models import build
+    from fxlab.passes import InsertRelu
+
+    gm = fxlab.apply(build("mymodule").eval(), [InsertRelu("layer3")])
+    assert type(gm).__call__.__name__ == "_module_call"
+    x = torch.randn(3, 1, 28, 28)
+    assert torch.equal(gm(x), gm.forward(x))
+    outer = nn.Sequential(gm, nn.Softmax(dim=1))
+    traced = torch.fx.symbolic_trace(outer)
+    assert any(n.op == "call_module" and n.target.endswith("layer1") for n in traced.graph.nodes)
+    torch.testing.assert_close(traced(x), outer(x))
+    with pytest.raises(RuntimeError):
+        gm(torch.randn(3, 5))  # the error itself is torch's, unchanged
+    gm.recompile()
+    assert type(gm).__call__.__name__ == "call_wrapped"
