@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..graph import LeafModule
+from .kernels import CacheFree
 
 __all__ = ["LinearReLU"]
 
@@ -18,7 +19,7 @@ PACKED_MIN_ROWS = 1024
 _MKLDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-class LinearReLU(nn.Linear, LeafModule):
+class LinearReLU(CacheFree, nn.Linear, LeafModule):
     """``relu(linear(x))`` as one module, printed ``LinearReLU(784→128)``.
 
     It is an ``nn.Linear`` with ``nn.Linear``'s parameter names (``weight``, ``bias``), so
@@ -78,11 +79,6 @@ class LinearReLU(nn.Linear, LeafModule):
                 cached = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), x.shape[0]))
             self.__dict__["_fxlab_packed"] = cached
         return cached[1]
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state.pop("_fxlab_packed", None)
-        return state
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> LinearReLU:

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["arrays", "available", "disabled", "for_tensor"]
+__all__ = ["CacheFree", "arrays", "available", "disabled", "for_tensor"]
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,19 @@ def for_tensor(x: Tensor) -> ModuleType | None:
     ):
         return None
     return k
+
+
+class CacheFree:
+    """Mixin for modules that keep derived caches (NumPy views, Python scalars, packed weights) in
+    their ``__dict__``: pickles and deep copies leave them out; the next forward rebuilds them."""
+
+    _CACHES = ("_fxlab_arrays", "_values", "_fxlab_packed")
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        for key in self._CACHES:
+            state.pop(key, None)
+        return state
 
 
 _NO_ARRAY = np.empty(0, dtype=np.float32)

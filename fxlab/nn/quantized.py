@@ -169,20 +169,7 @@ def _native_half_on_cpu(dtype: torch.dtype) -> bool:
 # the Linears
 
 
-class _KernelCaches:
-    """Drops the caches the fused kernels keep on a module (NumPy views, Python scalars) from
-    pickles and deep copies: they are rebuilt from the tensors on the next forward."""
-
-    _CACHES = ("_fxlab_arrays", "_values")
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        for key in self._CACHES:
-            state.pop(key, None)
-        return state
-
-
-class _LinearBase(_KernelCaches, nn.Module, LeafModule):
+class _LinearBase(kernels.CacheFree, nn.Module, LeafModule):
     """What the quantized Linears share: shapes, the fused ReLU flag, (…, K) inputs, the printout.
 
     Subclasses implement ``matmul(x2d, weight, bias, relu)`` (which applies the ReLU when
@@ -406,7 +393,7 @@ class MinMaxObserver(nn.Module, LeafModule):
         return f"min={float(self.min_val):.4g}, max={float(self.max_val):.4g}" if self.seen else "empty"
 
 
-class _QParams(_KernelCaches, nn.Module, LeafModule):
+class _QParams(kernels.CacheFree, nn.Module, LeafModule):
     """A per-tensor affine int8 scale and zero point, held as buffers."""
 
     def __init__(self, scale: float = 1.0, zero_point: int = 0) -> None:
@@ -534,7 +521,7 @@ class Int8StaticLinear(_Int8WeightLinear):
         return f"{type(self).__name__}({self.extra_repr()})"
 
 
-class Int8Table(_KernelCaches, nn.Module, LeafModule):
+class Int8Table(kernels.CacheFree, nn.Module, LeafModule):
     """An elementwise float function between two int8 tensors, as a 256-entry table.
 
     ``table[q + 128]`` is ``quantize(fn(dequantize(q)))`` for every int8 code ``q``, with the
