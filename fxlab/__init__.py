@@ -20,7 +20,7 @@ from .errors import (
     TraceError,
     VerifyError,
 )
-from .graph import GraphDiff, diff_graphs, format_graph, select, trace
+from .core import GraphDiff, diff_graphs, format_graph, select, trace
 from .pipeline import (
     Pass,
     PassRecord,

@@ -1,17 +1,16 @@
-"""``python -m fxlab.apply FILE PIPELINE -o OUT`` (the command lives in :mod:`fxlab.cli_apply`).
+"""``python -m fxlab.apply FILE PIPELINE -o OUT``: the command lives in :mod:`fxlab.cli.apply`.
 
-``fxlab.apply`` is the library function; importing a submodule of the same name would replace
-it on the package, so this file only runs as ``python -m fxlab.apply`` and refuses to be imported.
+``fxlab.apply`` is the library function; importing a submodule of the same name would replace it
+on the package (Python sets a package attribute per imported submodule), so this entry point
+refuses to be imported. ``fxlab/verify.py`` is its twin for ``fxlab.verify``.
 """
 
-if __name__ == "__main__":
-    import sys
+if __name__ != "__main__":
+    raise ImportError("fxlab.apply is the function fxlab.apply(model, passes); run the command as "
+                      "python -m fxlab.apply FILE PIPELINE -o OUT (code: fxlab.cli.apply)")
 
-    from fxlab.cli_apply import main
+import sys
 
-    sys.exit(main())
-else:
-    raise ImportError(
-        "fxlab.apply is the function fxlab.apply(model, passes); the command line is fxlab.cli_apply "
-        "(run it as python -m fxlab.apply FILE PIPELINE -o OUT)"
-    )
+from fxlab.cli import run
+
+sys.exit(run("apply"))

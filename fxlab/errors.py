@@ -41,6 +41,10 @@ class ExportError(FxlabError):
     """A model could not be saved, exported or rendered."""
 
 
+class UsageError(FxlabError):
+    """Bad usage: a flag, an argument or a value that cannot be used as given."""
+
+
 class VerifyError(FxlabError):
     """Verification could not run (not: a contract failed; that is a report)."""
 

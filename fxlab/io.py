@@ -42,7 +42,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from . import files
+from . import _util as files
 from .errors import ExportError, FxlabError, LoadError, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ _PathLike = str | os.PathLike[str]
 
 
 def write_atomic(path: _PathLike, data: str | bytes | Callable[[str], None]) -> Path:
-    """Write ``data`` to ``path`` atomically (see :func:`fxlab.files.write_atomic`); the folder must exist."""
+    """Write ``data`` to ``path`` atomically (see :func:`fxlab._util.write_atomic`); the folder must exist."""
     out = Path(path)
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
@@ -900,7 +900,7 @@ def rebuild(arch: str, kwargs: Mapping[str, Any], pipeline: str, *, training: bo
 
 
 def _structure(model: nn.Module) -> tuple[str, list[tuple[str, tuple[int, ...], torch.dtype]]]:
-    from .graph import format_graph, trace
+    from .core import format_graph, trace
 
     gm = model if isinstance(model, fx.GraphModule) else trace(model)
     return format_graph(gm), [(k, tuple(v.shape), v.dtype) for k, v in model.state_dict().items()]

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ExportError
-from .graph import GraphDiff, args_text, diff_signatures, format_graph, module_text, signatures, target_name, trace
+from .core import GraphDiff, args_text, diff_signatures, format_graph, module_text, signatures, target_name, trace
 
 __all__ = ["FORMATS", "MNIST_BATCH", "Analysis", "NodeInfo", "analyze", "render"]
 

@@ -51,14 +51,14 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .files import write_atomic
+from ._util import write_atomic
 from .errors import FxlabError, VerifyError, did_you_mean
-from .graph import GraphDiff, diff_graphs, format_graph, trace
+from .core import GraphDiff, diff_graphs, format_graph, trace
 from .pipeline import Pass, apply, as_passes
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CHECK_IMAGES", "Baseline", "Report", "Step", "verify", "main"]
+__all__ = ["CHECK_IMAGES", "Baseline", "Report", "Step", "verify"]
 
 #: How many test images (the first ones, always the same) the numeric checks run on.
 CHECK_IMAGES = 1000
@@ -625,84 +625,3 @@ def _budget(p: Pass) -> float | None:
 
 # --------------------------------------------------------------------------------------------
 # CLI
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m fxlab.verify (FILE | --model NAME) --passes PIPELINE [options]``."""
-    from . import cli
-
-    def _main(args: Sequence[str] | None) -> int:
-        from .models import names
-
-        p = cli.parser(
-            "python -m fxlab.verify",
-            "Apply a pipeline to a model one pass at a time and verify every step on MNIST: exact passes "
-            "by their outputs, approximate passes by their accuracy budget, function-changing passes by "
-            "retraining. Exit 0 when every contract holds, 1 when one fails, 2 on bad input.",
-        )
-        p.add_argument("file", nargs="?", help="model file (state dict, checkpoint, fxlab file, or pickled module with --trust)")
-        p.add_argument("--model", metavar="NAME",
-                       help=f"seed model ({', '.join(names())}): trained with the default recipe (cached); "
-                            "with FILE, the architecture for the file's weights")
-        p.add_argument("--passes", required=True, metavar="PIPELINE",
-                       help='pipeline text, e.g. "insert-relu{after=layer3},fuse-linear-relu"')
-        p.add_argument("--data", metavar="DIR", help="MNIST root (default: $FXLAB_DATA, else the user cache; fetched if absent)")
-        p.add_argument("--retrain-epochs", type=float, default=1.0, metavar="N",
-                       help="fine-tuning epochs after each function-changing step (fractions allowed; default 1)")
-        p.add_argument("--tolerance", type=float, default=1e-4, metavar="X", help="max abs diff allowed to exact passes (default 1e-4)")
-        p.add_argument("--floor", type=float, default=1.0, metavar="POINTS",
-                       help="accuracy points below baseline a retrained step may end (default 1)")
-        p.add_argument("--device", metavar="D", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-        p.add_argument("--seed", type=int, default=0, help="seed of the retraining batch order (default 0)")
-        p.add_argument("--json", metavar="OUT", help="write the report as JSON")
-        p.add_argument("--plot", metavar="OUT", help="write accuracy per step and retraining curves as PNG (matplotlib)")
-        p.add_argument("--trust", action="store_true", help="allow loading a pickled whole module (runs code from the file)")
-        p.add_argument("--no-diff", action="store_true", help="print the table only, not the graph diffs")
-        ns = p.parse_args(args)
-        if ns.file is None and ns.model is None:
-            raise cli.UsageError("python -m fxlab.verify: give a model FILE or --model NAME")
-        if ns.retrain_epochs < 0:
-            raise cli.UsageError("python -m fxlab.verify: --retrain-epochs must be ≥ 0")
-        if ns.plot:
-            try:
-                import matplotlib  # noqa: F401
-            except ImportError:
-                raise VerifyError("--plot needs matplotlib: pip install 'fxlab[plot]'") from None
-        if ns.file is not None and not os.path.exists(ns.file):
-            raise VerifyError(f"no such file: {ns.file}")
-        if ns.file is None and ns.model not in names():
-            raise VerifyError(f"unknown model {ns.model!r}{did_you_mean(ns.model, names())}; seed models: {', '.join(names())}")
-        # parse first: a bad pipeline is reported before any training
-        pipeline = as_passes(ns.passes)
-        if ns.device is not None:
-            _device(ns.device)
-        if ns.file is None:
-            from .train import DEFAULT_RECIPE, checkpoint_path
-
-            cached = checkpoint_path(ns.model)
-            if not cached.is_file():
-                print(f"training {ns.model} with the default recipe ({DEFAULT_RECIPE.epochs} epochs) once; "
-                      f"the checkpoint is cached at {cached}", file=sys.stderr, flush=True)
-        report = verify(
-            ns.file if ns.file is not None else ns.model,
-            pipeline,
-            data=ns.data,
-            retrain_epochs=ns.retrain_epochs,
-            device=ns.device,
-            tolerance=ns.tolerance,
-            floor=ns.floor,
-            seed=ns.seed,
-            trust=ns.trust,
-            architecture=ns.model if ns.file is not None else None,
-            progress=sys.stderr.isatty(),
-        )
-        print(report.text(diffs=not ns.no_diff))
-        if ns.json:
-            report.write_json(ns.json)
-            print(f"\nwrote {ns.json}")
-        if ns.plot:
-            report.plot(ns.plot)
-            print(f"wrote {ns.plot}")
-        return 0 if report.ok else 1
-
-    return cli.run(_main, argv)

@@ -1,19 +1,12 @@
-"""``python -m fxlab.verify``: the verification command line.
+"""``python -m fxlab.verify``: the command lives in :mod:`fxlab.cli.verify` (see ``fxlab/apply.py`` for why
+this entry point refuses to be imported: ``fxlab.verify`` is the function)."""
 
-``fxlab.verify`` is the *function* (``fxlab.verify(model, passes, ...)``, from ``fxlab.verification``);
-this file exists only so that ``python -m fxlab.verify`` runs the command. Importing it as a module
-would shadow the function, so an import is refused.
-"""
+if __name__ != "__main__":
+    raise ImportError("fxlab.verify is the function fxlab.verify(model, passes, ...); run the command as "
+                      "python -m fxlab.verify (code: fxlab.cli.verify)")
 
-if __name__ == "__main__":
-    import sys
+import sys
 
-    from fxlab.verification import main
+from fxlab.cli import run
 
-    sys.exit(main())
-
-raise ImportError(
-    "fxlab.verify is the function fxlab.verify(model, passes, ...) (defined in fxlab.verification), not a "
-    "module: use `import fxlab; fxlab.verify(...)` or `from fxlab.verification import verify`; the command "
-    "line is `python -m fxlab.verify`"
-)
+sys.exit(run("verify"))

@@ -148,5 +148,5 @@ def test_hand_written_transforms_match_fxlab() -> None:
 
 
 def test_bad_usage_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(bench.main, ["--suite", "nope"]) == 2
+    assert run("bench", ["--suite", "nope"]) == 2
     assert "invalid choice" in capsys.readouterr().err

@@ -29,7 +29,7 @@ def graph_of(gm: fx.GraphModule) -> list[str]:
 
 def calls(gm: fx.GraphModule) -> list[str]:
     """Every call in the graph, spelled by target (module path, function or method name)."""
-    return [fxlab.graph.target_name(n) for n in gm.graph.nodes if n.op.startswith("call")]
+    return [fxlab.core.target_name(n) for n in gm.graph.nodes if n.op.startswith("call")]
 
 
 # -- every pass on every seed model ------------------------------------------------------------

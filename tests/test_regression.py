@@ -32,7 +32,7 @@ from torch import nn
 import fxlab
 from seed_helpers import SEED_LAYERS, assert_close, randomize_batchnorm, seed_model, state
 from fxlab.models import names
-from fxlab.pipeline import _option_fields, _required_options, _text_types
+from fxlab.pipeline import option_fields, required_options, text_types
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -109,7 +109,7 @@ def configs() -> list[Config]:
     for name, cls in builtin_passes().items():
         if name in special:
             out += special[name]
-        elif not _required_options(cls):
+        elif not required_options(cls):
             out.append(Config(name, name, name))
         else:
             out.append(Config(name, "", name))  # test_every_pass_is_covered names it
@@ -265,7 +265,7 @@ def random_mlps(draw: st.DrawFn) -> RandomMLP:
 
 
 def exact_passes() -> list[str]:
-    return sorted(n for n, c in builtin_passes().items() if c.kind == "exact" and not _required_options(c))
+    return sorted(n for n, c in builtin_passes().items() if c.kind == "exact" and not required_options(c))
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -342,7 +342,7 @@ def _value_strategy(cls: type, field_name: str, annotation: typing.Any) -> st.Se
     known = _known_values(cls, field_name)
     if known is not None:
         return st.sampled_from(known)
-    allowed = _text_types(annotation)
+    allowed = text_types(annotation)
     choices: list[st.SearchStrategy[typing.Any]] = []
     if bool in allowed:
         choices.append(st.booleans())
@@ -361,8 +361,8 @@ def _value_strategy(cls: type, field_name: str, annotation: typing.Any) -> st.Se
 
 @st.composite
 def registered_pass(draw: st.DrawFn, cls: type[fxlab.Pass]) -> fxlab.Pass:
-    fields = _option_fields(cls)
-    required = set(_required_options(cls))
+    fields = option_fields(cls)
+    required = set(required_options(cls))
     kwargs = {}
     for name, annotation in fields.items():
         if name in required or draw(st.booleans()):
@@ -397,7 +397,7 @@ def test_pipeline_text_round_trips(data: st.DataObject) -> None:
 
 def test_every_builtin_pass_has_a_text_form() -> None:
     for name, cls in builtin_passes().items():
-        kwargs = {f: (_known_values(cls, f) or [SEED_LAYERS["mymodule"]])[0] for f in _required_options(cls)}
+        kwargs = {f: (_known_values(cls, f) or [SEED_LAYERS["mymodule"]])[0] for f in required_options(cls)}
         p = cls(**kwargs)
         assert fxlab.parse_pipeline(p.to_text())[0].options() == p.options(), name
 

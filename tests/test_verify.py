@@ -16,7 +16,12 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 import fxlab
-from fxlab.verification import _retrain_plan, main
+from fxlab.cli import run
+from fxlab.verification import _retrain_plan
+
+
+def main(argv):
+    return run("verify", argv)
 from fxlab.passes import InsertActivation, InsertRelu
 
 REPO = Path(__file__).resolve().parent.parent

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..graph import LeafModule
+from ..core import LeafModule
 from .kernels import CacheFree
 
 __all__ = ["LinearReLU"]

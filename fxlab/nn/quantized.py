@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..graph import LeafModule
+from ..core import LeafModule
 from . import kernels
 
 __all__ = [

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import PassError
-from ..graph import Selector, select
+from ..core import Selector, select
 from ..pipeline import Pass, register_pass
 
 __all__ = ["ACTIVATIONS", "InsertActivation", "InsertRelu", "insert_activation"]

@@ -22,7 +22,7 @@ from torch import nn
 from torch.fx.passes.infra.pass_base import PassResult
 
 from ..errors import PassError
-from ..graph import LeafModule
+from ..core import LeafModule
 from ..pipeline import Pass, register_pass
 from ._rewrite import ModuleUses, module_of, single_input
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ..errors import PassError, did_you_mean
-from ..graph import Selector, describe_selector, module_text, select, target_name
+from ..core import Selector, describe_selector, module_text, select, target_name
 from ..nn.fused import LinearReLU
 from ..nn.quantized import (
     HalfLinear,

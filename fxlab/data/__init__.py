@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DataError
-from .files import write_atomic
+from ..errors import DataError
+from .._util import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -414,27 +414,3 @@ def fetch(root: str | os.PathLike[str] | None = None, *, force: bool = False) ->
 # --------------------------------------------------------------------------------------------
 # CLI
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m fxlab.data {fetch,check,where} [--root DIR]``."""
-    from . import cli
-
-    def _main(args: Sequence[str] | None) -> int:
-        p = cli.parser("python -m fxlab.data", "Find, check and fetch MNIST.")
-        p.add_argument("command", choices=["fetch", "check", "where"], help="what to do")
-        p.add_argument("--root", help="MNIST root (default: $FXLAB_DATA, else the user cache)")
-        p.add_argument("--force", action="store_true", help="fetch: replace the files even if intact")
-        ns = p.parse_args(args)
-        if ns.command == "where":
-            print(resolve_root(ns.root))
-        elif ns.command == "check":
-            print(f"ok: {check(ns.root)} (4 files, MD5s match)")
-        else:
-            print(f"ok: {fetch(ns.root, force=ns.force)} (4 files, MD5s match)")
-        return 0
-
-    return cli.run(_main, argv)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .cli import UsageError, parser, run
+from ..errors import UsageError
 
 SUITES = ("inference", "passes", "training")
 
@@ -454,7 +454,7 @@ def _mnist_images(cfg: Config, count: int) -> tuple[Any, str]:
 
 def _mnist_test_tensor(root: str | None) -> Any:
     """The 10 000 MNIST test images, normalised as the seeds do, from fxlab.data (never fetched here)."""
-    from . import data as fxdata
+    from .. import data as fxdata
 
     return fxdata.load(_data_root(root), download=False).test.images
 
@@ -603,7 +603,7 @@ def inference_suite(cfg: Config, device: Any) -> dict[str, Any]:
 def _inference_suite(cfg: Config, device: Any) -> dict[str, Any]:
     import torch
 
-    from . import models as seed_models
+    from .. import models as seed_models
 
     # torch.compile on a CPU-only machine logs that it found no CUDA runtime: not news here
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
@@ -895,7 +895,7 @@ def hand_fuse_linear_relu(model: Any) -> Any:
     import torch.nn.functional as F
     from torch import nn
 
-    from .nn import LinearReLU
+    from ..nn import LinearReLU
 
     gm = fx.symbolic_trace(copy.deepcopy(model))
     modules = dict(gm.named_modules())
@@ -1159,7 +1159,7 @@ def seed_evaluate(model: Any, loader: Any, device: Any) -> float:
 
 def _data_root(root: str | None) -> str:
     """``--data``, else fxlab.data's default (``$FXLAB_DATA``, else the user cache)."""
-    from . import data as fxdata
+    from .. import data as fxdata
 
     return str(fxdata.resolve_root(root))
 
@@ -1168,9 +1168,9 @@ def training_suite(cfg: Config, device: Any) -> dict[str, Any]:
     """One epoch and one evaluation: fxlab.train vs the seeds' loop, side by side."""
     import torch
 
-    from . import data as fxdata
-    from . import models as seed_models
-    from . import train as fxtrain
+    from .. import data as fxdata
+    from .. import models as seed_models
+    from .. import train as fxtrain
 
     root = _data_root(cfg.data)
     cache = getattr(fxdata, "_CACHE", None)
@@ -1289,7 +1289,7 @@ def _limit(data: Any, train_limit: int | None, test_limit: int | None) -> Any:
     """fxlab's in-memory MNIST cut to its first images (quick mode)."""
     if not train_limit and not test_limit:
         return data
-    from .data import MNIST, Split
+    from ..data import MNIST, Split
 
     def cut(split: Split, n: int | None) -> Split:
         return Split(split.pixels[:n], split.labels[:n]) if n else split
@@ -1371,7 +1371,7 @@ def training_tables(result: dict[str, Any], fmt: str = "simple") -> str:
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as JSON to ``path`` atomically."""
-    from .files import write_atomic
+    from .._util import write_atomic
 
     write_atomic(path, json.dumps(obj, indent=1, default=_json_default) + "\n")
 
@@ -1441,37 +1441,3 @@ def report(result: dict[str, Any], fmt: str = "simple") -> str:
         parts.append(targets_table(result["targets"], fmt))
     parts.append(f"total {result['seconds']:.0f} s · reproduce: `{result['command']}`")
     return "\n\n".join(parts)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m fxlab.bench``: run the benchmarks, print tables, optionally write JSON."""
-    p = parser("python -m fxlab.bench", "Benchmarks: fxlab vs torch.fx, torch.ao and the seeds' loops.")
-    p.add_argument("--suite", choices=SUITES, action="append",
-                   help="run only this suite (repeatable; default: all)")
-    p.add_argument("--quick", action="store_true", help="small sizes and few rounds (CI smoke run, < 2 min)")
-    p.add_argument("--json", metavar="OUT", help="write every figure to this JSON file (atomically)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: CUDA when available)")
-    p.add_argument("--data", help="MNIST root (default: FXLAB_DATA, else fxlab's data folder)")
-    p.add_argument("--markdown", action="store_true", help="print the tables as Markdown (for the README)")
-    p.add_argument("--load", metavar="JSON", help="print the report of a saved --json file instead of running")
-    args = p.parse_args(argv)
-    fmt = "github" if args.markdown else "simple"
-    if args.load:
-        try:
-            result = json.loads(Path(args.load).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"cannot read {args.load}: {exc}") from exc
-        print(report(result, fmt))
-        return 0
-    suites = args.suite or list(SUITES)
-    cfg = Config.quick_config(device=args.device, data=args.data) if args.quick else Config(device=args.device, data=args.data)
-    result = run_benchmarks(cfg, suites)
-    print(report(result, fmt))
-    if args.json:
-        write_json_atomic(args.json, result)
-        print(f"\nwrote {args.json}")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(run(main))

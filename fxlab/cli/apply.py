@@ -12,13 +12,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .runner import parser
 
-def _main(argv: Sequence[str] | None) -> int:
-    from . import cli
-    from .io import export_onnx, export_program, load_source, save
-    from .pipeline import PassRecords, apply, parse_pipeline
 
-    p = cli.parser("python -m fxlab.apply", "Apply a pipeline to a model file and save the result.")
+def main(argv: Sequence[str]) -> int:
+    """``fxlab apply``: apply a pipeline to a model file and save the result."""
+    from ..io import export_onnx, export_program, load_source, save
+    from ..pipeline import PassRecords, apply, parse_pipeline
+
+    p = parser("python -m fxlab.apply", "Apply a pipeline to a model file and save the result.")
     p.add_argument("file", metavar="FILE", help="a model file, or a seed model name")
     p.add_argument("pipeline", metavar="PIPELINE",
                    help='pipeline text, e.g. "fuse-linear-relu,quantize-linear{mode=dynamic}"')
@@ -47,14 +49,3 @@ def _main(argv: Sequence[str] | None) -> int:
         what = f"fxlab model: {loaded.arch} + {gm.meta.get('fxlab.pipeline', '')}"
     print(f"wrote {written} ({what})")
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``python -m fxlab.apply`` with ``argv``; returns the exit code."""
-    from . import cli
-
-    return cli.run(_main, argv)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Command-line plumbing shared by every ``python -m fxlab.*`` command, and the ``fxlab`` script.
+"""The one runner every command goes through.
 
 Exit codes: 0 ok, 1 a check failed, 2 bad usage or bad input. A user error prints one line
 (``error: …``); ``--debug`` prints the traceback instead.
@@ -11,23 +11,19 @@ import importlib
 import logging
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from .errors import FxlabError
+from ..errors import FxlabError, UsageError
 
-#: ``fxlab NAME ...`` runs ``main(argv)`` of these modules (imported only when used).
+#: ``fxlab NAME ...`` runs ``main(argv)`` of ``fxlab.cli.NAME`` (imported only when used).
 COMMANDS = {
-    "show": ("fxlab.show", "graph dumps of a model file or seed model"),
-    "apply": ("fxlab.cli_apply", "apply a pipeline to a model file and save the result"),
-    "verify": ("fxlab.verification", "verify every step of a pipeline on MNIST"),
-    "train": ("fxlab.train", "train a seed model on MNIST"),
-    "data": ("fxlab.data", "find, check and fetch MNIST"),
-    "bench": ("fxlab.bench", "benchmarks"),
+    "show": "graph dumps of a model file or seed model",
+    "apply": "apply a pipeline to a model file and save the result",
+    "verify": "verify every step of a pipeline on MNIST",
+    "train": "train a seed model on MNIST",
+    "data": "find, check and fetch MNIST",
+    "bench": "benchmarks",
 }
-
-
-class UsageError(FxlabError):
-    """Bad command-line usage."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,14 +39,18 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
-def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
-    """Run a command's ``main``, turning fxlab errors into one line on stderr and exit code 2."""
+def run(command: str, argv: Sequence[str] | None = None) -> int:
+    """Run ``fxlab COMMAND`` with ``argv``: one line on stderr and exit code 2 for an fxlab error."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     level = logging.DEBUG if debug else logging.INFO if ("-v" in args or "--verbose" in args) else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return int(main(args) or 0)
+        if command not in COMMANDS:
+            known = ", ".join(COMMANDS)
+            raise UsageError(f"fxlab: unknown command {command!r}; commands: {known} (fxlab --help)")
+        module = importlib.import_module(f"fxlab.cli.{command}")
+        return int(module.main(args) or 0)
     except FxlabError as exc:
         if debug:
             traceback.print_exc()
@@ -67,13 +67,9 @@ def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] 
 def main(argv: Sequence[str] | None = None) -> int:
     """``fxlab COMMAND ...``: the console script."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help") or args[0] not in COMMANDS:
-        lines = [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]
-        print("usage: fxlab COMMAND [ARGS]\n\ncommands:\n" + "\n".join(lines))
-        return 0 if args and args[0] in ("-h", "--help") else 2
-    module = importlib.import_module(COMMANDS[args[0]][0])
-    return int(module.main(args[1:]) or 0)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    if not args or args[0] in ("-h", "--help"):
+        lines = [f"  {name:<8} {help_}" for name, help_ in COMMANDS.items()]
+        out = sys.stdout if args else sys.stderr
+        print("usage: fxlab COMMAND [ARGS]\n\ncommands:\n" + "\n".join(lines), file=out)
+        return 0 if args else 2
+    return run(args[0], args[1:])

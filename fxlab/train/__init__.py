@@ -40,10 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import data as mnist_data
-from .data import MNIST
-from .errors import FxlabError
-from .files import write_atomic
+from .. import data as mnist_data
+from ..data import MNIST
+from ..errors import FxlabError
+from .._util import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -393,7 +393,7 @@ def save_checkpoint(
 
 def load_checkpoint(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """(model, metadata) from a checkpoint written by ``save_checkpoint`` (``torch.load(weights_only=True)``)."""
-    from .models import build
+    from ..models import build
 
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
@@ -428,7 +428,7 @@ def pretrained(
     Trained once and cached under ``<user cache>/fxlab/checkpoints`` (key: name + recipe + torch
     version); later calls load the checkpoint. Its metadata is on ``model.fxlab_meta``.
     """
-    from .models import build
+    from ..models import build
 
     dev = torch.device(device) if device is not None else default_device()
     path = checkpoint_path(name, recipe)
@@ -509,11 +509,7 @@ def peak_memory_mb() -> float:
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
 
 
-# --------------------------------------------------------------------------------------------
-# CLI
-
-
-def _init_distributed(device: str | None) -> tuple[int, int, torch.device]:
+def init_distributed(device: str | None) -> tuple[int, int, torch.device]:
     """Join the process group torchrun describes (gloo on CPU, nccl on CUDA); (rank, world, device)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     dev = torch.device(device) if device else default_device()
@@ -528,78 +524,3 @@ def _init_distributed(device: str | None) -> tuple[int, int, torch.device]:
         torch.distributed.init_process_group(backend=backend)
     return torch.distributed.get_rank(), torch.distributed.get_world_size(), dev
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m fxlab.train --model NAME [--epochs N] [--data DIR] [--device D] [--seed S] --out model.pth``."""
-    from . import cli
-    from .models import build, names
-
-    def _main(args: Sequence[str] | None) -> int:
-        p = cli.parser("python -m fxlab.train", "Train a seed model on MNIST and save a checkpoint.")
-        p.add_argument("--model", required=True, help=f"seed model: {', '.join(names())}")
-        p.add_argument("--epochs", type=int, default=DEFAULT_RECIPE.epochs, help="epochs (default %(default)s)")
-        p.add_argument("--lr", type=float, default=DEFAULT_RECIPE.lr, help="peak learning rate (default %(default)s)")
-        p.add_argument("--batch-size", type=int, default=DEFAULT_RECIPE.batch_size, help="global batch (default %(default)s)")
-        p.add_argument("--schedule", default=DEFAULT_RECIPE.schedule, choices=["onecycle", "cosine", "constant"])
-        p.add_argument("--seed", type=int, default=DEFAULT_RECIPE.seed, help="seed (default %(default)s)")
-        p.add_argument("--data", help="MNIST root (default: $FXLAB_DATA, else the user cache; fetched if absent)")
-        p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-        p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (smoke runs)")
-        p.add_argument("--out", required=True, help="checkpoint to write (rank 0 writes it)")
-        ns = p.parse_args(args)
-        if ns.model not in names():
-            build(ns.model)  # raises the 'unknown model ... (closest: ...)' error
-        for opt in ("epochs", "batch_size"):
-            if getattr(ns, opt) < 1:
-                raise cli.UsageError(f"--{opt.replace('_', '-')} must be at least 1")
-
-        if ns.device:
-            try:
-                wanted = torch.device(ns.device)
-            except RuntimeError as exc:
-                raise cli.UsageError(f"--device {ns.device!r} is not a device (cpu, cuda, cuda:1, ...)") from exc
-            if wanted.type == "cuda" and not torch.cuda.is_available():
-                raise cli.UsageError("--device cuda: CUDA is not available here; use --device cpu")
-        rank, world, dev = _init_distributed(ns.device)
-        try:
-            # rank 0 fetches MNIST if it is missing; the others wait for it, then read it (or fail as it did)
-            if rank != 0:
-                torch.distributed.barrier()
-                ds = mnist_data.load(ns.data, device=dev, download=False)
-            else:
-                try:
-                    ds = mnist_data.load(ns.data, device=dev)
-                finally:
-                    if world > 1:
-                        torch.distributed.barrier()
-            torch.manual_seed(ns.seed)
-            model = build(ns.model)
-            recipe = Recipe(epochs=ns.epochs, lr=ns.lr, batch_size=ns.batch_size, schedule=ns.schedule, seed=ns.seed)
-            if rank == 0:
-                procs = f" × {world} processes" if world > 1 else ""
-                limit = f" (at most {ns.max_steps} steps)" if ns.max_steps else ""
-                print(f"training {ns.model} on {dev}{procs}: {ns.epochs} epochs{limit}, batch {ns.batch_size}, "
-                      f"Adam {ns.schedule} lr {ns.lr:g}, data {ds.root}", flush=True)
-
-            def report(r: dict[str, Any]) -> None:
-                if rank == 0:
-                    print(f"epoch {r['epoch']}/{ns.epochs}: train loss {r['train_loss']:.4f} "
-                          f"acc {r['train_accuracy']:.2f}% | test loss {r['test_loss']:.4f} "
-                          f"acc {r['test_accuracy']:.2f}% | {r['seconds']:.1f}s", flush=True)
-
-            history = fit_recipe(model, ds, recipe, device=dev, max_steps=ns.max_steps, on_epoch=report)
-            if rank == 0:
-                ev = evaluate(model, ds)
-                save_checkpoint(ns.out, model, name=ns.model, history=history, accuracy=ev.accuracy, recipe=recipe)
-                print(f"peak memory: {peak_memory_mb():.0f} MiB; saved {ns.out}")
-                print(f"test accuracy: {ev.accuracy:.2f}%", flush=True)
-        finally:
-            if world > 1 and torch.distributed.is_initialized():
-                torch.distributed.destroy_process_group()
-        return 0
-
-    return cli.run(_main, argv)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -1,0 +1,200 @@
+"""Small helpers that every part of fxlab uses, written once.
+
+Files are written atomically: a temporary file in the same folder, then a rename. A reader sees
+the old file or the new one, never half of one; on any failure the temporary file is removed and
+the destination is left as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def default_mode() -> int:
+    """The permissions a new file gets here (0o666 less the umask); mkstemp's own are 0o600."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def write_atomic(
+    path: str | os.PathLike[str],
+    data: str | bytes | Callable[[str], None],
+    *,
+    make_dirs: bool = True,
+) -> Path:
+    """Write ``data`` to ``path`` atomically and return the path.
+
+    ``data`` is text (UTF-8), bytes, or a function that writes the file at the path it is given
+    (``torch.save``, ``fig.savefig``, an exporter). The temporary file keeps ``path``'s suffix, so
+    writers that look at the extension behave. ``make_dirs`` creates missing parent folders.
+    """
+    out = Path(path)
+    folder = out.parent if str(out.parent) else Path(".")
+    if make_dirs:
+        folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{out.stem}.", suffix=f".tmp{out.suffix}")
+    try:
+        if callable(data):
+            os.close(fd)
+            data(tmp)
+        else:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.chmod(tmp, default_mode())
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# messages
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------------------------
+# modules
+
+
+def get_submodule(root: nn.Module, path: str) -> nn.Module:
+    """The submodule at dotted ``path`` (``""`` is ``root`` itself)."""
+    return root.get_submodule(path) if path else root
+
+
+def set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
+    """Put ``module`` at dotted ``path`` under ``root``, replacing what was there."""
+    parent_path, _, name = path.rpartition(".")
+    setattr(get_submodule(root, parent_path), name, module)
+
+
+def fresh_name(root: nn.Module, base: str) -> str:
+    """``base``, or ``base_1``, ``base_2``, ... : the first name not yet an attribute of ``root``."""
+    name, i = base, 0
+    while hasattr(root, name):
+        i += 1
+        name = f"{base}_{i}"
+    return name
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode within the block; every submodule's own mode is restored after."""
+    with saved_modes(model):
+        model.eval()
+        yield model
+
+
+@contextlib.contextmanager
+def saved_modes(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block the caller may switch modes freely; every submodule's mode is restored after."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        yield model
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+# --------------------------------------------------------------------------------------------
+# devices
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` as a torch.device that exists here; ``None`` or ``"auto"``: CUDA when present, else CPU.
+
+    Raises ``UsageError`` naming the device and what this machine has.
+    """
+    from .errors import UsageError
+
+    if device is None or device == "auto":
+        return default_device()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise UsageError(f"bad device {device!r}: use cpu, cuda or cuda:N") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"device {device!r}: CUDA is not available on this machine; use cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu" and not (dev.type == "mps" and torch.backends.mps.is_available()):
+        raise UsageError(f"device {device!r} is not supported here: use cpu or cuda")
+    return dev
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for a model with neither)."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+# --------------------------------------------------------------------------------------------
+# example inputs
+
+#: The shape fxlab feeds a model when it needs an example: one MNIST image batch.
+MNIST_SHAPE = (1, 1, 28, 28)
+
+
+def example_inputs(model: nn.Module, batch: int = 1) -> list[torch.Tensor]:
+    """Candidate example inputs for ``model``, most likely first; seeded, on the model's device.
+
+    An MNIST batch ``(batch, 1, 28, 28)`` (then ``(batch, in_features)`` of the first module with
+    ``in_features`` when that is not 784), each in float32 and then in the parameters' other dtypes.
+    """
+    dtypes = [torch.float32]
+    dtypes += sorted({p.dtype for p in model.parameters() if p.is_floating_point()} - {torch.float32}, key=str)
+    shapes = [(batch, *MNIST_SHAPE[1:])]
+    first = next((m for m in model.modules() if isinstance(getattr(m, "in_features", None), int)), None)
+    width = getattr(first, "in_features", None)
+    if width is not None and width != MNIST_SHAPE[2] * MNIST_SHAPE[3]:
+        shapes.append((batch, width))
+    device = model_device(model)
+    out = []
+    for shape in shapes:
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
+        out += [x.to(dtype) for dtype in dtypes]
+    return out
+
+
+def example_input(model: nn.Module, batch: int = 1) -> torch.Tensor:
+    """The first of :func:`example_inputs` that ``model`` runs on (in eval mode, without gradients).
+
+    Raises ``UsageError`` saying which inputs were tried when none runs.
+    """
+    from .errors import UsageError
+
+    tried = []
+    for x in example_inputs(model, batch):
+        try:
+            with torch.no_grad(), eval_mode(model):
+                model(x)
+            return x
+        except Exception as exc:  # wrong shape or dtype for this model: try the next
+            tried.append(f"{tuple(x.shape)} {str(x.dtype).removeprefix('torch.')}: {first_line(exc)}")
+    raise UsageError(f"the model runs on none of the example inputs fxlab tried ({'; '.join(tried)})")

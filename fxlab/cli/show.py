@@ -1,0 +1,82 @@
+"""``python -m fxlab.show FILE [--model NAME] [--passes PIPELINE] [--diff] [--format F] [-o OUT]``
+
+Graph dumps of a saved model (any file :func:`fxlab.load` reads) or of a seed model by name::
+
+    python -m fxlab.show model_state_dict.pth                         # table: shapes, params, FLOPs
+    python -m fxlab.show model.pth --passes "fuse-linear-relu" --diff   # what the pipeline changes
+    python -m fxlab.show mymodule --format svg -o mymodule.svg          # a seed model, random weights
+
+FILE that does not exist but names a seed model (``mymodule``, ``simplenn``, ...) shows that
+model with random weights. Exit codes: 0 ok, 2 bad usage or a file that cannot be loaded (one
+line on stderr; ``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import UsageError
+from .runner import parser
+
+#: -o's extension → format, when --format is not given.
+SUFFIX_FORMATS = {".svg": "svg", ".png": "png", ".json": "json", ".dot": "dot", ".gv": "dot", ".py": "code",
+                  ".txt": "table"}
+
+
+def main(argv: Sequence[str]) -> int:
+    """``fxlab show``: graph dumps of a model file or seed model."""
+    from ..io import load_source, write_atomic
+    from ..rendering import FORMATS, render
+
+    p = parser(
+        "python -m fxlab.show",
+        "Show a model file (or a seed model by name) as a table, code, FX graph, JSON or Graphviz drawing.",
+    )
+    p.add_argument("file", nargs="?", metavar="FILE",
+                   help="a model file (state dict, checkpoint, fxlab model, pickled module) or a seed model name")
+    p.add_argument("--model", metavar="NAME", help="architecture from fxlab.models to load the file's weights into")
+    p.add_argument("--passes", metavar="PIPELINE", help='pipeline to apply first, e.g. "insert-relu{after=layer3}"')
+    p.add_argument("--diff", action="store_true",
+                   help="show what the pipeline changed (for an fxlab model file: what its saved pipeline changed)")
+    p.add_argument("--format", "-f", choices=FORMATS, help="output format (default: from -o's extension, else table)")
+    p.add_argument("-o", "--output", metavar="OUT", help="write to OUT (atomically) instead of stdout")
+    p.add_argument("--trust", action="store_true",
+                   help="allow a whole pickled module to load: this runs code from the file")
+    p.add_argument("--act", metavar="NAME",
+                   help="activation between the layers of a state dict rebuilt as a generic MLP")
+    ns = p.parse_args(argv)
+
+    fmt = ns.format or (SUFFIX_FORMATS.get(Path(ns.output).suffix.lower(), "table") if ns.output else "table")
+    loaded = load_source(ns.file, model=ns.model, trust=ns.trust, act=ns.act)
+    model = loaded.model
+    before = None
+    if ns.passes:
+        from ..pipeline import apply
+
+        after = apply(model, ns.passes)
+        before = model if ns.diff else None
+    else:
+        after = model
+        if ns.diff:
+            if not loaded.pipeline:
+                raise UsageError(
+                    "--diff needs --passes PIPELINE (or an fxlab model file, which carries its pipeline)"
+                )
+            before = loaded.base()
+    out = render(after, fmt, diff_against=before)
+    if fmt == "table" and before is None:
+        title = loaded.description + (f"; after {ns.passes}" if ns.passes else "")
+        out = f"# {title}\n{out}"
+    if ns.output:
+        written = write_atomic(ns.output, out)
+        print(f"wrote {written} ({fmt})")
+    elif isinstance(out, bytes):
+        if sys.stdout.isatty():
+            raise UsageError(f"{fmt} is binary: write it to a file with -o FILE.{fmt}")
+        sys.stdout.flush()
+        sys.stdout.buffer.write(out)
+    else:
+        sys.stdout.write(out)
+    return 0
