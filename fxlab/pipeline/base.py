@@ -49,6 +49,10 @@ class Pass(PassBase):
     name: ClassVar[str] = ""
     kind: ClassVar[str] = "exact"
     budget: ClassVar[float | None] = None
+    #: True for a pass that leaves observers in the graph: whoever runs the pipeline (the caller,
+    #: ``fxlab.verify``, ``fxlab.load`` rebuilding a saved model) runs calibration batches through
+    #: the graph after it, before the next pass.
+    calibrates: ClassVar[bool] = False
 
     def call(self, graph_module: fx.GraphModule) -> fx.GraphModule | PassResult:  # noqa: D102
         raise NotImplementedError(f"{type(self).__name__} must implement call(gm)")

@@ -6,13 +6,13 @@ import copy
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch.fx as fx
 from torch import nn
 
-from ..core import diff_signatures, origin_map, signatures, trace
+from ..core import GraphDiff, diff_signatures, origin_map, signatures, trace
 from ..core.provenance import before_pass, track
 from ..errors import PassError
 from .base import Pass
@@ -35,6 +35,7 @@ class PassRecord:
     changed: int
     text: str = ""
     replaced: int = 0
+    diff: GraphDiff | None = field(default=None, repr=False, compare=False)  # the graph diff of this pass
 
     def row(self) -> list[Any]:
         return [self.name, self.kind, f"{self.seconds * 1000:.2f}", self.nodes_before, self.nodes_after,
@@ -110,7 +111,7 @@ def apply(
         diff = diff_signatures(before, signatures(new), before_origins, origin_map(new))
         history.append(PassRecord(p.label(), p.kind, seconds, len(before), len(diff.after),
                                   len(diff.added), len(diff.removed), len(diff.changed), str(p),
-                                  len(diff.replaced)))
+                                  len(diff.replaced), diff))
         log.info("%s: %s in %.1f ms", p.label(), diff.summary(), seconds * 1000)
         gm = new
     gm.meta["fxlab.records"] = history
