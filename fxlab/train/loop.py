@@ -1,0 +1,229 @@
+"""Training and evaluating on MNIST tensors: no DataLoader, no per-sample Python."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import data as mnist_data
+from .._util import default_device, eval_mode, model_device, saved_modes
+from ..data import MNIST
+from ..errors import FxlabError
+from .recipe import DEFAULT_RECIPE, Evaluation, History, Recipe
+
+log = logging.getLogger(__name__)
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size) of the current process group, (0, 1) without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _progress_bar(total: int, desc: str, enabled: bool) -> Any:
+    """A tqdm bar on a terminal (stderr a tty), otherwise None."""
+    if not enabled or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, unit="batch", dynamic_ncols=True)
+
+
+def evaluate(
+    model: nn.Module,
+    data: MNIST | str | os.PathLike[str] | None = None,
+    *,
+    split: str = "test",
+    batch_size: int = 10_000,
+    device: str | torch.device | None = None,
+) -> Evaluation:
+    """Accuracy (percent), mean loss and confusion matrix of ``model`` on an MNIST split.
+
+    Runs in big batches under ``torch.inference_mode`` with the model in eval mode (its modes are
+    restored afterwards). ``device`` defaults to the model's; a model elsewhere is evaluated as a copy.
+    """
+    dev = torch.device(device) if device is not None else model_device(model)
+    if model_device(model) != dev:
+        model = copy.deepcopy(model).to(dev)
+    ds = mnist_data.as_mnist(data, dev)
+    if split not in ("train", "test"):
+        raise FxlabError(f"unknown split {split!r}: use 'train' or 'test'")
+    part = ds.train if split == "train" else ds.test
+    correct = 0
+    loss_sum = 0.0
+    confusion = torch.zeros(100, dtype=torch.int64, device=dev)
+    with eval_mode(model), torch.inference_mode():
+        if split == "test":  # the test images are normalised once and kept (31 MB); train ones per batch
+            batches: Any = ((part.images[i : i + batch_size], part.labels[i : i + batch_size])
+                            for i in range(0, len(part), batch_size))
+        else:
+            batches = part.batches(batch_size)
+        for x, y in batches:
+            out = model(x)
+            if isinstance(out, (tuple, list)):
+                out = out[0]
+            out = out.float()
+            loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
+            pred = out.argmax(1)
+            correct += int((pred == y).sum())
+            confusion += torch.bincount(y * 10 + pred, minlength=100)
+    n = len(part)
+    return Evaluation(100.0 * correct / n, loss_sum / n, confusion.view(10, 10).cpu())
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, schedule: str, lr: float, total: int) -> Any:
+    if schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(total, 1), pct_start=0.25)
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total, 1))
+    if schedule == "constant":
+        return None
+    raise FxlabError(f"unknown schedule {schedule!r}: use 'onecycle', 'cosine' or 'constant'")
+
+
+def fit(
+    model: nn.Module,
+    data: MNIST | str | os.PathLike[str] | None = None,
+    *,
+    epochs: int = DEFAULT_RECIPE.epochs,
+    lr: float = DEFAULT_RECIPE.lr,
+    batch_size: int = DEFAULT_RECIPE.batch_size,
+    schedule: str = DEFAULT_RECIPE.schedule,
+    weight_decay: float = DEFAULT_RECIPE.weight_decay,
+    device: str | torch.device | None = None,
+    seed: int | None = None,
+    progress: bool = True,
+    max_steps: int | None = None,
+    evaluate_each_epoch: bool = True,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> History:
+    """Train ``model`` in place on MNIST with Adam + cross-entropy; return the per-epoch ``History``.
+
+    - ``data``: an ``MNIST`` (``fxlab.data.load``), a root directory, or None (the default root).
+    - ``device``: default CUDA when available, else CPU; the model is moved there and stays there.
+    - ``seed``: makes the batch order reproducible (the model's initialisation is the caller's).
+    - ``schedule``: ``onecycle`` (default; ``lr`` is the peak), ``cosine`` or ``constant``.
+    - ``max_steps``: stop after that many optimizer steps (small budgets for tests and smoke runs).
+    - The model is in train mode while fitting (BatchNorm, Dropout behave as in training) and its
+      modes are restored afterwards. A tqdm bar shows on a terminal only (``progress``).
+    - Under an initialised ``torch.distributed`` process group the model is wrapped in
+      DistributedDataParallel; every rank draws the same permutation and trains on its slice of
+      each batch (``batch_size`` is the global batch). Epoch statistics are reduced over ranks.
+    """
+    rank, world = _distributed()
+    dev = torch.device(device) if device is not None else default_device()
+    if dev.type == "cuda" and dev.index is None and world > 1:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+    ds = mnist_data.as_mnist(data, dev)
+    model.to(dev)
+    train_model: nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        train_model = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise FxlabError("the model has no trainable parameters")
+    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = math.ceil(len(ds.train) / batch_size)
+    total = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
+    run = _Run(train_model, ds, optimizer, _scheduler(optimizer, schedule, lr, total), dev, batch_size, total,
+               rank, world, torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(0, 2**31 - 1, (1,)))))
+    history = History(device=str(dev), world_size=world)
+    with saved_modes(model), contextlib.ExitStack() as rng:
+        if seed is not None:  # dropout masks too: seed the global generators, and restore them afterwards
+            rng.enter_context(torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []))
+            torch.manual_seed(seed)
+        for epoch in range(1, epochs + 1):
+            if run.step >= total:
+                break
+            bar = _progress_bar(min(steps_per_epoch, total - run.step), f"epoch {epoch}/{epochs}", progress and rank == 0)
+            record = {"epoch": epoch, **run.epoch(bar)}
+            if evaluate_each_epoch:
+                ev = evaluate(model, ds, device=dev)
+                record["test_loss"], record["test_accuracy"] = ev.loss, ev.accuracy
+            history.epochs.append(record)
+            log.info("epoch %d: %s", epoch, record)
+            if on_epoch is not None:
+                on_epoch(record)
+    return history
+
+
+class _Run:
+    """The state of one ``fit``: what an epoch needs and the step count so far."""
+
+    def __init__(self, model: nn.Module, ds: MNIST, optimizer: torch.optim.Optimizer, scheduler: Any,
+                 dev: torch.device, batch_size: int, total: int, rank: int, world: int,
+                 gen: torch.Generator) -> None:
+        self.model, self.ds, self.optimizer, self.scheduler = model, ds, optimizer, scheduler
+        self.dev, self.batch_size, self.total, self.gen = dev, batch_size, total, gen
+        self.world = world
+        local = math.ceil(batch_size / world)  # each rank trains on its slice of every global batch
+        self.lo, self.hi = rank * local, min((rank + 1) * local, batch_size)
+        self.step = 0
+        self.last_lr = float(optimizer.param_groups[0]["lr"])
+
+    def epoch(self, bar: Any) -> dict[str, Any]:
+        """Train one epoch (or up to the step budget); its record, less the test figures."""
+        self.model.train()
+        t0 = time.perf_counter()
+        n = len(self.ds.train)
+        order = torch.randperm(n, generator=self.gen).to(self.dev)
+        stats = torch.zeros(3, dtype=torch.float64, device=self.dev)  # loss sum, correct, count
+        for i in range(0, n, self.batch_size):
+            if self.step >= self.total:
+                break
+            loss = self._batch(order[i : i + self.batch_size][self.lo : self.hi], stats)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+        if bar is not None:
+            bar.close()
+        if self.world > 1:
+            torch.distributed.all_reduce(stats)
+        seconds = time.perf_counter() - t0
+        loss_sum, correct, count = (float(v) for v in stats.cpu())
+        return {"steps": self.step, "train_loss": loss_sum / max(count, 1),
+                "train_accuracy": 100.0 * correct / max(count, 1), "test_loss": None, "test_accuracy": None,
+                "lr": float(self.last_lr), "seconds": seconds}
+
+    def _batch(self, idx: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+        x, y = self.ds.train.batch(idx)
+        out = self.model(x)
+        loss = F.cross_entropy(out, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.last_lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.step += 1
+        with torch.no_grad():
+            stats += torch.stack([loss.detach().double() * y.numel(), (out.argmax(1) == y).sum().double(),
+                                  torch.tensor(float(y.numel()), dtype=torch.float64, device=self.dev)])
+        return loss.detach()
+
+
+def fit_recipe(
+    model: nn.Module,
+    data: MNIST | str | os.PathLike[str] | None = None,
+    recipe: Recipe = DEFAULT_RECIPE,
+    **kwargs: Any,
+) -> History:
+    """``fit`` with the options of a ``Recipe`` (keyword arguments override nothing of the recipe)."""
+    return fit(model, data, epochs=recipe.epochs, lr=recipe.lr, batch_size=recipe.batch_size,
+               schedule=recipe.schedule, weight_decay=recipe.weight_decay, seed=recipe.seed, **kwargs)
+
+
