@@ -60,10 +60,16 @@ def golden(request: pytest.FixtureRequest) -> Golden:
 
 @pytest.fixture(scope="session")
 def mnist_root() -> Path:
-    """The MNIST root (FXLAB_DATA, else ../shared/data beside the repo). Tests never download."""
-    root = Path(os.environ.get("FXLAB_DATA", REPO.parent / "shared" / "data"))
-    if not (root / "MNIST" / "raw" / "t10k-images-idx3-ubyte").exists():
-        pytest.fail(f"MNIST not found under {root}: set FXLAB_DATA to a folder holding MNIST/raw/*-ubyte")
+    """The MNIST root: ``$FXLAB_DATA``, else the user cache that ``python -m fxlab.data fetch`` fills.
+
+    Tests never download: fetching is set-up (the README's test command runs it first).
+    """
+    from fxlab.data import missing_files, resolve_root
+
+    root = resolve_root()
+    if missing_files(root):
+        pytest.fail(f"MNIST not found under {root}: run `python -m fxlab.data fetch` first, or set FXLAB_DATA "
+                    "to a folder holding MNIST/raw/*-ubyte")
     return root
 
 
