@@ -24,23 +24,60 @@ def default_mode() -> int:
     return 0o666 & ~mask
 
 
+def check_output(path: str | os.PathLike[str]) -> Path:
+    """Check, before any work is done, that ``path`` can be written; return it.
+
+    Its folder must exist (fxlab never creates folders for an output: a mistyped folder is
+    reported, not made), be a folder and be writable, and ``path`` must not be a folder. Raises
+    ``WriteError`` with one line naming the path and what is wrong.
+    """
+    from .errors import WriteError
+
+    out = Path(path)
+    folder = out.parent if str(out.parent) else Path(".")
+    if out.is_dir():
+        raise WriteError(f"cannot write {out}: it is a folder; give a file name")
+    for parent in [folder, *folder.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise WriteError(f"cannot write {out}: {parent} is a file, not a folder")
+            break
+    if not folder.is_dir():
+        raise WriteError(f"cannot write {out}: folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise WriteError(f"cannot write {out}: folder {folder} is not writable")
+    return out
+
+
 def write_atomic(
     path: str | os.PathLike[str],
     data: str | bytes | Callable[[str], None],
     *,
-    make_dirs: bool = True,
+    make_dirs: bool = False,
+    check: Callable[[str], None] | None = None,
 ) -> Path:
     """Write ``data`` to ``path`` atomically and return the path.
 
     ``data`` is text (UTF-8), bytes, or a function that writes the file at the path it is given
     (``torch.save``, ``fig.savefig``, an exporter). The temporary file keeps ``path``'s suffix, so
-    writers that look at the extension behave. ``make_dirs`` creates missing parent folders.
+    writers that look at the extension behave. ``check`` (if given) is called with the temporary
+    file's path before the rename: whatever it raises leaves ``path`` as it was. ``make_dirs``
+    creates missing parent folders (caches); outputs the user names are checked with
+    :func:`check_output` instead. An operating-system error (full disk, permissions, ...) becomes
+    ``WriteError`` naming the path and the reason; the old file is never touched.
     """
+    from .errors import WriteError
+
     out = Path(path)
     folder = out.parent if str(out.parent) else Path(".")
-    if make_dirs:
-        folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{out.stem}.", suffix=f".tmp{out.suffix}")
+    try:
+        if make_dirs:
+            folder.mkdir(parents=True, exist_ok=True)
+        else:
+            check_output(out)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{out.stem}.", suffix=f".tmp{out.suffix}")
+    except OSError as exc:
+        raise WriteError(f"cannot write {out}: {exc.strerror or exc}") from exc
     try:
         if callable(data):
             os.close(fd)
@@ -50,14 +87,25 @@ def write_atomic(
                 fh.write(data.encode("utf-8") if isinstance(data, str) else data)
                 fh.flush()
                 os.fsync(fh.fileno())
+        if check is not None:
+            check(tmp)
         os.chmod(tmp, default_mode())
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.close(fd)
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) or _is_write_failure(exc):
+            raise WriteError(f"cannot write {out}: {getattr(exc, 'strerror', None) or first_line(exc)}") from exc
         raise
     return out
+
+
+def _is_write_failure(exc: BaseException) -> bool:
+    """torch's zip writer reports a full disk or a vanished file as a RuntimeError, not an OSError."""
+    return isinstance(exc, RuntimeError) and any(
+        text in str(exc) for text in ("PytorchStreamWriter failed", "file write failed", "unexpected pos")
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -41,6 +41,10 @@ class ExportError(FxlabError):
     """A model could not be saved, exported or rendered."""
 
 
+class WriteError(FxlabError):
+    """An output file could not be written (the old file, if any, is left as it was)."""
+
+
 class UsageError(FxlabError):
     """Bad usage: a flag, an argument or a value that cannot be used as given."""
 

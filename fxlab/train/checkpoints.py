@@ -113,6 +113,7 @@ def pretrained(
     accuracy = evaluate(model, ds).accuracy
     history.epochs[-1]["test_accuracy"] = accuracy
     if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
         save_checkpoint(path, model, name=name, history=history, accuracy=accuracy, recipe=recipe)
     model.eval()
     model.fxlab_meta = {"model": name, "accuracy": accuracy, "history": history.to_dict(),  # type: ignore[assignment]
