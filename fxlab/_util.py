@@ -182,7 +182,7 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise UsageError(f"bad device {device!r}: use cpu, cuda or cuda:N") from exc
+        raise UsageError(f"{device!r} is not a device: use cpu, cuda or cuda:N") from exc
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise UsageError(f"device {device!r}: CUDA is not available on this machine; use cpu")

@@ -163,3 +163,15 @@ def test_ddp_with_two_cpu_processes_matches_one_process(tmp_path, mnist_root, mn
     fit(single, mnist, max_steps=20, device="cpu", seed=0, progress=False, evaluate_each_epoch=False)
     for k, v in single.state_dict().items():
         torch.testing.assert_close(ddp.state_dict()[k], v, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("where", ["missing/t.pth", "afile/t.pth", "."])
+def test_cli_checks_the_output_before_training(tmp_path, capsys, where):
+    """A checkpoint that cannot be written is said at once (exit 2, one line), not after the whole run."""
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / where
+    argv = ["--model", "mymodule", "--data", str(tmp_path / "no-mnist-here"), "--device", "cpu", "--out", str(out)]
+    assert run("train", argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write {out}") and err.count("\n") == 1
+    assert "MNIST" not in err  # refused before looking for data, let alone training

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import sys
+import os
+import tempfile
 from collections.abc import Sequence
-
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from .. import data as mnist_data
-from ..errors import UsageError
+from .._util import check_output, resolve_device
+from ..errors import UsageError, WriteError
 from ..train import (DEFAULT_RECIPE, Recipe, evaluate, fit_recipe, init_distributed, peak_memory_mb,
                      save_checkpoint)
 from .runner import parser
@@ -38,13 +40,8 @@ def main(argv: Sequence[str]) -> int:
         if getattr(ns, opt) < 1:
             raise UsageError(f"--{opt.replace('_', '-')} must be at least 1")
 
-    if ns.device:
-        try:
-            wanted = torch.device(ns.device)
-        except RuntimeError as exc:
-            raise UsageError(f"--device {ns.device!r} is not a device (cpu, cuda, cuda:1, ...)") from exc
-        if wanted.type == "cuda" and not torch.cuda.is_available():
-            raise UsageError("--device cuda: CUDA is not available here; use --device cpu")
+    resolve_device(ns.device)  # a bad device, a bad output folder: said now, not after training
+    out = check_output(ns.out)
     rank, world, dev = init_distributed(ns.device)
     try:
         # rank 0 fetches MNIST if it is missing; the others wait for it, then read it (or fail as it did)
@@ -75,11 +72,23 @@ def main(argv: Sequence[str]) -> int:
         history = fit_recipe(model, ds, recipe, device=dev, max_steps=ns.max_steps, on_epoch=report)
         if rank == 0:
             ev = evaluate(model, ds)
-            save_checkpoint(ns.out, model, name=ns.model, history=history, accuracy=ev.accuracy, recipe=recipe)
-            print(f"peak memory: {peak_memory_mb():.0f} MiB; saved {ns.out}")
+            _save(out, model, ns.model, history, ev.accuracy, recipe)
+            print(f"peak memory: {peak_memory_mb():.0f} MiB; saved {out}")
             print(f"test accuracy: {ev.accuracy:.2f}%", flush=True)
     finally:
         if world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     return 0
 
+
+def _save(out: Path, model: torch.nn.Module, name: str, history: Any, accuracy: float, recipe: Recipe) -> None:
+    """Write the checkpoint; if that fails after training, keep the work in a rescue copy and say where."""
+    try:
+        save_checkpoint(out, model, name=name, history=history, accuracy=accuracy, recipe=recipe)
+    except WriteError as exc:
+        rescue = Path(tempfile.gettempdir()) / f"fxlab-rescue-{name}-{os.getpid()}.pth"
+        try:
+            save_checkpoint(rescue, model, name=name, history=history, accuracy=accuracy, recipe=recipe)
+        except WriteError:
+            raise exc from None
+        raise WriteError(f"{exc}; the trained model was saved to {rescue} instead") from exc
