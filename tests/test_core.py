@@ -193,6 +193,9 @@ def test_pipeline_errors_point_at_position() -> None:
     assert msg.splitlines()[-1].index("^") == 2 + 26
     with pytest.raises(fxlab.PipelineError, match=r"no option 'aftr' \(closest: after\).*position 12"):
         fxlab.parse_pipeline("insert-relu{aftr=layer3}")
+    # a name with a character outside [A-Za-z0-9_-] is reported whole, not cut at that character
+    with pytest.raises(fxlab.PipelineError, match=r"unknown pass 'fusé-linear-relu' \(closest: fuse-linear-relu"):
+        fxlab.parse_pipeline("fusé-linear-relu")
     with pytest.raises(fxlab.PipelineError, match="missing '}'"):
         fxlab.parse_pipeline("insert-relu{after=layer3")
     with pytest.raises(fxlab.PipelineError, match="empty pipeline"):

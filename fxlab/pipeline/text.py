@@ -23,7 +23,7 @@ from .base import _REGISTRY, Pass
 _EXPLICIT = "_fxlab_explicit"
 
 _BARE = re.compile(r"[^\s{}\",=]+")
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+_NAME = re.compile(r"[^\s{}\",=]+")  # a whole word, so that a misspelt name is reported whole
 
 
 class _Quoted(str):
