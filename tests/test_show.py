@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 import shutil
 import subprocess
 import sys
@@ -13,11 +14,14 @@ from pathlib import Path
 import io_models
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import fxlab
 from fxlab.models import build
 from fxlab.cli import run
+from fxlab.passes import QuantizeLinear
+from fxlab.rendering import analyze
 
 
 def show(argv):
@@ -151,6 +155,64 @@ def test_flops_of_matmul_functions() -> None:
     flops = {n["name"]: n["flops"] for n in doc["nodes"]}
     assert flops["matmul"] == 2 * 784 * 16 and flops["matmul_1"] == 2 * 16 * 4
     assert {n["name"]: n["params"] for n in doc["nodes"]}["w"] == 784 * 16
+
+
+def test_flops_of_convolutions_are_counted() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))
+    doc = json.loads(fxlab.render(model, "json"))
+    flops = {n["name"]: n["flops"] for n in doc["nodes"]}
+    conv, linear = 2 * 4 * 26 * 26 * 9, 2 * 4 * 26 * 26 * 10
+    assert flops == {"input_1": None, "_0": conv, "_1": None, "_2": linear, "output": None}
+    assert doc["totals"]["flops"] == conv + linear
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "weight-only", "bf16", "static"])
+def test_quantized_linears_report_the_flops_of_their_matmul(mode: str) -> None:
+    model = build("mymodule").eval()
+    fused = fxlab.apply(model, "fuse-linear-relu")
+    calibration = [torch.randn(8, 1, 28, 28) for _ in range(2)]
+    quantized = fxlab.apply(fused, [QuantizeLinear(mode=mode, calibration=calibration)])
+    for x in (None, torch.randn(300, 1, 28, 28)):  # batch 1 (fused kernels) and a big batch (int8 GEMM)
+        base = analyze(model, x)
+        want = {name: base.by_name[name].flops for name in ("layer1", "layer2", "layer3")}
+        assert want["layer1"] == 2 * len(x if x is not None else [0]) * 784 * 128
+        for gm in (fused, quantized):
+            info = analyze(gm, x)
+            assert {name: info.by_name[name].flops for name in want} == want, (mode, gm)
+            assert info.flops == base.flops
+
+
+def test_diff_shows_a_replaced_node_as_one_row() -> None:
+    @fxlab.register_pass
+    @dataclass
+    class ReluToGeluForRender(fxlab.Pass):
+        """Put a GELU where the first ReLU was."""
+
+        name = "test-show-relu-to-gelu"
+        kind = "changes"
+
+        def call(self, gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            relu = next(n for n in gm.graph.nodes if n.name == "relu")
+            with gm.graph.inserting_after(relu.args[0]):
+                gelu = gm.graph.call_function(F.gelu, (relu.args[0],))
+            relu.replace_all_uses_with(gelu)
+            gm.graph.erase_node(relu)
+            gm.recompile()
+            return gm
+
+    model = build("mymodule")
+    after = fxlab.apply(model, "test-show-relu-to-gelu")
+    text = fxlab.render(after, diff_against=model)
+    assert text.startswith("graph diff: +0 -0 ~1 =1"), text
+    rows = [line.split() for line in text.splitlines()[3:6]]
+    assert ["replaced", "relu", "→", "gelu"] == rows[0][:4], text
+    assert not any(r[:2] in (["removed", "relu"], ["added", "gelu"]) for r in rows), text
+    doc = json.loads(fxlab.render(after, "json", diff_against=model))
+    assert doc["diff"]["replaced"][0]["node"] == "gelu" and doc["diff"]["replaced"][0]["replaces"] == ["relu"]
+    assert {n["name"]: n.get("change") for n in doc["nodes"]}["gelu"] == "replaced"
+    source = fxlab.render(after, "dot", diff_against=model)
+    assert '"gelu" [label=' in source and 'fillcolor="#cfe2ff"' in source.split('"gelu" [label=')[1].splitlines()[0]
+    assert '"relu" [label=' in source and "dashed" in source.split('"relu" [label=')[1].splitlines()[0]
 
 
 def test_unknown_format() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -9,7 +11,7 @@ from torch import nn
 from ..core import LeafModule
 from .kernels import CacheFree
 
-__all__ = ["LinearReLU"]
+__all__ = ["LinearReLU", "linear_flops"]
 
 #: On CPU, inference calls with at least this many multiply-adds (or rows) run oneDNN's
 #: Linear+ReLU primitive on pre-packed weights (ReLU in the GEMM's epilogue): 1.1-1.6× faster
@@ -17,6 +19,19 @@ __all__ = ["LinearReLU"]
 PACKED_MIN_MACS = 16 * 2**20
 PACKED_MIN_ROWS = 1024
 _MKLDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def linear_flops(input_shape: Sequence[int], in_features: int, out_features: int) -> int:
+    """FLOPs of a Linear's matrix multiply on an input of ``input_shape`` (…, in_features): a
+    multiply-add counts 2, as in torch's ``FlopCounterMode``; bias and activation count 0.
+
+    >>> linear_flops((1, 784), 784, 128)
+    200704
+    """
+    rows = 1
+    for d in input_shape[:-1]:
+        rows *= int(d)
+    return 2 * rows * in_features * out_features
 
 
 class LinearReLU(CacheFree, nn.Linear, LeafModule):
@@ -50,6 +65,11 @@ class LinearReLU(CacheFree, nn.Linear, LeafModule):
         if packed is not None:
             return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "relu", [], "")
         return torch.relu_(F.linear(x, weight, bias))
+
+    def flops(self, input_shape: Sequence[int]) -> int:
+        """FLOPs of one forward on an input of ``input_shape``, whichever path runs (the oneDNN
+        one is invisible to torch's ``FlopCounterMode``): :func:`linear_flops`."""
+        return linear_flops(input_shape, self.in_features, self.out_features)
 
     def _packed_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
         """oneDNN's pre-packed copy of ``weight`` for a big inference call on CPU, else None.

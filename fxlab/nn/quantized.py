@@ -33,6 +33,7 @@ Kernels, chosen by measurement (README, "Quantization"; CPU figures from a 2-cor
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -41,6 +42,7 @@ from torch import Tensor, nn
 
 from ..core import LeafModule
 from . import kernels
+from .fused import linear_flops
 
 __all__ = [
     "Dequantize",
@@ -203,6 +205,12 @@ class _LinearBase(kernels.CacheFree, nn.Module, LeafModule):
             return self.matmul(x, params["weight"], params.get("bias"), self.relu)
         y = self.matmul(x.reshape(-1, self.in_features), params["weight"], params.get("bias"), self.relu)
         return y.reshape(*x.shape[:-1], self.out_features)
+
+    def flops(self, input_shape: Sequence[int]) -> int:
+        """FLOPs of the float Linear this module stands for, on an input of ``input_shape``: its
+        Numba and int8 paths run ops torch's ``FlopCounterMode`` does not see, or counts as other
+        work. Used by :func:`fxlab.render`."""
+        return linear_flops(input_shape, self.in_features, self.out_features)
 
     def matmul(self, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:  # pragma: no cover
         raise NotImplementedError
