@@ -278,7 +278,7 @@ def test_prepared_model_computes_the_float_function() -> None:
     prepared = fxlab.apply(model, "quantize-prepare")
     observers = [m for m in prepared.modules() if isinstance(m, quantized_nn.MinMaxObserver)]
     assert len(observers) == 6 and not any(m.seen for m in observers)
-    assert type(QuantizePrepare).__name__ and QuantizePrepare.calibrates and not QuantizeConvert.calibrates
+    assert QuantizePrepare.calibrates and not QuantizeConvert.calibrates
     x = torch.randn(16, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(prepared(x), model(x))
