@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import inspect
 import io as _io
 import logging
@@ -871,32 +872,38 @@ def _from_fxlab_file(p: Path, obj: Mapping[str, Any], *, model: str | nn.Module 
 # save
 
 
-def _rebuild_context() -> contextlib.AbstractContextManager[Any]:
-    """The quantize passes' structure-only mode: static quantization rebuilds without calibration
-    data (placeholder scales that the saved state dict then replaces)."""
-    try:
-        from .passes.quantize import structure_only
-    except ImportError:  # pragma: no cover - a build without the quantize passes
-        return contextlib.nullcontext()
-    return structure_only()
+def _rerun(model: nn.Module, pipeline: str) -> nn.Module:
+    """``pipeline`` applied to ``model`` with one example batch wherever a pass needs data: as the
+    ``calibration`` of a pass whose calibration is None, and through the graph after a pass whose
+    class ``calibrates``. The saved state dict, loaded strictly next, brings the real numbers."""
+    from ._util import eval_mode, example_input
+    from .pipeline import apply, parse_pipeline
+
+    batch = example_input(model)
+    current = model
+    for p in parse_pipeline(pipeline):
+        if dataclasses.is_dataclass(p) and getattr(p, "calibration", "absent") is None:
+            p = dataclasses.replace(p, calibration=[batch])
+        current = apply(current, [p])
+        if type(p).calibrates:
+            with torch.no_grad(), eval_mode(current):
+                current(batch)
+    return current
 
 
 def rebuild(arch: str, kwargs: Mapping[str, Any], pipeline: str, *, training: bool = False) -> nn.Module:
     """A fresh ``arch`` model with ``pipeline`` re-run on it (weights still random): the skeleton
     that a saved state dict loads into."""
-    from .pipeline import apply
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         base = build_arch(arch, kwargs).train(training)
         if not pipeline:
             return base
-        with _rebuild_context():
-            try:
-                return apply(base, pipeline)
-            except FxlabError as exc:
-                raise LoadError(f"cannot rebuild {_arch_text(arch, kwargs)} with pipeline {pipeline!r}: "
-                                f"{_first_line(exc)}") from exc
+        try:
+            return _rerun(base, pipeline)
+        except FxlabError as exc:
+            raise LoadError(f"cannot rebuild {_arch_text(arch, kwargs)} with pipeline {pipeline!r}: "
+                            f"{_first_line(exc)}") from exc
 
 
 def _structure(model: nn.Module) -> tuple[str, list[tuple[str, tuple[int, ...], torch.dtype]]]:

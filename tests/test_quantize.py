@@ -1,4 +1,4 @@
-"""quantize-linear: numerics per module (within the error each scheme implies), torch.ao as anchor,
+"""quantize-linear, quantize-prepare, quantize-convert: numerics per module (within the error each scheme implies), torch.ao as anchor,
 state-dict size and round trip, accuracy budgets on real MNIST, golden printouts, errors."""
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from fxlab.nn import (
     LinearReLU,
     kernels,
 )
-from fxlab.passes import FuseLinearReLU, QuantizeLinear
-from fxlab.passes.quantize import MODES, structure_only
+from fxlab.passes import FuseLinearReLU, QuantizeConvert, QuantizeLinear, QuantizePrepare
+from fxlab.passes.quantize import MODES
 
 MODE_NAMES = list(MODES)
 INT8_MODES = ["dynamic", "weight-only", "static"]
@@ -203,8 +203,8 @@ def test_int8_state_dict_at_most_0_3_of_float32(model_name: str, mode: str) -> N
 def test_fresh_model_loads_the_state_dict_strictly(mode: str) -> None:
     model = build("mymodule").eval()
     gm = quantize(model, mode)
-    with structure_only():  # how fxlab.save's loader rebuilds: no calibration data at hand
-        fresh = fxlab.apply(build("mymodule").eval(), f"quantize-linear{{mode={mode}}}")
+    # how fxlab.load rebuilds: the pipeline re-run with one example batch as calibration
+    fresh = quantize(build("mymodule").eval(), mode, calibration=[torch.randn(1, 1, 28, 28)])
     fresh.load_state_dict(gm.state_dict(), strict=True)
     x = torch.randn(32, 1, 28, 28)
     assert torch.equal(fresh(x), gm(x))
@@ -214,11 +214,110 @@ def test_fresh_model_loads_the_state_dict_strictly(mode: str) -> None:
             assert module.weight_scale.dtype == torch.float32
 
 
-def test_structure_only_is_scoped() -> None:
-    with structure_only():
-        pass
-    with pytest.raises(fxlab.PassError, match="calibration"):
-        fxlab.apply(build("mymodule"), "quantize-linear{mode=static}")
+@pytest.mark.parametrize("pipeline", ["quantize-linear{mode=static}", "quantize-prepare,quantize-convert",
+                                      "fuse-linear-relu,quantize-prepare{exclude=layer1}", "quantize-prepare"])
+def test_static_model_saves_and_loads_exactly(tmp_path, pipeline: str) -> None:
+    """fxlab.save / fxlab.load: scales, zero points, int8 tables and observed ranges are all buffers,
+    so the rebuilt model (calibrated on one example batch) gets the saved numbers back exactly."""
+    passes = fxlab.parse_pipeline(pipeline)
+    gm = fxlab.trace(build("mymodule").eval())
+    for p in passes:
+        if isinstance(p, QuantizeLinear):
+            p = p.calibrated(calibration_batches())
+        gm = fxlab.apply(gm, [p])
+        if type(p).calibrates:
+            calibrate(gm, calibration_batches())
+    fxlab.save(gm, tmp_path / "static.pt", base="mymodule", pipeline=pipeline)
+    loaded = fxlab.load(tmp_path / "static.pt")
+    x = torch.randn(64, 1, 28, 28) * 2
+    with torch.no_grad():
+        assert torch.equal(loaded(x), gm(x))
+    assert fxlab.format_graph(loaded) == fxlab.format_graph(gm)
+
+
+def calibrate(gm: fx.GraphModule, batches: list[torch.Tensor]) -> None:
+    """What the caller does between quantize-prepare and quantize-convert."""
+    gm.eval()
+    with torch.no_grad():
+        for batch in batches:
+            gm(batch)
+
+
+def prepare_calibrate_convert(model: nn.Module, batches: list[torch.Tensor], *, chain: bool = True,
+                              **options) -> fx.GraphModule:
+    prepared = fxlab.apply(model, [QuantizePrepare(**options)])
+    calibrate(prepared, batches)
+    return fxlab.apply(prepared, [QuantizeConvert(chain=chain)])
+
+
+# -- static in three steps: prepare, calibrate, convert ------------------------------------------
+
+
+@pytest.mark.parametrize("model_name", ["mymodule", "mymnist", "linear-relu-stack"])
+@pytest.mark.parametrize("fuse", [False, True])
+def test_prepare_calibrate_convert_is_the_one_call_form(model_name: str, fuse: bool) -> None:
+    model = build(model_name).eval()
+    if fuse:
+        model = fxlab.apply(model, [FuseLinearReLU()])
+    batches = calibration_batches(3)
+    one_call = quantize(model, "static", calibration=batches, exclude=SEED_OUTPUT.get(model_name))
+    three_steps = prepare_calibrate_convert(model, batches, exclude=SEED_OUTPUT.get(model_name))
+    assert fxlab.format_graph(three_steps) == fxlab.format_graph(one_call)
+    x = torch.randn(200, 1, 28, 28) * 2
+    with torch.no_grad():
+        assert torch.equal(three_steps(x), one_call(x))
+    assert three_steps.state_dict().keys() == one_call.state_dict().keys()
+    assert all(torch.equal(v, one_call.state_dict()[k]) for k, v in three_steps.state_dict().items())
+
+
+SEED_OUTPUT = {"linear-relu-stack": "linear_relu_stack.4"}
+
+
+def test_prepared_model_computes_the_float_function() -> None:
+    model = build("mymodule").eval()
+    prepared = fxlab.apply(model, "quantize-prepare")
+    observers = [m for m in prepared.modules() if isinstance(m, quantized_nn.MinMaxObserver)]
+    assert len(observers) == 6 and not any(m.seen for m in observers)
+    assert QuantizePrepare.calibrates and not QuantizeConvert.calibrates
+    x = torch.randn(16, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(prepared(x), model(x))
+    assert all(m.seen for m in observers)
+    assert {"layer1_input_observer.min_val", "layer1_input_observer.max_val"} <= set(prepared.state_dict())
+
+
+def test_prepare_and_convert_text_round_trips() -> None:
+    text = "quantize-prepare{exclude=layer3},quantize-convert"
+    passes = fxlab.parse_pipeline(text)
+    assert [type(p) for p in passes] == [QuantizePrepare, QuantizeConvert]
+    assert passes[0].exclude == "layer3" and passes[0].mode == "static" and passes[1].chain
+    assert fxlab.format_pipeline(passes) == text
+    assert str(QuantizeConvert(chain=False)) == "quantize-convert{chain=false}"
+    assert str(QuantizePrepare(targets=["layer1", "layer2"])) == "quantize-prepare{targets=layer1,layer2}"
+    assert [p.budget for p in passes] == [0.5, 0.5] and {p.kind for p in passes} == {"approximate"}
+
+
+def test_convert_refuses_unobserved_and_uncalibrated_models() -> None:
+    model = build("mymodule").eval()
+    with pytest.raises(fxlab.PassError, match="no observed Linear.*run quantize-prepare"):
+        fxlab.apply(model, "quantize-convert")
+    prepared = fxlab.apply(model, "quantize-prepare")
+    message = (r"^quantize-convert: observer layer1_input_observer has seen no data: run calibration batches "
+               r"through the prepared model before quantize-convert$")
+    with pytest.raises(fxlab.PassError, match=message):
+        fxlab.apply(prepared, "quantize-convert")
+    with pytest.raises(fxlab.PassError, match="mode 'dynamic' is not calibrated: use quantize-linear"):
+        QuantizePrepare(mode="dynamic")
+
+
+@pytest.mark.parametrize("mode", MODE_NAMES)
+def test_one_call_static_needs_calibration_data(mode: str) -> None:
+    p = QuantizeLinear(mode=mode)
+    if mode != "static":
+        fxlab.apply(build("mymodule"), [p])  # the other modes need no data
+        return
+    with pytest.raises(fxlab.PassError, match="calibration=.*quantize-prepare.*quantize-convert"):
+        fxlab.apply(build("mymodule"), [p])
 
 
 # -- accuracy on real MNIST ----------------------------------------------------------------------
@@ -251,12 +350,19 @@ def test_golden_printout(golden, model_name: str, mode: str) -> None:
     golden.check(f"quantize-linear/{mode}/{model_name}", fxlab.format_graph(gm))
 
 
+@pytest.mark.parametrize("model_name", ["mymodule"])
+def test_golden_printout_prepare(golden, model_name: str) -> None:
+    gm = fxlab.apply(build(model_name).eval(), "quantize-prepare")
+    golden.check(f"quantize-prepare/{model_name}", fxlab.format_graph(gm))
+
+
 def test_module_reprs() -> None:
     linear = nn.Linear(784, 128)
     assert repr(Int8DynamicLinear.from_float(linear)) == "Int8DynamicLinear(784→128, per-channel)"
     assert repr(Int8WeightOnlyLinear.from_float(linear, relu=True)) == "Int8WeightOnlyLinear(784→128, per-channel, relu)"
     assert repr(HalfLinear.from_float(linear, dtype=torch.float16)) == "HalfLinear(784→128, fp16)"
     assert repr(Int8StaticLinear.from_float(linear)) == "Int8StaticLinear(784→128, per-channel)"
+    assert repr(quantized_nn.MinMaxObserver()) == "MinMaxObserver(per-tensor)"
 
 
 # -- the pass: options, text, selection, fused Linear+ReLU ---------------------------------------
@@ -337,21 +443,18 @@ def test_static_graph_has_quantize_and_dequantize_around_the_int8_chain() -> Non
 
 @pytest.mark.parametrize("model_name", ["mymodule", "mymnist"])
 @pytest.mark.parametrize("fuse", [False, True])
-def test_int8_chaining_changes_no_output(monkeypatch: pytest.MonkeyPatch, model_name: str, fuse: bool) -> None:
+def test_int8_chaining_changes_no_output(model_name: str, fuse: bool) -> None:
     """Dropping dequantize → quantize pairs and tabulating dequantize → fn → quantize give the
-    very outputs of the graph with every quantize and dequantize step in place."""
-    import fxlab.passes.quantize as quantize_pass
-
+    very outputs of the graph with every quantize and dequantize step in place (chain=false)."""
     model = build(model_name).eval()
     if fuse:
         model = fxlab.apply(model, [FuseLinearReLU()])
     torch.manual_seed(0)
     calibration = [torch.randn(64, 1, 28, 28) for _ in range(2)]
     chained = fxlab.apply(model, [QuantizeLinear(mode="static", calibration=calibration)])
-    monkeypatch.setattr(quantize_pass, "_chain_int8", lambda gm, paths: None)
-    monkeypatch.setattr(quantize_pass, "_int8_tables", lambda gm, paths: None)
-    stepwise = fxlab.apply(model, [QuantizeLinear(mode="static", calibration=calibration)])
+    stepwise = prepare_calibrate_convert(model, calibration, chain=False)
     assert len(stepwise.graph.nodes) > len(chained.graph.nodes)
+    assert torch.equal(prepare_calibrate_convert(model, calibration)(calibration[0]), chained(calibration[0]))
     x = torch.randn(300, 1, 28, 28) * 2
     with torch.no_grad():
         assert torch.equal(chained(x), stepwise(x))
@@ -402,7 +505,7 @@ def test_selection_errors(options: dict, message: str) -> None:
 
 def test_static_without_calibration_data() -> None:
     model = build("mymodule").eval()
-    with pytest.raises(fxlab.PassError, match=r"mode=static needs calibration data.*structure_only"):
+    with pytest.raises(fxlab.PassError, match=r"mode=static needs calibration data.*quantize-prepare"):
         fxlab.apply(model, [QuantizeLinear(mode="static")])
     with pytest.raises(fxlab.PassError, match="holds no batch"):
         fxlab.apply(model, [QuantizeLinear(mode="static", calibration=[])])

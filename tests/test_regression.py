@@ -104,6 +104,12 @@ def configs() -> list[Config]:
                    eager=F.silu),
         ],
         "quantize-linear": _quantize_configs(),
+        # prepare alone: observers only, so the float function (error 0) and its own printout
+        "quantize-prepare": [Config("quantize-prepare", "quantize-prepare", "quantize-prepare", error=0.0)],
+        # convert needs an observed, calibrated model: after prepare and the same calibration
+        # batches as quantize-linear{mode=static}, it must print (and compute) exactly that
+        "quantize-convert": [Config("quantize-convert", "quantize-prepare,quantize-convert", "quantize-linear/static",
+                                    error=APPROX_ERROR["static"])],
     }
     out = []
     for name, cls in builtin_passes().items():
@@ -147,14 +153,32 @@ def eager_with(model: nn.Module, path: str, fn: Callable[[torch.Tensor], torch.T
         handle.remove()
 
 
+def calibration_batches() -> list[torch.Tensor]:
+    """Random batches like the test inputs, for static quantization from text."""
+    g = torch.Generator().manual_seed(2)
+    return [torch.randn(64, 1, 28, 28, generator=g) for _ in range(4)]
+
+
 def applies(config: Config, model_name: str, model: nn.Module | None = None) -> fx.GraphModule:
-    """The pass applied to ``model`` (default: a fresh seed model); every pass applies to every seed model."""
+    """The pass applied to ``model`` (default: a fresh seed model); every pass applies to every seed model.
+
+    A pass with an empty ``calibration`` option gets :func:`calibration_batches`; after a pass that
+    ``calibrates`` (leaves observers), the same batches run through the graph, as a caller would.
+    """
     passes = fxlab.parse_pipeline(config.text(model_name))
-    for p in passes:  # static quantization from text: calibrate on random batches like the test inputs
+    for p in passes:
         if getattr(p, "calibration", "absent") is None:
-            g = torch.Generator().manual_seed(2)
-            p.calibration = [torch.randn(64, 1, 28, 28, generator=g) for _ in range(4)]
-    return fxlab.apply(model if model is not None else seed_model(model_name), passes)
+            p.calibration = calibration_batches()
+    gm = model if model is not None else seed_model(model_name)
+    if not any(type(p).calibrates for p in passes):
+        return fxlab.apply(gm, passes)
+    for p in passes:
+        gm = fxlab.apply(gm, [p])
+        if type(p).calibrates:
+            with torch.no_grad():
+                for batch in calibration_batches():
+                    gm.eval()(batch)
+    return gm
 
 
 # -- every pass × every seed model ---------------------------------------------------------------
@@ -202,8 +226,10 @@ def test_contract_numerics_on_random_inputs(config: Config, model_name: str) -> 
 @pytest.mark.parametrize("config, model_name", CASES)
 def test_accuracy_contract_on_mnist(config: Config, model_name: str, trained, mnist) -> None:
     model = trained[model_name]
-    report = fxlab.verify(model, config.text(model_name), data=mnist, device="cpu", retrain_epochs=RETRAIN)
-    (step,) = report.steps
+    text = config.text(model_name)
+    report = fxlab.verify(model, text, data=mnist, device="cpu", retrain_epochs=RETRAIN)
+    assert len(report.steps) == len(fxlab.parse_pipeline(text))
+    step = report.steps[-1]  # the pass under test (after the passes it needs, e.g. quantize-prepare)
     assert report.ok, f"{config.id} on {model_name}: {step.verdict}\n{report.table()}"
     assert step.kind == fxlab.get_pass(config.pass_name).kind
     assert report.baseline.accuracy == pytest.approx(trained.accuracy(model_name))

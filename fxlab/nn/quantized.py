@@ -380,7 +380,18 @@ def affine_qparams(lo: float, hi: float) -> tuple[float, int]:
 
 
 class MinMaxObserver(nn.Module, LeafModule):
-    """Records the running min and max of what passes through; returns its input unchanged."""
+    """Records the running min and max of what passes through; returns its input unchanged.
+
+    ``quantize-prepare`` puts one on the input and one on the output of each Linear; the range it
+    saw gives the per-tensor int8 scale and zero point. ``min_val`` / ``max_val`` are buffers.
+
+    >>> obs = MinMaxObserver()
+    >>> obs
+    MinMaxObserver(per-tensor)
+    >>> _ = obs(torch.tensor([-1.0, 3.0]))
+    >>> obs.observed()
+    'min=-1, max=3'
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -395,10 +406,15 @@ class MinMaxObserver(nn.Module, LeafModule):
 
     @property
     def seen(self) -> bool:
+        """Whether any data has passed through."""
         return bool(torch.isfinite(self.min_val))
 
     def extra_repr(self) -> str:
-        return f"min={float(self.min_val):.4g}, max={float(self.max_val):.4g}" if self.seen else "empty"
+        return "per-tensor"
+
+    def observed(self) -> str:
+        """The range seen so far, as text: ``min=…, max=…``, or ``no data``."""
+        return f"min={float(self.min_val):.4g}, max={float(self.max_val):.4g}" if self.seen else "no data"
 
 
 class _QParams(kernels.CacheFree, nn.Module, LeafModule):

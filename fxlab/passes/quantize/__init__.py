@@ -1,0 +1,289 @@
+"""Quantization passes: swap ``nn.Linear`` (and fused ``LinearReLU``) for quantized Linears.
+
+In the style of torchao's ``quantize_(model, Config(), filter_fn)``: *what* to do is a small
+config object (:mod:`.configs`), *how* is a handler registered for that config's type
+(:mod:`.handlers`). A mode name maps to a config; adding a scheme is adding a config, its handler
+and its name — nothing else changes::
+
+    @dataclass(frozen=True)
+    class MyConfig(QuantConfig):
+        budget: ClassVar[float] = 0.3
+
+    @register_handler(MyConfig)
+    def _my_handler(gm, nodes, config, calibration): ...
+
+    MODES["my-mode"] = MyConfig()
+
+Static int8 runs in three steps, in the shape of torchao's ``prepare_pt2e`` / ``convert_pt2e``:
+``quantize-prepare`` inserts min/max observers (:mod:`.prepare`), the caller runs calibration
+batches through the prepared model, ``quantize-convert`` turns the observed ranges into int8 scales
+(:mod:`.convert`). ``quantize-linear{mode=static}`` with ``calibration=`` does all three in one call.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import fx, nn
+
+from ...core import Selector, describe_selector, module_text, select, target_name
+from ...errors import PassError, did_you_mean
+from ...nn.fused import LinearReLU
+from ...nn.quantized import HalfLinear, Int8DynamicLinear, Int8StaticLinear, Int8WeightOnlyLinear
+from ...pipeline import Pass, register_pass
+from .configs import MODES, HalfConfig, Int8DynamicConfig, Int8StaticConfig, Int8WeightOnlyConfig, QuantConfig
+from .convert import convert_observed
+from .handlers import Handler, quantize_linears, register_handler, swap_linears  # noqa: F401
+from .prepare import check_one_call_each, insert_observers
+
+__all__ = [
+    "HalfConfig",
+    "Int8DynamicConfig",
+    "Int8StaticConfig",
+    "Int8WeightOnlyConfig",
+    "QuantConfig",
+    "QuantizeConvert",
+    "QuantizeLinear",
+    "QuantizePrepare",
+    "quantize_linears",
+    "register_handler",
+]
+
+
+def _selectors_set(options: dict[str, Any]) -> dict[str, Any]:
+    """Options without ``targets`` / ``exclude`` left at None (the default: every Linear; exclude nothing)."""
+    return {k: v for k, v in options.items() if not (k in ("targets", "exclude") and v is None)}
+
+
+@register_pass
+@dataclass
+class QuantizeLinear(Pass):
+    """Swap nn.Linear (and fused LinearReLU) modules for quantized ones: int8 or half precision.
+
+    ``mode`` is one of ``dynamic``, ``weight-only``, ``bf16``, ``fp16``, ``static`` (see ``MODES``);
+    ``targets`` selects the Linears (default: all), ``exclude`` keeps some in float;
+    ``calibration`` (static mode) is an iterable of input batches, or of ``(inputs, labels)``:
+    static mode is then ``quantize-prepare``, those batches, ``quantize-convert`` in one call.
+    The accuracy ``budget`` depends on the mode: 0.3 points for int8 dynamic / weight-only, 0.5
+    for static, 0.1 for bf16 / fp16.
+
+    >>> import fxlab, torch
+    >>> from fxlab.models import build
+    >>> from fxlab.passes import QuantizeLinear
+    >>> model = build("mymodule").eval()
+    >>> gm = fxlab.apply(model, [QuantizeLinear(mode="dynamic", exclude="layer3")])
+    >>> gm.layer1
+    Int8DynamicLinear(784→128, per-channel)
+    >>> x = torch.randn(64, 1, 28, 28)
+    >>> bool((gm(x) - model(x)).abs().max() < 0.1)
+    True
+    >>> calib = [torch.randn(64, 1, 28, 28) for _ in range(4)]
+    >>> gm = fxlab.apply(model, [QuantizeLinear(mode="static", calibration=calib)])
+    >>> print(fxlab.format_graph(gm).splitlines()[2])
+    %layer1_input_quant = layer1.input_quant:Quantize(int8, per-tensor)(%flatten)
+    """
+
+    name = "quantize-linear"
+    kind = "approximate"
+
+    mode: str
+    targets: Selector | None = None
+    exclude: Selector | None = None
+    calibration: Any = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.mode, str) or self.mode not in MODES:
+            raise PassError(
+                f"quantize-linear: unknown mode {self.mode!r}{did_you_mean(str(self.mode), MODES)}; "
+                f"modes: {', '.join(MODES)}"
+            )
+
+    @property
+    def budget(self) -> float:  # type: ignore[override]
+        """The accuracy drop (points) this pass may cost: the mode's budget."""
+        return MODES[self.mode].budget
+
+    @property
+    def config(self) -> QuantConfig:
+        """The config of this pass's mode."""
+        return MODES[self.mode]
+
+    def options(self) -> dict[str, Any]:
+        """Options as pipeline text knows them: calibration data is an input, not part of the
+        pipeline, and a selector left at None means the default (every Linear; exclude nothing)."""
+        options = super().options()
+        del options["calibration"]
+        return _selectors_set(options)
+
+    def calibrated(self, batches: Any) -> QuantizeLinear:
+        """A copy of this pass with ``calibration=batches`` (same options, same pipeline text)."""
+        other = copy.copy(self)
+        other.calibration = batches
+        return other
+
+    def call(self, gm: fx.GraphModule) -> fx.GraphModule:
+        nodes = select_linears(gm, self.targets, self.exclude)
+        return quantize_linears(gm, nodes, self.config, self.calibration)
+
+
+#: The modes whose quantization is fixed by observed ranges: the modes ``quantize-prepare`` takes.
+OBSERVED_MODES = ("static",)
+
+
+@register_pass
+@dataclass
+class QuantizePrepare(Pass):
+    """Insert min/max observers around the Linears that static int8 quantization will convert.
+
+    The first of three steps (torchao's ``prepare_pt2e`` / ``convert_pt2e`` shape): after this
+    pass, run calibration batches through the returned GraphModule in eval mode, then apply
+    ``quantize-convert``. ``targets`` / ``exclude`` select the Linears as in ``quantize-linear``.
+    The observers pass their input through unchanged.
+
+    >>> import fxlab, torch
+    >>> from fxlab.models import build
+    >>> model = build("mymodule").eval()
+    >>> prepared = fxlab.apply(model, "quantize-prepare{exclude=layer3}")
+    >>> prepared.layer1_input_observer
+    MinMaxObserver(per-tensor)
+    >>> with torch.no_grad():
+    ...     for _ in range(4):
+    ...         _ = prepared(torch.randn(64, 1, 28, 28))
+    >>> gm = fxlab.apply(prepared, "quantize-convert")
+    >>> gm.layer1, type(gm.layer3).__name__
+    (Int8StaticLinear(784→128, per-channel), 'Linear')
+    """
+
+    name = "quantize-prepare"
+    kind = "approximate"
+    calibrates: ClassVar[bool] = True
+    MODES: ClassVar[tuple[str, ...]] = OBSERVED_MODES
+
+    mode: str = "static"
+    targets: Selector | None = None
+    exclude: Selector | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in OBSERVED_MODES:
+            hint = f": use quantize-linear{{mode={self.mode}}}" if self.mode in MODES else ""
+            raise PassError(
+                f"quantize-prepare: mode {self.mode!r} is not calibrated{hint}; "
+                f"quantize-prepare takes mode {', '.join(OBSERVED_MODES)}"
+            )
+
+    @property
+    def budget(self) -> float:  # type: ignore[override]
+        """The accuracy drop (points) the prepared quantization may cost: the mode's budget."""
+        return MODES[self.mode].budget
+
+    def options(self) -> dict[str, Any]:
+        """Options as pipeline text knows them (a selector left at None is the default)."""
+        return _selectors_set(super().options())
+
+    def call(self, gm: fx.GraphModule) -> fx.GraphModule:
+        nodes = select_linears(gm, self.targets, self.exclude, label=self.name)
+        check_one_call_each(nodes, self.name)
+        return insert_observers(gm, nodes)
+
+
+@register_pass
+@dataclass
+class QuantizeConvert(Pass):
+    """Convert every observed Linear (after quantize-prepare and calibration) to static int8.
+
+    Each Linear with min/max observers around it becomes an ``Int8StaticLinear`` with
+    ``Quantize`` / ``Dequantize`` nodes whose scales come from the observed ranges: the graph and
+    numbers of ``quantize-linear{mode=static}`` given the same calibration batches. ``chain``
+    (default true) keeps activations int8 between int8 Linears (a dequantize → quantize pair is
+    dropped, an elementwise function between them becomes an ``Int8Table``); ``chain=false`` keeps
+    every step, with the very same outputs. An observer that has seen no data is an error.
+
+    >>> import fxlab, torch
+    >>> from fxlab.models import build
+    >>> prepared = fxlab.apply(build("mymodule").eval(), "quantize-prepare")
+    >>> with torch.no_grad():
+    ...     _ = prepared(torch.randn(64, 1, 28, 28))
+    >>> gm = fxlab.apply(prepared, "quantize-convert")
+    >>> print(fxlab.format_graph(gm).splitlines()[3])
+    %layer1 = layer1:Int8StaticLinear(784→128, per-channel)(%layer1_input_quant)
+    """
+
+    name = "quantize-convert"
+    kind = "approximate"
+
+    chain: bool = True
+
+    @property
+    def budget(self) -> float:  # type: ignore[override]
+        """The accuracy drop (points) the converted quantization may cost: static mode's budget."""
+        return MODES["static"].budget
+
+    def call(self, gm: fx.GraphModule) -> fx.GraphModule:
+        return convert_observed(gm, chain=self.chain, label=self.name)
+
+
+# --------------------------------------------------------------------------------------------
+# selecting the Linears
+
+
+def _is_linear(module: nn.Module | None) -> bool:
+    return isinstance(module, (nn.Linear, LinearReLU))
+
+
+def _module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    return gm.get_submodule(str(node.target)) if node.op == "call_module" else None
+
+
+def select_linears(
+    gm: fx.GraphModule, targets: Selector | None, exclude: Selector | None, *, label: str = "quantize-linear"
+) -> list[fx.Node]:
+    """The float32 Linear nodes to quantize: ``targets`` (default: every Linear) minus ``exclude``."""
+    if targets is None:
+        nodes = [n for n in gm.graph.nodes if _is_linear(_module(gm, n))]
+        if not nodes:
+            raise PassError(f"{label}: {_no_linear_reason(gm)}")
+    else:
+        matched = select(gm, targets)
+        nodes = [n for n in matched if _is_linear(_module(gm, n))]
+        if not nodes:
+            what = ", ".join(f"{n.name} ({_describe(gm, n)})" for n in matched[:5])
+            raise PassError(f"{label}: targets={describe_selector(targets)} matches no nn.Linear, only {what}")
+    if exclude is not None:
+        dropped = set(select(gm, exclude))
+        nodes = [n for n in nodes if n not in dropped]
+        if not nodes:
+            raise PassError(f"{label}: exclude={describe_selector(exclude)} leaves no Linear to quantize")
+    for n in nodes:
+        weight = _module(gm, n).weight
+        if weight.dtype != torch.float32:
+            raise PassError(
+                f"{label}: {n.target} holds {str(weight.dtype).replace('torch.', '')} weights; "
+                f"{label} quantizes float32 models: convert with model.float() first"
+            )
+    return nodes
+
+
+def _describe(gm: fx.GraphModule, node: fx.Node) -> str:
+    module = _module(gm, node)
+    if module is not None:
+        return module_text(module)
+    return node.op if node.op in ("placeholder", "output") else target_name(node)
+
+
+def _no_linear_reason(gm: fx.GraphModule) -> str:
+    done = [
+        f"{path} ({type(m).__name__})"
+        for path, m in gm.named_modules()
+        if isinstance(m, (Int8DynamicLinear, Int8WeightOnlyLinear, Int8StaticLinear, HalfLinear))
+    ]
+    if done:
+        return (
+            f"the model has no float nn.Linear left to quantize; already quantized: {', '.join(done[:6])}"
+            f"{' …' if len(done) > 6 else ''}"
+        )
+    kinds = sorted({type(m).__name__ for p, m in gm.named_modules() if p})
+    return f"the model has no nn.Linear to quantize (its modules: {', '.join(kinds) or 'none'})"
+

@@ -1,0 +1,69 @@
+"""What each quantization mode does: small frozen config objects, and the mode names.
+
+>>> MODES["static"]
+Int8StaticConfig()
+>>> MODES["static"].budget
+0.5
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+__all__ = [
+    "HalfConfig",
+    "Int8DynamicConfig",
+    "Int8StaticConfig",
+    "Int8WeightOnlyConfig",
+    "MODES",
+    "QuantConfig",
+]
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Base of the mode configs; ``budget`` is the accuracy drop (points) the mode may cost."""
+
+    budget: ClassVar[float] = 0.0
+
+
+@dataclass(frozen=True)
+class Int8DynamicConfig(QuantConfig):
+    """int8 weights per output channel; activations quantized per row at run time."""
+
+    budget: ClassVar[float] = 0.3
+
+
+@dataclass(frozen=True)
+class Int8WeightOnlyConfig(QuantConfig):
+    """int8 weights per output channel; activations stay float."""
+
+    budget: ClassVar[float] = 0.3
+
+
+@dataclass(frozen=True)
+class HalfConfig(QuantConfig):
+    """Weights in a half dtype (bias float32); input and output float32."""
+
+    budget: ClassVar[float] = 0.1
+    dtype: torch.dtype = torch.bfloat16
+
+
+@dataclass(frozen=True)
+class Int8StaticConfig(QuantConfig):
+    """int8 weights and activations, activation scales fixed by calibration (min/max observers)."""
+
+    budget: ClassVar[float] = 0.5
+
+
+#: Mode name (as in ``QuantizeLinear(mode=...)`` and pipeline text) → its config.
+MODES: dict[str, QuantConfig] = {
+    "dynamic": Int8DynamicConfig(),
+    "weight-only": Int8WeightOnlyConfig(),
+    "bf16": HalfConfig(torch.bfloat16),
+    "fp16": HalfConfig(torch.float16),
+    "static": Int8StaticConfig(),
+}
