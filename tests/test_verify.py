@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 import fxlab
 from fxlab.cli import run
-from fxlab.verification import _retrain_plan
+from fxlab.verification import retrain_plan
 
 
 def main(argv):
@@ -186,7 +186,7 @@ def test_report_json_schema(model, mnist, tmp_path) -> None:
     gelu, exact = data["steps"]
     assert gelu["pass"] == "insert-activation{after=layer2 fn=gelu}" and gelu["kind"] == "changes"
     assert 90 < gelu["retrained_accuracy"] <= 100 and exact["retrained_accuracy"] is None
-    assert gelu["diff"] == {"added": ["gelu"], "removed": [], "changed": ["relu_1"]}
+    assert gelu["diff"] == {"added": ["gelu"], "removed": [], "changed": ["relu_1"], "replaced": {}}
     assert exact["agreement"] == 100.0
     out = report.write_json(tmp_path / "r.json")
     assert json.loads(out.read_text()) == data
@@ -249,17 +249,128 @@ def test_bad_input_raises(model, mnist) -> None:
 
 
 def test_fractional_retraining_plan() -> None:
-    assert _retrain_plan(1, 60_000, 128) == (1, None)
-    assert _retrain_plan(2.0, 60_000, 128) == (2, None)
-    assert _retrain_plan(0.1, 60_000, 128) == (1, 47)
-    assert _retrain_plan(1.5, 60_000, 128) == (2, 704)
+    assert retrain_plan(1, 60_000, 128) == (1, None)
+    assert retrain_plan(2.0, 60_000, 128) == (2, None)
+    assert retrain_plan(0.1, 60_000, 128) == (1, 47)
+    assert retrain_plan(1.5, 60_000, 128) == (2, 704)
+
+
+@dataclass
+class RespellRelu(fxlab.Pass):
+    """An exact pass that replaces each torch.relu node by a new F.relu node (new names: *replaced*)."""
+
+    kind = "exact"
+
+    def call(self, gm: fx.GraphModule) -> fx.GraphModule:
+        for node in list(gm.graph.nodes):
+            if node.op == "call_function" and node.target is torch.relu:
+                with gm.graph.inserting_after(node):
+                    new = gm.graph.call_function(F.relu, node.args)
+                node.replace_all_uses_with(new)
+                gm.graph.erase_node(node)
+        return gm
+
+
+def test_step_diff_is_the_one_apply_recorded_with_replaced_nodes(model, mnist) -> None:
+    report = fxlab.verify(model, [RespellRelu()], data=mnist, device="cpu")
+    (step,) = report.steps
+    assert report.ok, step.verdict
+    assert step.diff is fxlab.records(report.model)[-1].diff  # not recomputed
+    assert step.diff.replaced == {"relu_2": ["relu"], "relu_3": ["relu_1"]}
+    assert not step.diff.added and not step.diff.removed
+    text = step.diff_text()
+    assert "0 added, 0 removed, 2 changed, 2 replaced" in text.splitlines()[0]
+    assert any(line.split()[:1] == ["replaced"] and "relu → relu_2" in line for line in text.splitlines())
+    assert json.loads(report.to_json())["steps"][0]["diff"]["replaced"] == {"relu_2": ["relu"], "relu_3": ["relu_1"]}
+
+
+class CountingObserver(torch.nn.Module):
+    """Passes its input through; counts the images it saw and keeps their largest magnitude."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("seen", torch.zeros((), dtype=torch.long))
+        self.register_buffer("peak", torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.add_(x.shape[0])
+        self.peak.copy_(torch.maximum(self.peak, x.detach().abs().max()))
+        return x
+
+
+@dataclass
+class ObserveLayer1(fxlab.Pass):
+    """A prepare pass: an observer after layer1; the caller feeds it calibration batches."""
+
+    kind = "exact"
+    calibrates = True
+
+    def call(self, gm: fx.GraphModule) -> fx.GraphModule:
+        node = next(n for n in gm.graph.nodes if n.target == "layer1")
+        gm.add_submodule("observer", CountingObserver())
+        with gm.graph.inserting_after(node):
+            obs = gm.graph.call_module("observer", (node,))
+        node.replace_all_uses_with(obs, delete_user_cb=lambda user: user is not obs)
+        return gm
+
+
+@dataclass
+class ReadObserver(fxlab.Pass):
+    """A convert pass: removes the observer, remembering what it saw."""
+
+    kind = "exact"
+    seen: int = -1
+    peak: float = 0.0
+
+    def call(self, gm: fx.GraphModule) -> fx.GraphModule:
+        observer = gm.get_submodule("observer")
+        self.seen, self.peak = int(observer.seen), float(observer.peak)
+        node = next(n for n in gm.graph.nodes if n.target == "observer")
+        node.replace_all_uses_with(node.args[0])
+        gm.graph.erase_node(node)
+        gm.delete_submodule("observer")
+        return gm
+
+
+def test_calibrating_pass_is_fed_training_batches_before_the_next_step(model, mnist) -> None:
+    convert = ReadObserver()
+    report = fxlab.verify(model, [ObserveLayer1(), convert], data=mnist, device="cpu")
+    assert report.ok, report.table()
+    # exactly the calibration images (the first CHECK_IMAGES training images), never the test images
+    assert convert.seen == fxlab.verification.CHECK_IMAGES
+    with torch.no_grad():
+        images = torch.flatten(mnist.train.batch(slice(0, convert.seen))[0], 1)
+        expected = float(fxlab.trace(model).layer1(images).abs().max())
+    assert convert.peak == pytest.approx(expected)
+
+
+def test_contracts_are_registered_by_kind(model, mnist) -> None:
+    from fxlab.verification import CONTRACTS, Verdict, register_contract
+
+    assert {"exact", "approximate", "changes"} <= set(CONTRACTS)
+
+    @dataclass
+    class Audited(SpellReluFunctionally):
+        kind = "audited"
+
+    unknown = fxlab.verify(model, [Audited()], data=mnist, device="cpu")
+    assert not unknown.ok and "unknown kind 'audited'" in unknown.steps[0].reason
+    try:
+        @register_contract("audited")
+        def audited(check) -> Verdict:
+            return Verdict(check.max_abs_diff == 0.0, "audited: outputs identical")
+
+        report = fxlab.verify(model, [Audited()], data=mnist, device="cpu")
+        assert report.ok and report.steps[0].reason == "audited: outputs identical"
+    finally:
+        CONTRACTS.pop("audited", None)
 
 
 # -- fxlab.verify is the function; python -m fxlab.verify the command ----------------------------
 
 
 def test_verify_is_the_function_not_the_module() -> None:
-    assert callable(fxlab.verify) and fxlab.verify.__module__ == "fxlab.verification"
+    assert callable(fxlab.verify) and fxlab.verify.__module__.startswith("fxlab.verification")
     from fxlab import verify
 
     assert verify is fxlab.verify

@@ -1,0 +1,254 @@
+"""What ``verify`` found: the baseline, one ``Step`` per pass, and the ``Report`` (table, summary, JSON)."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from .._util import write_atomic
+from ..core import GraphDiff
+
+__all__ = ["JSON_FORMAT", "Baseline", "Report", "Step"]
+
+#: The ``format`` field of the JSON report.
+JSON_FORMAT = "fxlab.verify/1"
+
+_TABLE_HEADERS = ["step", "pass", "kind", "accuracy", "retrained", "Δ vs baseline", "max abs diff", "agreement", "verdict"]
+
+
+@dataclass
+class Baseline:
+    """The input model's test accuracy (percent) and mean cross-entropy loss."""
+
+    accuracy: float
+    loss: float
+
+
+@dataclass
+class Step:
+    """One pipeline step: what the pass did, the numbers before and after, and its verdict.
+
+    Accuracies are percentages on the 10 000 MNIST test images. ``max_abs_diff`` and ``agreement``
+    (percent of images whose argmax class is unchanged) compare the outputs after the pass with the
+    outputs before it on the first ``CHECK_IMAGES`` test images; they are None when the output shapes
+    differ. ``reference_accuracy`` is the accuracy of the model the step started from. ``diff`` is the
+    graph diff ``fxlab.apply`` recorded for the pass (nodes added, removed, replaced, changed).
+    """
+
+    index: int
+    pass_text: str
+    name: str
+    kind: str
+    accuracy: float
+    loss: float
+    delta: float
+    max_abs_diff: float | None
+    agreement: float | None
+    retrained_accuracy: float | None
+    reference_accuracy: float
+    budget: float | None
+    seconds: float
+    pass_seconds: float
+    diff: GraphDiff
+    before: str
+    after: str
+    ok: bool
+    reason: str
+    retrain_history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def final_accuracy(self) -> float:
+        """The accuracy the next step starts from: retrained when the step retrained, else after the pass."""
+        return self.retrained_accuracy if self.retrained_accuracy is not None else self.accuracy
+
+    @property
+    def verdict(self) -> str:
+        """``ok`` or ``FAIL``, then the reason."""
+        return ("ok" if self.ok else "FAIL") + (f": {self.reason}" if self.reason else "")
+
+    def diff_text(self) -> str:
+        """The graph diff of this step: a node table (removed / replaced / changed / added) and a unified diff."""
+        from tabulate import tabulate
+
+        d = self.diff
+        title = (f"step {self.index}: {self.pass_text} ({self.kind}): nodes {len(d.added)} added, "
+                 f"{len(d.removed)} removed, {len(d.changed)} changed")
+        if d.replaced:
+            title += f", {len(d.replaced)} replaced"
+        lines = [title, "=" * len(title)]
+        if d.empty:
+            lines.append("graph unchanged")
+            return "\n".join(lines)
+        lines.append(tabulate(d.rows(), headers=["change", "node", "before", "after"], tablefmt="simple"))
+        lines.append("")
+        lines.extend(
+            difflib.unified_diff(self.before.splitlines(), self.after.splitlines(), "before", "after", lineterm="")
+        )
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The step as plain data (the ``steps`` entries of the JSON report)."""
+        return {
+            "index": self.index,
+            "pass": self.pass_text,
+            "name": self.name,
+            "kind": self.kind,
+            "accuracy": _num(self.accuracy),
+            "loss": _num(self.loss),
+            "delta": _num(self.delta),
+            "max_abs_diff": _num(self.max_abs_diff),
+            "agreement": _num(self.agreement),
+            "retrained_accuracy": _num(self.retrained_accuracy),
+            "reference_accuracy": _num(self.reference_accuracy),
+            "budget": _num(self.budget),
+            "ok": self.ok,
+            "reason": self.reason,
+            "seconds": self.seconds,
+            "pass_seconds": self.pass_seconds,
+            "diff": {"added": self.diff.added, "removed": self.diff.removed, "changed": self.diff.changed,
+                     "replaced": self.diff.replaced},
+            "before": self.before,
+            "after": self.after,
+            "retrain_history": [{k: _num(v) if isinstance(v, float) else v for k, v in e.items()}
+                                for e in self.retrain_history],
+        }
+
+
+@dataclass
+class Report:
+    """What ``verify`` found: the baseline, one ``Step`` per pass, and whether every contract held.
+
+    ``table()`` and ``diffs()`` format it for people, ``to_json()`` for tools, ``plot(path)`` draws it.
+    ``model`` is the final ``GraphModule`` (after the last step, retrained where a step retrained).
+    """
+
+    model_name: str
+    pipeline: str
+    device: str
+    baseline: Baseline
+    steps: list[Step]
+    tolerance: float
+    floor: float
+    retrain_epochs: float
+    check_images: int
+    seconds: float
+    model: fx.GraphModule | None = field(default=None, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        """True when every step's contract held."""
+        return all(s.ok for s in self.steps)
+
+    @property
+    def failures(self) -> list[Step]:
+        """The steps whose contract failed."""
+        return [s for s in self.steps if not s.ok]
+
+    def table(self, tablefmt: str = "simple") -> str:
+        """One row for the baseline and one per step: accuracy, Δ vs baseline, max abs diff, agreement, verdict."""
+        from tabulate import tabulate
+
+        rows: list[list[Any]] = [[0, f"(input: {self.model_name})", "", f"{self.baseline.accuracy:.2f}%", "", "", "", "", "baseline"]]
+        rows += [_row(s) for s in self.steps]
+        return tabulate(rows, headers=_TABLE_HEADERS, tablefmt=tablefmt, disable_numparse=True)
+
+    def diffs(self) -> str:
+        """The graph diff of every step, in order."""
+        return "\n\n".join(s.diff_text() for s in self.steps)
+
+    def summary(self) -> str:
+        """One line: every contract held, or which steps failed."""
+        n = len(self.steps)
+        if self.ok:
+            what = "the contract holds" if n == 1 else f"all {n} contracts hold"
+            return f"ok: {what} on {self.device} ({self.seconds:.1f}s)"
+        bad = ", ".join(f"step {s.index} ({s.name})" for s in self.failures)
+        return f"FAIL: {len(self.failures)} of {n} contracts failed: {bad}"
+
+    def text(self, diffs: bool = True) -> str:
+        """What the CLI prints: a header, the table, the summary line, then every step's graph diff."""
+        header = (
+            f"verify {self.model_name} on {self.device}: {self.pipeline}\n"
+            f"baseline {self.baseline.accuracy:.2f}% (loss {self.baseline.loss:.4f}); exact: max abs diff ≤ "
+            f"{self.tolerance:g} on {self.check_images} test images; changes: {self.retrain_epochs:g} retraining "
+            f"epoch(s), floor baseline − {self.floor:g}"
+        )
+        parts = [header, self.table(), self.summary()]
+        return "\n\n".join(parts + [self.diffs()] if diffs else parts)
+
+    def __str__(self) -> str:
+        return self.text()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as plain data (accuracies in percent)."""
+        return {
+            "format": JSON_FORMAT,
+            "model": self.model_name,
+            "pipeline": self.pipeline,
+            "device": self.device,
+            "baseline": {"accuracy": _num(self.baseline.accuracy), "loss": _num(self.baseline.loss)},
+            "steps": [s.to_dict() for s in self.steps],
+            "ok": self.ok,
+            "tolerance": self.tolerance,
+            "floor": self.floor,
+            "retrain_epochs": self.retrain_epochs,
+            "check_images": self.check_images,
+            "seconds": self.seconds,
+            "torch_version": torch.__version__,
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """The report as JSON text: ``{"device", "baseline": {"accuracy", "loss"}, "steps": [...], "ok", ...}``."""
+        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False, allow_nan=False)
+
+    def write_json(self, path: str | os.PathLike[str]) -> Path:
+        """Write ``to_json()`` to ``path`` atomically (a temporary file, then a rename)."""
+        return write_atomic(path, self.to_json() + "\n")
+
+    def plot(self, path: str | os.PathLike[str]) -> Path:
+        """Draw accuracy per step and the training curves of any retraining to a PNG at ``path`` (atomically).
+
+        Needs matplotlib (``pip install 'fxlab[plot]'``).
+        """
+        from .plot import plot_report
+
+        return plot_report(self, path)
+
+
+def _row(s: Step) -> list[Any]:
+    """A step's row of the table."""
+    return [
+        s.index,
+        s.pass_text,
+        s.kind,
+        f"{s.accuracy:.2f}%",
+        f"{s.retrained_accuracy:.2f}%" if s.retrained_accuracy is not None else "",
+        f"{s.delta:+.2f}",
+        fmt_diff(s.max_abs_diff),
+        f"{s.agreement:.2f}%" if s.agreement is not None else "n/a",
+        s.verdict,
+    ]
+
+
+def _num(value: float | None) -> float | None:
+    """A float for JSON: None stays None, and so do NaN and infinities (JSON has no such numbers)."""
+    if value is None or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def fmt_diff(value: float | None) -> str:
+    """A max abs diff for people: ``n/a``, ``0``, ``nan`` or ``1.23e-05``."""
+    if value is None:
+        return "n/a"
+    if not math.isfinite(value):
+        return str(value)
+    return "0" if value == 0 else f"{value:.2e}"

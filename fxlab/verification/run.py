@@ -1,0 +1,244 @@
+"""``verify``: apply a pipeline one pass at a time and hold every step to its kind's contract."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .._util import eval_mode, resolve_device
+from ..core import GraphDiff, trace
+from ..errors import UsageError, VerifyError
+from ..pipeline import Pass, apply, as_passes, records
+from .contracts import Settings, StepCheck, contract_for
+from .models import resolve_model
+from .report import Baseline, Report, Step
+from .retrain import RETRAIN_LR
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CHECK_IMAGES", "CALIBRATION_BATCH", "verify"]
+
+#: How many test images (the first ones, always the same) the numeric checks run on; as many
+#: training images calibrate a pass.
+CHECK_IMAGES = 1000
+
+#: Batch size of the calibration batches.
+CALIBRATION_BATCH = 256
+
+
+def verify(
+    model: nn.Module | str | os.PathLike[str],
+    passes: str | Pass | Iterable[Pass],
+    *,
+    data: Any = None,
+    retrain_epochs: float = 1,
+    device: str | torch.device | None = None,
+    tolerance: float = 1e-4,
+    floor: float = 1.0,
+    check_images: int = CHECK_IMAGES,
+    retrain_lr: float = RETRAIN_LR,
+    seed: int = 0,
+    trust: bool = False,
+    architecture: str | None = None,
+    progress: bool = False,
+) -> Report:
+    """Apply ``passes`` to ``model`` one at a time and check each pass's contract on MNIST.
+
+    - ``model``: an ``nn.Module`` (or ``GraphModule``; it is never mutated), a seed model name
+      (``"mymodule"``: trained with the default recipe, or loaded from its cached checkpoint), or a
+      model file (read by ``fxlab.io.load``; ``trust`` and ``architecture`` are passed on to it).
+    - ``passes``: pipeline text, a pass, or a list of passes.
+    - ``data``: an MNIST root directory or a loaded ``fxlab.data.MNIST`` (default: ``fxlab.data``'s root).
+    - ``retrain_epochs``: fine-tuning after each ``changes`` step; a fraction (``0.1``) trains on that
+      share of one epoch's batches; ``0`` skips retraining (the step is then judged on its accuracy).
+    - ``device``: where evaluation and retraining run (default: CUDA when present, else CPU).
+    - ``tolerance``: the largest max-abs output difference an ``exact`` pass may cause.
+    - ``floor``: a ``changes`` step must end within this many accuracy points of the baseline; an
+      ``approximate`` pass with no declared ``budget`` may lose at most this many points.
+
+    Returns a ``Report``; a contract that fails makes ``report.ok`` False (it does not raise). Bad
+    input (no such model, a pipeline that does not parse or a pass that cannot apply) raises an
+    ``FxlabError``.
+    """
+    from .. import data as mnist_data
+
+    start = time.perf_counter()
+    dev = _device(device)
+    settings = _settings(tolerance, floor, retrain_epochs, retrain_lr, seed, progress)
+    pipeline = as_passes(passes)
+    if not pipeline:
+        raise VerifyError("empty pipeline: name at least one pass")
+    mnist = mnist_data.as_mnist(data, dev)
+    module, model_name = resolve_model(model, data=mnist, device=dev, trust=trust, architecture=architecture,
+                                       progress=progress)
+    run = _Run.start(module, mnist, dev, settings, check_images)
+    log.info("baseline of %s on %s: %.2f%% (loss %.4f)", model_name, dev, run.baseline.accuracy, run.baseline.loss)
+    steps = [run.step(index, p) for index, p in enumerate(pipeline, 1)]
+    return Report(
+        model_name=model_name, pipeline=",".join(s.pass_text for s in steps), device=str(dev),
+        baseline=run.baseline, steps=steps, tolerance=tolerance, floor=floor, retrain_epochs=retrain_epochs,
+        check_images=int(run.images.shape[0]), seconds=time.perf_counter() - start, model=run.current,
+    )
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    """``device`` resolved by ``fxlab._util.resolve_device``; a bad one raises ``VerifyError`` (one line)."""
+    try:
+        return resolve_device(device)
+    except UsageError as exc:
+        raise VerifyError(str(exc)) from exc
+
+
+def _settings(tolerance: float, floor: float, retrain_epochs: float, retrain_lr: float, seed: int,
+              progress: bool) -> Settings:
+    """The contracts' settings, checked."""
+    if retrain_epochs < 0 or not math.isfinite(retrain_epochs):
+        raise VerifyError(f"retrain_epochs must be ≥ 0, got {retrain_epochs}")
+    if tolerance < 0 or floor < 0:
+        raise VerifyError("tolerance and floor must be ≥ 0")
+    return Settings(tolerance=tolerance, floor=floor, retrain_epochs=retrain_epochs, retrain_lr=retrain_lr,
+                    seed=seed, progress=progress)
+
+
+@dataclass
+class _Run:
+    """The state carried from step to step: the current model, its outputs and its accuracy."""
+
+    mnist: Any
+    device: torch.device
+    settings: Settings
+    images: torch.Tensor  # the check images
+    baseline: Baseline
+    current: fx.GraphModule
+    outputs: torch.Tensor  # the current model's outputs on the check images
+    reference: float  # the current model's test accuracy
+    _calibration: list[torch.Tensor] | None = None
+
+    @classmethod
+    def start(cls, module: nn.Module, mnist: Any, dev: torch.device, settings: Settings, n: int) -> _Run:
+        """Our own copy of ``module``, traced, on ``dev``, in eval mode (the caller's is never touched)."""
+        from ..train import evaluate
+
+        current = copy.deepcopy(module)
+        current = current if isinstance(current, fx.GraphModule) else trace(current)
+        current.to(dev).eval()
+        images = _images(mnist.test, n)
+        base = evaluate(current, mnist, device=dev)
+        return cls(mnist, dev, settings, images, Baseline(base.accuracy, base.loss), current,
+                   _outputs(current, images), base.accuracy)
+
+    def calibration(self) -> list[torch.Tensor]:
+        """The calibration batches: the first ``CHECK_IMAGES`` MNIST training images, 256 a batch."""
+        if self._calibration is None:
+            images = _images(self.mnist.train, self.images.shape[0])
+            self._calibration = [images[i : i + CALIBRATION_BATCH] for i in range(0, images.shape[0], CALIBRATION_BATCH)]
+        return self._calibration
+
+    def step(self, index: int, p: Pass) -> Step:
+        """Apply ``p`` to the current model, check its contract, and make the result current."""
+        from ..train import evaluate
+
+        t0 = time.perf_counter()
+        new, diff, pass_seconds = self._apply(p)
+        # a calibrating pass's observers must not see the test images: check a copy, hand on ``new``
+        probe = copy.deepcopy(new) if _calibrates(p) else new
+        after = _outputs(probe, self.images)
+        max_abs, agreement = compare(self.outputs, after)
+        ev = evaluate(probe, self.mnist, device=self.device)
+        check = StepCheck(index, p, probe, self.outputs, after, max_abs, agreement, ev.accuracy, self.reference,
+                          self.baseline.accuracy, self.settings, self.mnist, self.device,
+                          lambda gm: _outputs(gm, self.images))
+        verdict = contract_for(p.kind)(check)
+        final = verdict.retrained_accuracy if verdict.retrained_accuracy is not None else ev.accuracy
+        step = Step(
+            index=index, pass_text=str(p), name=p.label(), kind=p.kind, accuracy=ev.accuracy, loss=ev.loss,
+            delta=final - self.baseline.accuracy, max_abs_diff=max_abs, agreement=agreement,
+            retrained_accuracy=verdict.retrained_accuracy, reference_accuracy=self.reference,
+            budget=verdict.budget, seconds=time.perf_counter() - t0, pass_seconds=pass_seconds, diff=diff,
+            before="\n".join(diff.before.values()), after="\n".join(diff.after.values()), ok=verdict.ok,
+            reason=verdict.reason, retrain_history=verdict.history,
+        )
+        log.info("step %d %s (%s): %s", index, step.pass_text, step.kind, step.verdict)
+        self.current = probe if verdict.outputs is not None else new
+        self.outputs = verdict.outputs if verdict.outputs is not None else after
+        self.reference = step.final_accuracy
+        return step
+
+    def _apply(self, p: Pass) -> tuple[fx.GraphModule, GraphDiff, float]:
+        """(model after ``p``, the graph diff ``apply`` recorded, the pass's seconds); calibrated if ``p`` asks."""
+        p = with_calibration(p, self.calibration)
+        new = apply(self.current, [p])
+        record = records(new)[-1]
+        if record.diff is None:
+            raise VerifyError(f"{p.label()}: fxlab.apply recorded no graph diff for the pass")
+        new.to(self.device).eval()
+        if _calibrates(p):
+            calibrate(new, self.calibration())
+        return new, record.diff, record.seconds
+
+
+def _calibrates(p: Pass) -> bool:
+    return bool(getattr(p, "calibrates", False))
+
+
+def with_calibration(p: Pass, batches: Any) -> Pass:
+    """``p`` with its ``calibration`` option set to ``batches()``, when it has that option and it is empty.
+
+    So that ``quantize-linear{mode=static}`` from pipeline text is calibrated on real data (the first
+    ``CHECK_IMAGES`` training images); other passes, and other modes, are returned as they are.
+    """
+    if not dataclasses.is_dataclass(p) or getattr(p, "calibration", "absent") is not None:
+        return p
+    if "calibration" not in {f.name for f in dataclasses.fields(p)}:
+        return p
+    calibration = batches()
+    log.info("calibrating %s on %d MNIST training images", p.label(), sum(b.shape[0] for b in calibration))
+    return dataclasses.replace(p, calibration=calibration)
+
+
+def calibrate(gm: nn.Module, batches: Iterable[torch.Tensor]) -> None:
+    """Run ``batches`` through ``gm`` in eval mode without gradients (feeds a ``calibrates`` pass's observers)."""
+    with torch.no_grad(), eval_mode(gm):
+        for x in batches:
+            gm(x)
+
+
+def _outputs(gm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``gm``'s (first) output on ``x``, as a float32 copy."""
+    with torch.inference_mode():
+        out = gm(x)
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    return out.detach().float().clone()
+
+
+def compare(before: torch.Tensor, after: torch.Tensor) -> tuple[float | None, float | None]:
+    """(max abs diff, argmax agreement in percent), or (None, None) when the shapes differ."""
+    if before.shape != after.shape:
+        return None, None
+    diff = (after - before).abs()
+    max_abs = float(diff.max()) if diff.numel() else 0.0
+    if torch.isnan(diff).any():
+        max_abs = math.nan
+    if before.dim() < 2 or before.shape[0] == 0:
+        return max_abs, None
+    agree = 100.0 * float((before.argmax(1) == after.argmax(1)).float().mean())
+    return max_abs, agree
+
+
+def _images(split: Any, n: int) -> torch.Tensor:
+    """The first ``n`` images of a split, normalised (without normalising the whole split)."""
+    if hasattr(split, "batch"):
+        return split.batch(slice(0, n))[0]
+    return split.images[:n]
