@@ -30,7 +30,9 @@ def test_short_training_clears_a_real_accuracy_floor(trained, mnist):
 
 def test_evaluation_agrees_with_the_seeds_loop(trained, mnist_root):
     model = trained["mymodule"]
-    seed_acc, _ = train.seed_style_evaluate(model, mnist_root)
+    from fxlab.bench.seeds import seed_evaluate, seed_loaders
+
+    seed_acc = seed_evaluate(model, seed_loaders(mnist_root)[1])
     assert abs(seed_acc - evaluate(model, mnist_root).accuracy) <= 0.02
 
 

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-import json
+import logging
+import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from ..bench import SUITES, Config, report, run_benchmarks, write_json_atomic
-from ..errors import UsageError
+from ..bench import SUITES, Config, load_result, report, run_benchmarks, write_json_atomic
 from .runner import parser
+
+
+def _show_progress() -> None:
+    """The benchmark's progress lines (logger ``fxlab.bench``, INFO) on stderr, as they come."""
+    log = logging.getLogger("fxlab.bench")
+    if not any(getattr(h, "fxlab_bench", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.fxlab_bench = True  # type: ignore[attr-defined]
+        log.addHandler(handler)
+    log.setLevel(min(log.getEffectiveLevel(), logging.INFO))
 
 
 def main(argv: Sequence[str]) -> int:
@@ -25,14 +35,11 @@ def main(argv: Sequence[str]) -> int:
     args = p.parse_args(argv)
     fmt = "github" if args.markdown else "simple"
     if args.load:
-        try:
-            result = json.loads(Path(args.load).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"cannot read {args.load}: {exc}") from exc
-        print(report(result, fmt))
+        print(report(load_result(args.load), fmt))
         return 0
     suites = args.suite or list(SUITES)
     cfg = Config.quick_config(device=args.device, data=args.data) if args.quick else Config(device=args.device, data=args.data)
+    _show_progress()
     result = run_benchmarks(cfg, suites)
     print(report(result, fmt))
     if args.json:

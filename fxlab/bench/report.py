@@ -1,0 +1,204 @@
+"""The report: tables (terminal or Markdown) of a run's result, and the JSON it is saved as."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from tabulate import tabulate
+
+from .._util import write_atomic
+from ..errors import UsageError
+from .targets import TARGET_HEADERS, Target
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically (non-finite floats as null)."""
+    write_atomic(path, json.dumps(obj, indent=1, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return str(obj)
+
+
+def load_result(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A run saved with ``--json``; ``UsageError`` when it cannot be read or is not such a run."""
+    try:
+        result = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(result, dict) or not {"environment", "config", "targets", "seconds"} <= set(result):
+        raise UsageError(f"{path} is not a saved benchmark run (python -m fxlab.bench --json OUT)")
+    return result
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "—"
+    if n >= 1 << 20:
+        return f"{n / (1 << 20):.1f} MB"
+    if n >= 1024:
+        return f"{n / 1024:.0f} kB"
+    return f"{n} B"
+
+
+def _ms(seconds: float) -> str:
+    ms = seconds * 1e3
+    return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 100 else f"{ms:.0f}"
+
+
+def _clip(text: str, width: int = 44) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def inference_tables(result: dict[str, Any], fmt: str = "simple") -> str:
+    """One table per batch size (terminal), or one compact table of all batch sizes (markdown)."""
+    compiled = [f"{r['model']} batch {r['batch']:,}: {r['latency']['first_call_s']:.1f} s" for r in result["rows"]
+                if r["variant"] == "torch.compile" and r.get("status") == "ok"]
+    note = ("\n\ntorch.compile's first call (compilation, from an empty cache; not in the medians): "
+            + "; ".join(compiled)) if compiled else ""
+    if fmt != "simple":
+        return _inference_compact(result, fmt) + note
+    return _inference_per_batch(result, fmt) + note
+
+
+def _inference_per_batch(result: dict[str, Any], fmt: str) -> str:
+    out = []
+    headers = ["model", "variant", "latency ms", "spread", "images/s", "speed-up", "peak tensors", "state dict"]
+    for batch in result["batches"]:
+        table = []
+        for r in result["rows"]:
+            if r["batch"] != batch:
+                continue
+            if r.get("status") == "ok":
+                speed = "—" if r["speedup"] is None else f"{r['speedup']:.2f}×"
+                table.append([r["model"], r["variant"], _ms(r["latency"]["median_s"]), f"±{r['spread'] * 100:.0f}%",
+                              f"{r['throughput']:,.0f}", speed, _bytes(r.get("peak_tensor_bytes")),
+                              _bytes(r.get("state_dict_bytes"))])
+            else:
+                table.append([r["model"], r["variant"], _clip(r["status"]), "", "", "", "",
+                              _bytes(r.get("state_dict_bytes"))])
+        out.append(f"inference, batch {batch} ({result['device']}):\n" + tabulate(table, headers=headers, tablefmt=fmt))
+    return "\n\n".join(out)
+
+
+def _inference_compact(result: dict[str, Any], fmt: str) -> str:
+    batches = result["batches"]
+    top = max(batches)
+    headers = ["model", "variant"]
+    for b in batches:
+        headers += [f"batch {b:,}: ms (±IQR)", "speed-up"]
+    headers += [f"peak tensors (batch {top:,})", "state dict"]
+    table = []
+    pairs = list(dict.fromkeys((r["model"], r["variant"]) for r in result["rows"]))
+    for model, variant in pairs:
+        row = [model, variant]
+        rows = {r["batch"]: r for r in result["rows"] if r["model"] == model and r["variant"] == variant}
+        for b in batches:
+            r = rows.get(b)
+            if r is None:
+                row += ["", ""]
+            elif r.get("status") == "ok":
+                row += [f"{_ms(r['latency']['median_s'])} (±{r['spread'] * 100:.0f}%)",
+                        "—" if r["speedup"] is None else f"{r['speedup']:.2f}×"]
+            else:
+                row += [_clip(r["status"], 36), ""]
+        last = rows.get(top) or {}
+        row += [_bytes(last.get("peak_tensor_bytes")), _bytes(last.get("state_dict_bytes"))]
+        table.append(row)
+    return tabulate(table, headers=headers, tablefmt=fmt, disable_numparse=True)
+
+
+def passes_tables(result: dict[str, Any], fmt: str = "simple") -> str:
+    """Apply-time per change, depth and implementation, and growth with depth."""
+    impls = ["fxlab.apply", "hand-written torch.fx", "torch.ao fuse_fx", "trace only"]
+    table = []
+    for ratio in result["ratios"]:
+        cells = [ratio["change"], ratio["depth"]]
+        for impl in impls:
+            r = next((r for r in result["rows"] if r["change"] == ratio["change"] and r["depth"] == ratio["depth"]
+                      and r["implementation"] == impl), None)
+            if r is None:
+                cells.append("")
+            elif r.get("status") == "ok":
+                cells.append(f"{_ms(r['time_s'])} ±{r['spread'] * 100:.0f}%")
+            else:
+                cells.append(r["status"][:40])
+        cells.append("—" if ratio["fxlab_over_hand"] is None else f"{ratio['fxlab_over_hand']:.2f}×")
+        table.append(cells)
+    headers = ["change", "layers", *[f"{i} ms" for i in impls], "fxlab / hand"]
+    text = "pass application (ms per call, median ± IQR/median):\n\n" + tabulate(table, headers=headers, tablefmt=fmt,
+                                                                                   disable_numparse=True)
+    if result["growth"]:
+        g = [[x["change"], x["implementation"], f"{x['depths'][0]}→{x['depths'][1]}", f"{x['time_ratio']:.2f}×"]
+             for x in result["growth"]]
+        text += "\n\ngrowth with depth:\n\n" + tabulate(g, headers=["change", "implementation", "layers", "time ratio"],
+                                                        tablefmt=fmt, disable_numparse=True)
+    return text
+
+
+def training_tables(result: dict[str, Any], fmt: str = "simple") -> str:
+    """Epoch and evaluation times, accuracies, and the recipe, memory and data-loading notes."""
+    if not result.get("rows"):
+        return f"training: {result.get('status', 'not run')}"
+    table = []
+    for r in result["rows"]:
+        if r.get("status") == "ok":
+            acc = "" if r["accuracy"] is None else f"{r['accuracy']:.2f}%"
+            table.append([r["phase"], r["implementation"], f"{r['time_s']:.2f}", f"±{r['spread'] * 100:.0f}%", acc])
+        else:
+            table.append([r["phase"], r["implementation"], r["status"], "", ""])
+    text = (f"training mymodule on {result['device']} ({result['train_images']} train / {result['test_images']} test "
+            "images):\n\n" + tabulate(table, headers=["phase", "implementation", "seconds", "spread", "test accuracy"],
+                                      tablefmt=fmt, disable_numparse=True))
+    notes = []
+    if result.get("recipe"):
+        r = result["recipe"]
+        epochs = r.get("recipe", {}).get("epochs", "?")
+        notes.append(f"fxlab's default recipe ({epochs} epochs): {r['accuracy']:.2f}% test accuracy in {r['seconds']:.0f} s")
+    if result.get("memory", {}).get("peak_rss_bytes"):
+        notes.append(f"peak memory training mymodule on CPU: {result['memory']['peak_rss_bytes'] / 2**20:.0f} MB "
+                     f"({result['memory'].get('what', '')})")
+    notes.append("data loading, timed apart: " + ", ".join(f"{k} {v:.2f} s" for k, v in result["data_load_s"].items()))
+    return text + "\n\n" + "\n".join(("- " if fmt != "simple" else "") + n for n in notes)
+
+
+def targets_table(targets: list[dict[str, Any]], fmt: str = "simple") -> str:
+    """Every target with its verdict."""
+    rows = [Target(**t).row() for t in targets]
+    return "targets:\n\n" + tabulate(rows, headers=TARGET_HEADERS, tablefmt=fmt, disable_numparse=True)
+
+
+def machine(result: dict[str, Any]) -> str:
+    """One line naming what the run measured on (and a warning when other work shared the CPU)."""
+    env = result["environment"]
+    gpu = f" ({env['gpu']})" if env.get("gpu") else ""
+    isa = f" ({env['cpu_isa']})" if env.get("cpu_isa") else ""
+    line = (f"fxlab {env['fxlab']} · torch {env['torch']} · {env['device']}{gpu} · {env['cpu']}{isa}, "
+            f"{env['cpu_count']} cores, {env['torch_threads']} torch threads · Python {env['python']} · "
+            f"{env['date']}" + (" · QUICK (indicative only)" if result["config"]["quick"] else ""))
+    loads = [x[0] for x in (env.get("load_average_at_start"), env.get("load_average_at_end")) if x]
+    if loads and env.get("cpu_count") and max(loads) > env["cpu_count"]:
+        line += (f"\nnote: the machine was busy with other work (1-minute load average up to {max(loads):.1f} on "
+                 f"{env['cpu_count']} cores): absolute times are inflated and noisy; ratios measured side by side "
+                 "hold better")
+    return line
+
+
+def report(result: dict[str, Any], fmt: str = "simple") -> str:
+    """The report: the machine, each suite's tables, the targets (``fmt="github"``: Markdown)."""
+    parts = [machine(result)]
+    for suite, tables in (("inference", inference_tables), ("passes", passes_tables), ("training", training_tables)):
+        if suite in result:
+            if fmt != "simple":
+                parts.append(f"**{suite}** — {result[suite].get('method', '')}")
+            parts.append(tables(result[suite], fmt))
+    if result["targets"]:
+        parts.append(targets_table(result["targets"], fmt))
+    parts.append(f"total {result['seconds']:.0f} s · reproduce: `{result['command']}`")
+    return "\n\n".join(parts)

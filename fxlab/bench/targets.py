@@ -1,0 +1,136 @@
+"""Performance targets from the issues, and whether a run met them (nothing is tuned to them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+QUANT_MODES = ("dynamic", "weight-only", "bf16", "fp16", "static")
+TARGET_HEADERS = ["target", "where", "measured", "required", "verdict", "note"]
+
+
+@dataclass
+class Target:
+    """A performance target from the issues, and whether this run met it."""
+
+    target: str
+    where: str
+    measured: float | None
+    required: str
+    met: bool | None  # None: could not be measured
+    note: str = ""
+
+    def row(self) -> list[Any]:
+        """The target as a table row (``TARGET_HEADERS``)."""
+        verdict = "n/a" if self.met is None else ("met" if self.met else "MISSED")
+        measured = "—" if self.measured is None else f"{self.measured:.2f}"
+        return [self.target, self.where, measured, self.required, verdict, self.note]
+
+    def to_json(self) -> dict[str, Any]:
+        """The target as the JSON report stores it."""
+        return {"target": self.target, "where": self.where, "measured": self.measured, "required": self.required,
+                "met": self.met, "note": self.note}
+
+
+def at_least(target: str, where: str, measured: float | None, minimum: float, note: str = "", *,
+             strict: bool = False) -> Target:
+    """A target ``measured ≥ minimum`` (``> minimum`` when ``strict``); n/a when not measured."""
+    required = f"{'>' if strict else '≥'} {minimum:.2f}×"
+    met = None if measured is None else (measured > minimum if strict else measured >= minimum)
+    return Target(target, where, measured, required, met, note)
+
+
+# --------------------------------------------------------------------------------------------
+# inference
+
+
+def _median(rows: list[dict[str, Any]], model: str, variant: str, batch: int) -> float | None:
+    for r in rows:
+        if r["model"] == model and r["variant"] == variant and r["batch"] == batch:
+            return r["latency"]["median_s"] if r.get("status") == "ok" else None
+    return None
+
+
+def _quantized(rows: list[dict[str, Any]], model: str, batch: int) -> dict[str, float]:
+    medians = {mode: _median(rows, model, mode, batch) for mode in QUANT_MODES}
+    return {k: v for k, v in medians.items() if v}
+
+
+def _fused_simplenn(rows: list[dict[str, Any]]) -> Target:
+    t, f, g = (_median(rows, "simplenn", v, 256) for v in ("float32", "fused", "GEMMs only"))
+    note = "fused variant not available"
+    if t and f:
+        note = f"ceiling for exact float32 rewrites (GEMMs alone): {t / g:.2f}×" if g else ""
+    return at_least("fused SimpleNN speed-up", "simplenn, batch 256", t / f if t and f else None, 1.3, note)
+
+
+def _vs_ao(rows: list[dict[str, Any]], model: str, device: Any) -> Target:
+    ao = _median(rows, model, "torch.ao dynamic", 256)
+    quant = _quantized(rows, model, 256)
+    name, where = "fastest quantized mode vs torch.ao dynamic", f"{model}, batch 256"
+    if not quant or not ao:
+        note = "no quantized variant" if not quant else (
+            "torch.ao n/a on " + str(device) if device.type != "cpu" else "torch.ao failed")
+        return Target(name, where, None, "≥ 1.00×", None, note)
+    best = min(quant, key=quant.__getitem__)
+    return at_least(name, where, ao / quant[best], 1.0, f"fastest: {best}")
+
+
+def _slowest_at_batch_1(rows: list[dict[str, Any]], model: str) -> Target:
+    t = _median(rows, model, "float32", 1)
+    quant = _quantized(rows, model, 1)
+    name, where, required = "slowest quantized mode vs float32", f"{model}, batch 1", "≤ 1.50× slower"
+    if not t or not quant:
+        return Target(name, where, None, required, None, "no quantized variant")
+    worst = max(quant, key=quant.__getitem__)
+    slowdown = quant[worst] / t
+    return Target(name, where, slowdown, required, slowdown <= 1.5, f"slowest: {worst}")
+
+
+def inference_targets(rows: list[dict[str, Any]], device: Any) -> list[Target]:
+    """The issues' inference targets, per model where the target is per model."""
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    batches = {r["batch"] for r in rows}
+    out: list[Target] = []
+    if 256 in batches and "simplenn" in models:
+        out.append(_fused_simplenn(rows))
+    if 256 in batches:
+        for m in models:
+            t, d = _median(rows, m, "float32", 256), _median(rows, m, "dynamic", 256)
+            out.append(at_least("int8 dynamic faster than float32", f"{m}, batch 256", t / d if t and d else None,
+                                1.0, "" if d else "dynamic variant not available", strict=True))
+        out += [_vs_ao(rows, m, device) for m in models]
+    if 1 in batches:
+        out += [_slowest_at_batch_1(rows, m) for m in models]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# passes
+
+
+def passes_targets(rows: list[dict[str, Any]], ratios: list[dict[str, Any]], growth: list[dict[str, Any]],
+                   changes: list[str], depths: tuple[int, int]) -> list[Target]:
+    """Linear growth with depth (between ``depths``), and fxlab within 2× of hand-written torch.fx."""
+    out = []
+    for g in growth:
+        if g["implementation"] != "fxlab.apply":
+            continue
+        floor = next((x["time_ratio"] for x in growth
+                      if x["change"] == g["change"] and x["implementation"] == "trace only"), None)
+        out.append(Target("pass application grows linearly", f"{g['change']}, {depths[0]}→{depths[1]} layers",
+                          g["time_ratio"], f"≤ {1.25 * g['depth_ratio']:.2f}× time for {g['depth_ratio']:.0f}× layers",
+                          g["time_ratio"] <= 1.25 * g["depth_ratio"], f"trace only grows {floor:.2f}×" if floor else ""))
+    name = "fxlab within 2× of hand-written torch.fx"
+    for change in changes:
+        missing = not any(r["change"] == change and r["implementation"] == "fxlab.apply" and r.get("status") == "ok"
+                          for r in rows)
+        worst = max((r for r in ratios if r["change"] == change and r["fxlab_over_hand"]),
+                    key=lambda r: r["fxlab_over_hand"], default=None)
+        if worst is None:
+            out.append(Target(name, change, None, "≤ 2.00×", None,
+                              "fxlab pass not available" if missing else "not measured"))
+            continue
+        out.append(Target(name, f"{change} (worst depth: {worst['depth']})", worst["fxlab_over_hand"], "≤ 2.00×",
+                          worst["fxlab_over_hand"] <= 2.0))
+    return out
