@@ -379,12 +379,12 @@ def _resolve_model(
             log.info("using %s trained with the default recipe (cached after the first time)", text)
             return pretrained(text, data=data, device=device, progress=progress), text
         if os.path.exists(text):
-            from . import io as fxio
+            from .serialization import load_file
 
             kwargs: dict[str, Any] = {"trust": trust}
             if architecture is not None:
                 kwargs["model"] = architecture
-            loaded = fxio.load_file(text, **kwargs)
+            loaded = load_file(text, **kwargs)
             log.info("verifying %s", loaded.description)
             return loaded.model, text
         raise VerifyError(
@@ -444,7 +444,7 @@ def verify(
 
     - ``model``: an ``nn.Module`` (or ``GraphModule``; it is never mutated), a seed model name
       (``"mymodule"``: trained with the default recipe, or loaded from its cached checkpoint), or a
-      model file (read by ``fxlab.io.load``; ``trust`` and ``architecture`` are passed on to it).
+      model file (read by ``fxlab.load``; ``trust`` and ``architecture`` are passed on to it).
     - ``passes``: pipeline text, a pass, or a list of passes.
     - ``data``: an MNIST root directory or a loaded ``fxlab.data.MNIST`` (default: ``fxlab.data``'s root).
     - ``retrain_epochs``: fine-tuning after each ``changes`` step; a fraction (``0.1``) trains on that
