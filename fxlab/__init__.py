@@ -39,10 +39,10 @@ __version__ = "0.1.0"
 # (and the other commands) never find their own module already imported.
 _LAZY = {
     "render": "fxlab.rendering",
-    "load": "fxlab.io",
-    "save": "fxlab.io",
-    "export_onnx": "fxlab.io",
-    "export_program": "fxlab.io",
+    "load": "fxlab.serialization",
+    "save": "fxlab.serialization",
+    "export_onnx": "fxlab.serialization",
+    "export_program": "fxlab.serialization",
     "verify": "fxlab.verification",
 }
 

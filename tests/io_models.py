@@ -66,3 +66,14 @@ class SystemPayload:
         import os
 
         return (os.system, (f"touch {self.path}",))
+
+
+class ReducePayload:
+    """A hostile pickle whose ``__reduce__`` returns any callable with its arguments (set in tests)."""
+
+    def __init__(self, fn, args) -> None:
+        self.fn = fn
+        self.args = args
+
+    def __reduce__(self):
+        return (self.fn, self.args)

@@ -372,7 +372,7 @@ def test_import_fxlab_stays_light() -> None:
     import sys
 
     commands = ["fxlab.show", "fxlab.train", "fxlab.data", "fxlab.bench", "fxlab.verification", "fxlab.cli",
-                "fxlab.rendering", "fxlab.io", "torchvision", "onnx", "graphviz"]
+                "fxlab.rendering", "fxlab.serialization", "torchvision", "onnx", "graphviz"]
     code = f"import sys, fxlab; print([m for m in {commands!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout

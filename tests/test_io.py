@@ -1,4 +1,4 @@
-"""fxlab.io: every model-file shape the seeds make, loaded safely; fxlab.save; ONNX and torch.export."""
+"""fxlab.serialization: every model-file shape the seeds make, loaded safely; fxlab.save; ONNX and torch.export."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 import fxlab
-from fxlab.io import MLP, load_file, write_atomic
-from fxlab.models import build, names
+from fxlab._util import example_input, write_atomic
+from fxlab.models import MLP, build, names
+from fxlab.serialization import FORMAT, load_file
 
 X = torch.randn(5, 1, 28, 28, generator=torch.Generator().manual_seed(1))
 
@@ -200,6 +201,78 @@ def test_hostile_pickle_never_runs(trust: bool, tmp_path: Path) -> None:
         assert not marker.exists(), f"the payload of the {kind} file ran"
 
 
+def _hostile_reduce_cases(marker: Path) -> dict[str, tuple[object, str]]:
+    import code
+    import functools
+    import pdb
+    import subprocess
+
+    return {
+        "os.system": (io_models.ReducePayload(os.system, (f"touch {marker}",)), "system"),
+        "pdb.run": (io_models.ReducePayload(pdb.run, (f"open({str(marker)!r}, 'w')",)), "pdb.run"),
+        "code.interact": (io_models.ReducePayload(code.interact, ()), "code.interact"),
+        "subprocess.call": (io_models.ReducePayload(subprocess.call, (["touch", str(marker)],)), "subprocess.call"),
+        "builtins.eval": (io_models.ReducePayload(eval, (f"open({str(marker)!r}, 'w')",)), "builtins.eval"),
+        "functools.partial": (io_models.ReducePayload(functools.partial(os.system, f"touch {marker}"), ()),
+                              "functools.partial"),
+    }
+
+
+@pytest.mark.parametrize("fmt", ["zip", "legacy"])
+def test_trusted_load_refuses_stdlib_callables_through_reduce(fmt: str, tmp_path: Path) -> None:
+    marker = tmp_path / "MARKER"
+    for kind, (payload, name) in _hostile_reduce_cases(marker).items():
+        path = tmp_path / f"{kind}.pth"
+        # hidden inside a model, as a pickled module would carry it
+        model = nn.Sequential(nn.Linear(2, 2))
+        model.payload = payload
+        torch.save(model, path, _use_new_zipfile_serialization=fmt == "zip")
+        with pytest.raises(fxlab.LoadError, match=rf"refused even with --trust.*{name}") as info:
+            fxlab.load(path, trust=True)
+        assert "\n" not in str(info.value), kind
+        assert not marker.exists(), f"the payload of {kind} ran"
+
+
+def _global_pickle(module: str, name: str, arg: str, *, stack: bool) -> bytes:
+    """A protocol-4 pickle calling ``module.name(arg)`` through GLOBAL or STACK_GLOBAL."""
+    def text(s: str) -> bytes:
+        data = s.encode()
+        return b"\x8c" + bytes([len(data)]) + data  # SHORT_BINUNICODE
+
+    if stack:
+        callee = text(module) + text(name) + b"\x93"  # STACK_GLOBAL
+    else:
+        callee = b"c" + module.encode() + b"\n" + name.encode() + b"\n"  # GLOBAL
+    return b"\x80\x04" + callee + text(arg) + b"\x85R."  # TUPLE1, REDUCE, STOP
+
+
+@pytest.mark.parametrize("stack", [False, True], ids=["GLOBAL", "STACK_GLOBAL"])
+def test_trusted_load_refuses_globals_in_hand_made_pickles(stack: bool, tmp_path: Path) -> None:
+    marker = tmp_path / "MARKER"
+    good = tmp_path / "good.pth"
+    torch.save(nn.Linear(2, 2), good)
+    for module, name in [("posix", "system"), ("os", "system"), ("subprocess", "getoutput"), ("builtins", "exec")]:
+        arg = f"open({str(marker)!r}, 'w')" if name == "exec" else f"touch {marker}"
+        evil = tmp_path / f"{module}.{name}.pth"
+        with zipfile.ZipFile(good) as zf, zipfile.ZipFile(evil, "w") as out:
+            for item in zf.infolist():
+                body = zf.read(item)
+                if item.filename.endswith("data.pkl"):
+                    body = _global_pickle(module, name, arg, stack=stack)
+                out.writestr(item, body)
+        for trust in (False, True):
+            with pytest.raises(fxlab.LoadError, match="refused") as info:
+                fxlab.load(evil, trust=trust)
+            assert "\n" not in str(info.value)
+            if trust:
+                assert f"{module}.{name}" in str(info.value)
+        raw = tmp_path / f"{module}.{name}.pkl"
+        raw.write_bytes(_global_pickle(module, name, arg, stack=stack))
+        with pytest.raises(fxlab.LoadError, match=rf"refused.*{module}\.{name}"):
+            fxlab.load(raw, trust=True)
+        assert not marker.exists(), f"{module}.{name} ran"
+
+
 def test_broken_files_give_one_line_errors(tmp_path: Path) -> None:
     good = tmp_path / "good.pth"
     torch.save(build("mymodule").state_dict(), good)
@@ -249,7 +322,7 @@ def test_save_and_load_round_trip(name: str, tmp_path: Path) -> None:
             continue
         path = fxlab.save(gm, tmp_path / f"{i}.pth")
         raw = torch.load(path, weights_only=True)
-        assert raw["format"] == fxlab.io.FORMAT and raw["arch"] == name and raw["pipeline"] == pipeline
+        assert raw["format"] == FORMAT and raw["arch"] == name and raw["pipeline"] == pipeline
         loaded = load_file(path)
         assert loaded.kind == "fxlab model" and loaded.pipeline == pipeline
         assert fxlab.format_graph(loaded.model) == fxlab.format_graph(gm)
@@ -362,7 +435,7 @@ def test_torch_export_program_loads_and_matches(tmp_path: Path) -> None:
 def test_export_leaves_the_model_in_its_mode() -> None:
     model = build("simplenn")
     before = copy.deepcopy(model.state_dict())
-    fxlab.io.example_batch(model)
+    example_input(model, 2)
     assert model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 

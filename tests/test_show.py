@@ -321,7 +321,9 @@ def test_python_m_fxlab_apply(state_dict_file: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "found in sys.modules" not in done.stderr
     assert "insert-relu" in done.stdout and "fuse-linear-relu" in done.stdout and "wrote out.pth" in done.stdout
-    loaded = fxlab.io.load_file(state_dict_file.parent / "out.pth")
+    from fxlab.serialization import load_file
+
+    loaded = load_file(state_dict_file.parent / "out.pth")
     assert loaded.pipeline == "insert-relu{after=layer3},fuse-linear-relu"
     x = torch.randn(3, 1, 28, 28)
     assert torch.allclose(loaded.model(x), torch.relu(fxlab.load(state_dict_file)(x)))

@@ -17,7 +17,7 @@ from .runner import parser
 
 def main(argv: Sequence[str]) -> int:
     """``fxlab apply``: apply a pipeline to a model file and save the result."""
-    from ..io import export_onnx, export_program, load_source, save
+    from ..serialization import export_onnx, export_program, load_source, save
     from ..pipeline import PassRecords, apply, parse_pipeline
 
     p = parser("python -m fxlab.apply", "Apply a pipeline to a model file and save the result.")

@@ -27,7 +27,8 @@ SUFFIX_FORMATS = {".svg": "svg", ".png": "png", ".json": "json", ".dot": "dot", 
 
 def main(argv: Sequence[str]) -> int:
     """``fxlab show``: graph dumps of a model file or seed model."""
-    from ..io import load_source, write_atomic
+    from .._util import write_atomic
+    from ..serialization import load_source
     from ..rendering import FORMATS, render
 
     p = parser(

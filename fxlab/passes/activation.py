@@ -8,23 +8,15 @@ from typing import Any, Union
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import PassError
 from ..core import Selector, select
+from ..models.mlp import ACTIVATIONS  # activations known by name (in pipeline text too)
 from ..pipeline import Pass, register_pass
 
 __all__ = ["ACTIVATIONS", "InsertActivation", "InsertRelu", "insert_activation"]
 
-#: Activations known by name in pipeline text.
-ACTIVATIONS: dict[str, Callable[..., torch.Tensor]] = {
-    "relu": torch.relu,
-    "gelu": F.gelu,
-    "sigmoid": torch.sigmoid,
-    "tanh": torch.tanh,
-    "silu": F.silu,
-}
 
 Activation = Union[str, Callable[..., Any], nn.Module]
 

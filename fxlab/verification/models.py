@@ -29,7 +29,7 @@ def resolve_model(
 
     A seed model name (``"mymodule"``) that is not also a file gives the model trained with the
     default recipe (``fxlab.train.pretrained``: cached after the first time); a file is read by
-    ``fxlab.io.load_file`` (``trust`` and ``architecture`` are passed on). Anything else raises
+    ``fxlab.serialization.load_file`` (``trust`` and ``architecture`` are passed on). Anything else raises
     ``VerifyError`` listing the seed models.
     """
     if isinstance(model, nn.Module):
@@ -45,12 +45,12 @@ def resolve_model(
         log.info("using %s trained with the default recipe (cached after the first time)", text)
         return train.pretrained(text, data=data, device=device, progress=progress), text
     if os.path.exists(text):
-        from .. import io as fxio
+        from ..serialization import load_file
 
         kwargs: dict[str, Any] = {"trust": trust}
         if architecture is not None:
             kwargs["model"] = architecture
-        loaded = fxio.load_file(text, **kwargs)
+        loaded = load_file(text, **kwargs)
         log.info("verifying %s", loaded.description)
         return loaded.model, text
     raise VerifyError(

@@ -57,7 +57,7 @@ def verify(
 
     - ``model``: an ``nn.Module`` (or ``GraphModule``; it is never mutated), a seed model name
       (``"mymodule"``: trained with the default recipe, or loaded from its cached checkpoint), or a
-      model file (read by ``fxlab.io.load``; ``trust`` and ``architecture`` are passed on to it).
+      model file (read by ``fxlab.load``; ``trust`` and ``architecture`` are passed on to it).
     - ``passes``: pipeline text, a pass, or a list of passes.
     - ``data``: an MNIST root directory or a loaded ``fxlab.data.MNIST`` (default: ``fxlab.data``'s root).
     - ``retrain_epochs``: fine-tuning after each ``changes`` step; a fraction (``0.1``) trains on that

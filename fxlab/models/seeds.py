@@ -2,26 +2,58 @@
 
 Every model takes MNIST batches of shape (N, 1, 28, 28); where a seed's model expected the
 caller to flatten, ours flattens inside ``forward`` without adding any parameter.
+
+Each seed model says what it is: ``model.fxlab_arch`` is ``(name, kwargs)``, the arguments that
+differ from the defaults (``fxlab.core.trace`` records it; ``fxlab.save`` names the base with it).
 """
 
 from __future__ import annotations
 
+import copy
+import inspect
 from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import FxlabError, did_you_mean
+from ..errors import FxlabError, did_you_mean
 
 IMG_SIZE = 28 * 28
 
 
-class MyModule(nn.Module):
+def _plain(value: Any) -> Any:
+    """Tuples as lists, so that kwargs compare and save the same whichever sequence was given."""
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+class SeedModel(nn.Module):
+    """Base of the seed models: remembers the constructor arguments that ``fxlab_arch`` reports."""
+
+    arch_name: ClassVar[str] = ""
+
+    def _remember(self, **kwargs: Any) -> None:
+        defaults = {k: p.default for k, p in inspect.signature(type(self).__init__).parameters.items()
+                    if p.default is not inspect.Parameter.empty}
+        self._fxlab_kwargs = {k: _plain(v) for k, v in kwargs.items()
+                              if k not in defaults or _plain(v) != _plain(defaults[k])}
+
+    @property
+    def fxlab_arch(self) -> tuple[str, dict[str, Any]] | None:
+        """``(name, kwargs)``: the seed model's name and its non-default constructor arguments."""
+        kwargs = self.__dict__.get("_fxlab_kwargs")
+        return None if kwargs is None else (self.arch_name, copy.deepcopy(kwargs))
+
+
+class MyModule(SeedModel):
     """Seed 000: layer1 784→128, ReLU, layer2 128→64, ReLU, layer3 64→10."""
+
+    arch_name = "mymodule"
 
     def __init__(self) -> None:
         super().__init__()
+        self._remember()
         self.layer1 = nn.Linear(IMG_SIZE, 128)
         self.layer2 = nn.Linear(128, 64)
         self.layer3 = nn.Linear(64, 10)
@@ -33,11 +65,14 @@ class MyModule(nn.Module):
         return self.layer3(x)
 
 
-class NeuralNetwork(nn.Module):
+class NeuralNetwork(SeedModel):
     """Seed 001: fc1 input_size→50, ReLU, fc2 50→num_classes."""
+
+    arch_name = "neuralnetwork"
 
     def __init__(self, input_size: int = IMG_SIZE, num_classes: int = 10) -> None:
         super().__init__()
+        self._remember(input_size=input_size, num_classes=num_classes)
         self.fc1 = nn.Linear(in_features=input_size, out_features=50)
         self.fc2 = nn.Linear(in_features=50, out_features=num_classes)
 
@@ -46,11 +81,14 @@ class NeuralNetwork(nn.Module):
         return self.fc2(F.relu(self.fc1(x)))
 
 
-class SimpleNN(nn.Module):
+class SimpleNN(SeedModel):
     """Seed 002: fc1/bn1/ReLU/Dropout(0.5), fc2/bn2/ReLU/Dropout, fc3."""
+
+    arch_name = "simplenn"
 
     def __init__(self, input_size: int = IMG_SIZE, hidden_size: int = 128, num_classes: int = 10) -> None:
         super().__init__()
+        self._remember(input_size=input_size, hidden_size=hidden_size, num_classes=num_classes)
         self.fc1 = nn.Linear(input_size, hidden_size)
         self.fc2 = nn.Linear(hidden_size, hidden_size // 2)
         self.fc3 = nn.Linear(hidden_size // 2, num_classes)
@@ -65,13 +103,15 @@ class SimpleNN(nn.Module):
         return self.fc3(x)
 
 
-class MyMNIST(nn.Module):
+class MyMNIST(SeedModel):
     """Seed 003: hidden Linear layers registered as ``_hidden_layer_<i>``, GELU, ``_output_layer``."""
 
+    arch_name = "mymnist"
     IMG_SIZE = IMG_SIZE
 
     def __init__(self, hidden_layers: Sequence[int] | None = (256, 32)) -> None:
         super().__init__()
+        self._remember(hidden_layers=list(hidden_layers or ()))
         self._hidden_layers: list[nn.Linear] = []
         input_size = self.IMG_SIZE
         for i, node_num in enumerate(hidden_layers or ()):
@@ -88,11 +128,14 @@ class MyMNIST(nn.Module):
         return self._output_layer(x)
 
 
-class LinearReluStack(nn.Module):
+class LinearReluStack(SeedModel):
     """Seed 004 (its class is also called ``NeuralNetwork``): Flatten + Sequential 784→312→256→10."""
+
+    arch_name = "linear-relu-stack"
 
     def __init__(self) -> None:
         super().__init__()
+        self._remember()
         self.flatten = nn.Flatten()
         self.linear_relu_stack = nn.Sequential(
             nn.Linear(IMG_SIZE, 312),
@@ -107,7 +150,7 @@ class LinearReluStack(nn.Module):
         return self.linear_relu_stack(x)
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
+MODELS: dict[str, Callable[..., SeedModel]] = {
     "mymodule": MyModule,
     "neuralnetwork": NeuralNetwork,
     "simplenn": SimpleNN,
@@ -121,7 +164,7 @@ def names() -> list[str]:
     return list(MODELS)
 
 
-def build(name: str, **kwargs: object) -> nn.Module:
+def build(name: str, **kwargs: object) -> SeedModel:
     """A fresh, randomly initialised seed model.
 
     >>> from fxlab.models import build

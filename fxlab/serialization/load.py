@@ -1,0 +1,233 @@
+"""Loading every model file people have, safely.
+
+What :func:`load` reads (``torch.load(weights_only=True)`` for all of it; no code from a file runs
+unless you pass ``trust=True``):
+
+- a bare state dict (``torch.save(model.state_dict(), path)``, seeds 000/001): the architecture
+  is a seed model of :mod:`fxlab.models` when the keys and shapes match one, else a generic
+  :class:`~fxlab.models.MLP` rebuilt with the same parameter names (Linear, BatchNorm1d, LayerNorm;
+  ReLU between, or ``act=``), loaded with ``strict=True``;
+- checkpoint dicts: seed 002's (``model_state_dict``, ``optimizer_state_dict``, ``history``, ...),
+  fxlab's training checkpoints (``fxlab.train``: ``format``, ``model``, ``model_state_dict``), and
+  any dict holding a ``state_dict`` / ``model_state_dict`` with an optional ``model`` name;
+- fxlab's own model files (:func:`fxlab.save`): base architecture, pipeline text and state dict;
+  the base is rebuilt, the pipeline re-run (:func:`~fxlab.serialization.save.rebuild`), then the
+  weights loaded strictly;
+- a whole pickled module (``torch.save(model)``, seeds 003/004): unpickling runs code, so it is
+  refused unless ``trust=True`` (CLI ``--trust``), and even then only ``nn.Module`` classes,
+  tensors and torch's rebuild helpers are admitted (:mod:`~fxlab.serialization.trust`).
+
+Anything else — a missing, empty, truncated or corrupt file, a file that is not a torch file,
+a state dict that is no MLP, a pickle that calls anything but tensor constructors — raises
+:class:`~fxlab.errors.LoadError` with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import LoadError, did_you_mean
+from ..models import MLP, MODELS
+from ..models.mlp import activation
+from ..models.recognize import arch_of, arch_text, build_arch, load_strict, match_seed, model_from_state_dict
+from .save import FORMAT, rebuild
+from .sniff import sniff, torch_load_safe
+from .trust import torch_load_trusted
+
+log = logging.getLogger(__name__)
+
+_PathLike = str | os.PathLike[str]
+
+
+@dataclass
+class Loaded:
+    """A model read by :func:`load_file`, with what the file was and where it came from."""
+
+    model: nn.Module
+    kind: str  # "state dict", "checkpoint", "fxlab checkpoint", "fxlab model", "pickled module", "seed model"
+    arch: str | None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    pipeline: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def description(self) -> str:
+        """One line: what the file held and which architecture it became."""
+        where = f"{self.path}: " if self.path else ""
+        arch = arch_text(self.arch, self.kwargs) if self.arch else type(self.model).__name__
+        if self.arch == "mlp" and isinstance(self.model, MLP):
+            arch = f"generic MLP: {self.model.describe()}"
+        text = f"{where}{self.kind}, loaded as {arch}" if self.path else f"{arch}: {self.kind}"
+        if self.pipeline:
+            text += f", pipeline {self.pipeline}"
+        return text
+
+    def base(self) -> nn.Module:
+        """A fresh model of the base architecture (before the pipeline), in eval mode."""
+        if not self.arch:
+            raise LoadError(f"{self.path}: the base architecture is unknown")
+        return build_arch(self.arch, self.kwargs).eval()
+
+
+def load(
+    path: _PathLike,
+    *,
+    model: str | nn.Module | None = None,
+    trust: bool = False,
+    act: str | None = None,
+) -> nn.Module:
+    """The model in ``path``, in eval mode (see the module docstring for the shapes it reads).
+
+    ``model`` names an ``fxlab.models`` architecture (or is a module) to load the file's weights
+    into; ``act`` rebuilds a bare state dict as a generic MLP with that activation; ``trust=True``
+    lets a whole pickled module load (its code runs). Raises ``LoadError``.
+
+    >>> import tempfile, torch, fxlab
+    >>> from fxlab.models import build
+    >>> path = tempfile.mkdtemp() + "/model_state_dict.pth"
+    >>> torch.save(build("mymodule").state_dict(), path)
+    >>> type(fxlab.load(path)).__name__
+    'MyModule'
+    """
+    return load_file(path, model=model, trust=trust, act=act).model
+
+
+def load_file(
+    path: _PathLike,
+    *,
+    model: str | nn.Module | None = None,
+    trust: bool = False,
+    act: str | None = None,
+) -> Loaded:
+    """Like :func:`load`, returning a :class:`Loaded` that also says what the file was."""
+    p = Path(path)
+    if act is not None:
+        activation(act)
+    sniffed = sniff(p)
+    missing: list[str] = []
+    if trust and sniffed.kind in ("zip", "legacy"):
+        obj, missing = torch_load_trusted(p, sniffed)
+    else:
+        obj = torch_load_safe(p, sniffed)
+    try:
+        if isinstance(obj, nn.Module):  # only reachable with trust
+            loaded = _from_module(p, obj, missing, model, act)
+        else:
+            loaded = _from_object(p, obj, model=model, act=act)
+    except LoadError as exc:
+        if str(exc).startswith(str(p)):
+            raise
+        raise LoadError(f"{p}: {exc}") from exc
+    loaded.path = p
+    loaded.model.eval()
+    log.info("loaded %s", loaded.description)
+    return loaded
+
+
+def load_source(
+    source: str | None,
+    *,
+    model: str | None = None,
+    trust: bool = False,
+    act: str | None = None,
+) -> Loaded:
+    """What the commands show and transform: a model file, or the name of a seed model.
+
+    A path that exists is loaded with :func:`load_file`; otherwise ``source`` may name a seed model
+    of ``fxlab.models`` (built with random weights, seeded 0: for looking at an architecture or a
+    pipeline); ``source=None`` with ``model=NAME`` does the same.
+    """
+    name = None
+    if source is None:
+        if model is None:
+            raise LoadError("name a model file, or a seed model with --model NAME")
+        name = model
+    elif not Path(source).exists() and source in MODELS:
+        if model is not None and model != source:
+            raise LoadError(f"{source!r} is a seed model name; --model {model} does not apply to it")
+        name = source
+    elif not Path(source).exists():
+        raise LoadError(f"{source}: no such file, and not a seed model name{did_you_mean(source, MODELS)}")
+    if name is None:
+        assert source is not None
+        return load_file(source, model=model, trust=trust, act=act)
+    if act is not None:
+        raise LoadError("--act applies to state dicts rebuilt as generic MLPs, not to seed models")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        built = build_arch(name, {})
+    return Loaded(built.eval(), "seed model with random weights", name, {})
+
+
+def _from_module(p: Path, obj: nn.Module, missing: list[str], model: str | nn.Module | None,
+                 act: str | None) -> Loaded:
+    if missing and model is None:
+        seed = match_seed(obj.state_dict())
+        hint = f"add --model {seed[0]} (its weights fit that fxlab model)" if seed else "add --model NAME"
+        raise LoadError(f"{p} needs class {missing[0]}, which cannot be imported: import or define it before "
+                        f"loading, or {hint} to load the weights into an fxlab model")
+    if missing or model is not None:
+        built, arch, kwargs = model_from_state_dict(obj.state_dict(), model=model, act=act)
+        kind = "pickled module"
+        if missing:
+            kind += f" ({missing[0]} not importable; weights loaded into {arch})"
+        return Loaded(built.eval(), kind, arch, kwargs, path=p)
+    found = arch_of(obj)
+    return Loaded(obj.eval(), "pickled module", found[0] if found else None, found[1] if found else {}, path=p)
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and bool(obj) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    )
+
+
+def _from_object(p: Path, obj: Any, *, model: str | nn.Module | None, act: str | None) -> Loaded:
+    if not isinstance(obj, Mapping):
+        raise LoadError(f"{p} holds a {type(obj).__name__}, not a model, state dict or checkpoint")
+    if obj.get("format") == FORMAT:
+        return _from_fxlab_file(p, obj, model=model)
+    if _is_state_dict(obj):
+        built, arch, kwargs = model_from_state_dict(obj, model=model, act=act)
+        return Loaded(built, "state dict", arch, kwargs)
+    key = next((k for k in ("model_state_dict", "state_dict", "model") if _is_state_dict(obj.get(k))), None)
+    if key is None:
+        if not obj:
+            raise LoadError(f"{p} holds an empty dict: no weights in it")
+        keys = ", ".join(sorted(map(str, obj))[:6])
+        raise LoadError(f"{p} holds a dict with keys {keys} but no state dict (expected tensors, or a "
+                        "'model_state_dict' / 'state_dict' entry)")
+    name = next((obj[k] for k in ("model", "model_name", "arch") if isinstance(obj.get(k), str)), None)
+    if model is None and name is not None and act is None:
+        if name not in MODELS and name != "mlp":
+            raise LoadError(f"{p} names model {name!r}, which fxlab does not know{did_you_mean(name, MODELS)}; "
+                            "add --model NAME")
+        model = name
+    built, arch, kwargs = model_from_state_dict(obj[key], model=model, act=act)
+    fmt = obj.get("format")
+    kind = "fxlab checkpoint" if isinstance(fmt, str) and fmt.startswith("fxlab.train") else "checkpoint"
+    metadata = {k: v for k, v in obj.items() if k != key and not k.endswith("state_dict")}
+    return Loaded(built, kind, arch, kwargs, metadata=metadata)
+
+
+def _from_fxlab_file(p: Path, obj: Mapping[str, Any], *, model: str | nn.Module | None) -> Loaded:
+    try:
+        arch, state = obj["arch"], obj["state_dict"]
+        kwargs, pipeline = dict(obj.get("kwargs") or {}), obj.get("pipeline", "")
+    except KeyError as exc:
+        raise LoadError(f"{p} is an fxlab model file without {exc.args[0]!r}: corrupt") from exc
+    if isinstance(model, str) and model != arch:
+        raise LoadError(f"{p} is an fxlab model of {arch!r}; --model {model} does not apply to it")
+    gm = rebuild(arch, kwargs, pipeline, training=bool(obj.get("training", False)))
+    load_strict(gm, state, f"{arch_text(arch, kwargs)} after pipeline {pipeline!r}" if pipeline else arch)
+    metadata = {k: v for k, v in obj.items() if k not in ("state_dict", "format", "arch", "kwargs", "pipeline")}
+    return Loaded(gm, "fxlab model", arch, kwargs, pipeline=pipeline, metadata=metadata)

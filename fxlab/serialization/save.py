@@ -1,0 +1,167 @@
+"""Saving transformed models in fxlab's own format, and rebuilding them from it.
+
+A saved file is a plain dict that ``torch.load(weights_only=True)`` reads: ``format``, the base
+architecture ``arch`` and its ``kwargs``, the ``pipeline`` text, the ``state_dict``, ``training``
+and versions. Loading rebuilds the base, re-runs the pipeline (:func:`rebuild`), then loads the
+state dict strictly. The base is what fxlab recorded, never a guess: the ``fxlab_arch`` of
+fxlab's own models, which tracing records in ``gm.meta["fxlab.base"]``
+(:func:`fxlab.core.provenance.base`), or the ``base=`` argument.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .._util import eval_mode, example_input, first_line, write_atomic
+from ..errors import ExportError, FxlabError, LoadError
+from ..models.recognize import arch_of, arch_text, build_arch
+
+#: The format tag of fxlab's transformed-model files (:func:`save`).
+FORMAT = "fxlab.model/1"
+
+_PathLike = str | os.PathLike[str]
+
+
+def _apply_one(model: nn.Module, p: Any, batch: torch.Tensor) -> fx.GraphModule:
+    """Apply pass ``p`` (with ``batch`` as its calibration when it takes one and has none); feed
+    ``batch`` through the result when the pass leaves observers to calibrate."""
+    from ..pipeline import apply
+
+    if dataclasses.is_dataclass(p) and any(f.name == "calibration" for f in dataclasses.fields(p)):
+        if getattr(p, "calibration", None) is None:
+            p = dataclasses.replace(p, calibration=[batch])
+    gm = apply(model, [p], inplace=True)
+    if type(p).calibrates:
+        with torch.no_grad(), eval_mode(gm):
+            gm(batch)
+    return gm
+
+
+def rebuild(arch: str, kwargs: Mapping[str, Any], pipeline: str, *, training: bool = False) -> nn.Module:
+    """A fresh ``arch`` model with ``pipeline`` re-run on it: the skeleton a saved state dict loads into.
+
+    Passes run one at a time, in order. A pass with a ``calibration`` option left empty gets one
+    seeded example batch (:func:`fxlab._util.example_input`); after a pass that ``calibrates``
+    (leaves observers), that batch runs through the graph so the next pass finds them calibrated.
+    The values this gives (scales, tables) are placeholders: the saved state dict replaces them.
+    """
+    from ..pipeline import parse_pipeline
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model: nn.Module = build_arch(arch, kwargs).train(training)
+        if not pipeline:
+            return model
+        try:
+            passes = parse_pipeline(pipeline)
+            batch = example_input(model)
+            for p in passes:
+                model = _apply_one(model, p, batch)
+        except FxlabError as exc:
+            raise LoadError(f"cannot rebuild {arch_text(arch, kwargs)} with pipeline {pipeline!r}: "
+                            f"{first_line(exc)}") from exc
+    return model
+
+
+def _structure(model: nn.Module) -> tuple[str, list[tuple[str, tuple[int, ...], torch.dtype]]]:
+    from ..core import format_graph, trace
+
+    gm = model if isinstance(model, fx.GraphModule) else trace(model)
+    return format_graph(gm), [(k, tuple(v.shape), v.dtype) for k, v in model.state_dict().items()]
+
+
+def _find_base(model: nn.Module, base: Any) -> tuple[str, dict[str, Any]]:
+    """The base architecture: ``base`` when given, else what fxlab recorded of ``model``."""
+    if isinstance(base, str):
+        return base, {}
+    if isinstance(base, tuple) and len(base) == 2 and isinstance(base[0], str):
+        return base[0], dict(base[1] or {})
+    if base is not None and not isinstance(base, nn.Module):
+        raise ExportError(f"base must be a model name, (name, kwargs) or an nn.Module, got {type(base).__name__}")
+    found = arch_of(base if base is not None else model)
+    if found is None:
+        what = type(base if base is not None else model).__name__
+        raise ExportError(
+            f"cannot save {type(model).__name__} in fxlab's format: its base model is unknown ({what} is none of "
+            "fxlab's models, which say their architecture in fxlab_arch); pass base=NAME, or export with "
+            "export_program / export_onnx"
+        )
+    return found
+
+
+def _pipeline_text(model: nn.Module, pipeline: str | None) -> str:
+    from ..pipeline import parse_pipeline
+
+    meta = getattr(model, "meta", None)
+    text = pipeline if pipeline is not None else (meta.get("fxlab.pipeline", "") if isinstance(meta, dict) else "")
+    if text:
+        try:
+            parse_pipeline(text)
+        except FxlabError as exc:
+            raise ExportError(
+                f"the model's pipeline has no text form ({first_line(exc)}); fxlab.save re-runs pipelines from "
+                "text: use passes with text options, or export with export_program / export_onnx"
+            ) from exc
+    return text
+
+
+def _check_rebuilds(model: nn.Module, arch: str, kwargs: Mapping[str, Any], text: str) -> None:
+    """``ExportError`` unless ``arch`` + ``text`` rebuild a model with ``model``'s graph and state-dict shapes."""
+    try:
+        got = _structure(rebuild(arch, kwargs, text, training=model.training))
+    except FxlabError as exc:
+        why = first_line(exc)
+    else:
+        want = _structure(model)
+        if got == want:
+            return
+        why = f"{arch_text(arch, kwargs)} + pipeline gives a different {'graph' if got[0] != want[0] else 'state dict'}"
+    raise ExportError(
+        f"cannot save {type(model).__name__} in fxlab's format: rebuilding it from its base model and pipeline "
+        f"does not reproduce it ({why}); export with export_program / export_onnx"
+    )
+
+
+def save(model: nn.Module, path: _PathLike, *, base: Any = None, pipeline: str | None = None) -> Path:
+    """Write ``model`` (a transformed ``GraphModule`` or a plain model) in fxlab's own format.
+
+    ``base`` (a seed model name, ``(name, kwargs)``, or the original module) defaults to what
+    fxlab recorded: the model's own ``fxlab_arch``, or for a ``GraphModule`` the base that tracing
+    recorded; ``pipeline`` defaults to the one ``fxlab.apply`` recorded. Before writing, the model
+    is rebuilt that way once and must come out with the same graph and state-dict shapes
+    (``ExportError`` otherwise, as when the base is unknown). The write is atomic.
+
+    >>> import tempfile, torch, fxlab
+    >>> from fxlab.models import build
+    >>> gm = fxlab.apply(build("mymodule"), "insert-relu{after=layer3}")
+    >>> path = fxlab.save(gm, tempfile.mkdtemp() + "/relu.pth")
+    >>> x = torch.randn(2, 1, 28, 28)
+    >>> torch.equal(fxlab.load(path)(x), gm.eval()(x))
+    True
+    """
+    from .. import __version__
+
+    if not isinstance(model, nn.Module):
+        raise ExportError(f"fxlab.save expects an nn.Module, got {type(model).__name__}")
+    text = _pipeline_text(model, pipeline)
+    arch, kwargs = _find_base(model, base)
+    _check_rebuilds(model, arch, kwargs, text)
+    record = {
+        "format": FORMAT,
+        "arch": arch,
+        "kwargs": kwargs,
+        "pipeline": text,
+        "training": bool(model.training),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "fxlab_version": __version__,
+        "torch_version": str(torch.__version__),
+    }
+    return write_atomic(path, lambda tmp: torch.save(record, tmp))

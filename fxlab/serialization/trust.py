@@ -1,0 +1,172 @@
+"""Trusted loading (``trust=True``, CLI ``--trust``): an allowlist of what an ``nn.Module`` pickle needs.
+
+Unpickling a whole module runs code from the file, so even a trusted file may only name:
+
+- classes that are ``nn.Module`` subclasses (torch's, fxlab's, and the user's own);
+- what torch's weights-only loader allows (tensors, storages, dtypes, ``Parameter``,
+  ``torch._utils._rebuild_*``, ``collections.OrderedDict``, ...), ``torch.Size`` / ``torch.device``
+  and other torch tensor and storage types, and torch's own ``_rebuild_*`` helpers;
+- builtin containers and plain values (``dict``, ``list``, ``set``, ``int``, ...).
+
+Every other global (``os.system``, ``subprocess.call``, ``builtins.eval``, ``pdb.set_trace``,
+``functools.partial``, ``torch.fx``'s ``reduce_graph_module`` that executes code strings, ...)
+is refused, whether the pickle names it with GLOBAL, STACK_GLOBAL or through ``__reduce__``.
+A torch zip archive is checked before anything is unpickled; the unpickler checks every
+global again as it reads (so globals a static scan cannot see are refused too).
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import builtins
+import collections
+import io
+import pickle
+import types
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._util import first_line
+from ..errors import LoadError
+from .sniff import BUILTIN_CONTAINERS, NEVER_MODULES, Sniffed, pickle_globals, warnings_quiet
+
+#: Modules of torch's own rebuild helpers (``_rebuild_*``: how tensors and parameters unpickle).
+_TORCH_REBUILD_MODULES = frozenset({"torch._utils", "torch._tensor", "torch.storage", "torch.nn.parameter",
+                                    "torch.serialization"})
+
+
+class Refused(Exception):
+    """A global the allowlist does not admit (its ``module.name`` is the message)."""
+
+
+def _torch_allowed() -> set[str]:
+    """What torch's weights-only unpickler allows by default and what the user added with add_safe_globals."""
+    from torch import _weights_only_unpickler as wou
+
+    return set(wou._get_allowed_globals()) | set(wou._get_user_allowed_globals())
+
+
+def _admitted(obj: Any, module: str, name: str) -> bool:
+    """Whether the imported global ``obj`` (``module.name``) is something an nn.Module pickle needs."""
+    if isinstance(obj, type) and issubclass(obj, nn.Module):
+        return True
+    if f"{module}.{name}" in _torch_allowed():
+        return True
+    if module.split(".")[0] != "torch":
+        return False
+    if isinstance(obj, (torch.dtype, torch.layout, torch.memory_format)):
+        return True
+    if isinstance(obj, type):
+        from torch.torch_version import TorchVersion
+
+        return issubclass(obj, (torch.Tensor, torch.storage.TypedStorage, torch.UntypedStorage)) or obj in (
+            torch.Size, torch.device, torch.dtype, TorchVersion)
+    return module in _TORCH_REBUILD_MODULES and name.startswith("_rebuild") and callable(obj)
+
+
+def refused_by_name(module: str, name: str) -> bool:
+    """Refused without importing anything: stdlib modules no model needs, builtins that are not containers."""
+    root = module.split(".")[0]
+    if root in ("builtins", "__builtin__"):
+        return name not in BUILTIN_CONTAINERS
+    return root in NEVER_MODULES
+
+
+def python3_name(module: str, name: str) -> tuple[str, str]:
+    """``module.name`` as Python 3 spells it (protocol-2 pickles use Python 2's names, e.g. ``commands.call``)."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        return _compat_pickle.NAME_MAPPING[(module, name)]
+    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
+
+
+def admit(module: str, name: str, find: Any) -> Any:
+    """The global ``module.name`` (imported by ``find(module, name)``) if the allowlist admits it.
+
+    Raises :class:`Refused` for anything else; ``ImportError`` / ``AttributeError`` from ``find``
+    (a class that cannot be imported) pass through.
+    """
+    module, name = python3_name(module, name)
+    if refused_by_name(module, name):
+        raise Refused(f"{module}.{name}")
+    if module.split(".")[0] in ("builtins", "__builtin__"):
+        return getattr(builtins, name)
+    if (module, name) == ("collections", "OrderedDict"):
+        return collections.OrderedDict
+    obj = find(module, name)
+    if not _admitted(obj, module, name):
+        raise Refused(f"{module}.{name}")
+    return obj
+
+
+def _refused_globals(path: Path, sniffed: Sniffed) -> list[str]:
+    """Every global of the file that the allowlist refuses, found before unpickling (importable ones only)."""
+    refused = []
+    probe = pickle.Unpickler(io.BytesIO(b""))
+    for qualified in pickle_globals(path, sniffed):
+        module, _, name = qualified.rpartition(".")
+        try:
+            admit(module, name, probe.find_class)
+        except Refused as exc:
+            refused.append(str(exc))
+        except Exception:  # not importable: a missing class, reported (or stubbed) while unpickling
+            continue
+    return refused
+
+
+def _stub_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    raise LoadError(f"class {type(self).__module__}.{type(self).__name__} could not be imported")
+
+
+def _pickle_module(missing: list[str], stub_missing: bool) -> types.ModuleType:
+    """A ``pickle_module`` for ``torch.load`` whose every unpickler (the legacy header's too) checks the allowlist."""
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            try:
+                return admit(module, name, super().find_class)
+            except (AttributeError, ImportError):
+                missing.append(f"{module}.{name}")
+                if not stub_missing:
+                    raise
+                return type(name, (nn.Module,), {"__module__": module, "_fxlab_stub": True,
+                                                   "forward": _stub_forward})
+
+    def load(file: Any, **kwargs: Any) -> Any:
+        return Unpickler(file, **kwargs).load()
+
+    mod = types.ModuleType("fxlab_trusted_pickle")
+    mod.Unpickler = Unpickler  # type: ignore[attr-defined]
+    mod.load = load  # type: ignore[attr-defined]
+    return mod
+
+
+def _refusal(path: Path, names: list[str]) -> LoadError:
+    return LoadError(f"{path}: refused even with --trust: its pickle calls {', '.join(names)}, which no model "
+                     "file needs (fxlab admits nn.Module classes, tensors and torch's rebuild helpers); "
+                     "nothing from it was run")
+
+
+def torch_load_trusted(path: Path, sniffed: Sniffed, *, stub_missing: bool = True) -> tuple[Any, list[str]]:
+    """``torch.load(weights_only=False)`` through the allowlist; returns (object, classes that were missing)."""
+    refused = _refused_globals(path, sniffed)
+    if refused:
+        raise _refusal(path, refused)
+    missing: list[str] = []
+    try:
+        with warnings_quiet():
+            obj = torch.load(path, map_location="cpu", weights_only=False,
+                             pickle_module=_pickle_module(missing, stub_missing))
+    except Refused as exc:
+        raise _refusal(path, [str(exc)]) from None
+    except (AttributeError, ImportError) as exc:
+        name = missing[-1] if missing else first_line(exc)
+        raise LoadError(
+            f"{path} needs class {name}, which cannot be imported: import or define it before loading, "
+            "or add --model NAME to load its weights into an fxlab model"
+        ) from exc
+    except Exception as exc:  # a torn pickle or archive fails in many ways
+        raise LoadError(f"{path} is truncated or corrupt: {type(exc).__name__}: {first_line(exc)[:200]}") from exc
+    return obj, missing
