@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from fxlab import bench
+from fxlab.errors import WriteError
 from fxlab.cli import run
 
 
@@ -128,6 +129,9 @@ def test_compare_reports_failures_and_keeps_order() -> None:
 
 def test_write_json_atomic(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "out.json"
+    with pytest.raises(WriteError, match="folder .*sub does not exist"):  # outputs never create folders
+        bench.write_json_atomic(path, {"x": 1.5, "y": [1, 2]})
+    path.parent.mkdir()
     bench.write_json_atomic(path, {"x": 1.5, "y": [1, 2]})
     assert json.loads(path.read_text()) == {"x": 1.5, "y": [1, 2]}
     assert [p.name for p in path.parent.iterdir()] == ["out.json"]

@@ -8,7 +8,6 @@ what each pass did, and writes OUT by its extension: ``.onnx`` (ONNX, input ``im
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,8 +16,9 @@ from .runner import parser
 
 def main(argv: Sequence[str]) -> int:
     """``fxlab apply``: apply a pipeline to a model file and save the result."""
+    from .._util import check_output
+    from ..pipeline import PassRecords, apply, parse_pipeline, records
     from ..serialization import export_onnx, export_program, load_source, save
-    from ..pipeline import PassRecords, apply, parse_pipeline
 
     p = parser("python -m fxlab.apply", "Apply a pipeline to a model file and save the result.")
     p.add_argument("file", metavar="FILE", help="a model file, or a seed model name")
@@ -33,11 +33,11 @@ def main(argv: Sequence[str]) -> int:
                    help="activation between the layers of a state dict rebuilt as a generic MLP")
     ns = p.parse_args(argv)
 
-    passes = parse_pipeline(ns.pipeline)  # a typo fails before the model loads
+    check_output(ns.output)  # a bad output and a typo in the pipeline fail before the model loads
+    passes = parse_pipeline(ns.pipeline)
     loaded = load_source(ns.file, model=ns.model, trust=ns.trust, act=ns.act)
     gm = apply(loaded.model, passes)
-    done = gm.meta.get("fxlab.records", [])[-len(passes):]
-    print(PassRecords(done).table())
+    print(PassRecords(records(gm)[-len(passes):]).table())
     suffix = Path(ns.output).suffix.lower()
     if suffix == ".onnx":
         written, what = export_onnx(gm, ns.output), "ONNX, checked with onnxruntime"

@@ -6,6 +6,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from .._util import check_output
 from ..bench import SUITES, Config, load_result, report, run_benchmarks, write_json_atomic
 from .runner import parser
 
@@ -37,6 +38,8 @@ def main(argv: Sequence[str]) -> int:
     if args.load:
         print(report(load_result(args.load), fmt))
         return 0
+    if args.json:
+        check_output(args.json)  # before minutes of measuring, not after
     suites = args.suite or list(SUITES)
     cfg = Config.quick_config(device=args.device, data=args.data) if args.quick else Config(device=args.device, data=args.data)
     _show_progress()

@@ -27,7 +27,7 @@ SUFFIX_FORMATS = {".svg": "svg", ".png": "png", ".json": "json", ".dot": "dot", 
 
 def main(argv: Sequence[str]) -> int:
     """``fxlab show``: graph dumps of a model file or seed model."""
-    from .._util import write_atomic
+    from .._util import check_output, write_atomic
     from ..serialization import load_source
     from ..rendering import FORMATS, render
 
@@ -48,12 +48,16 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--act", metavar="NAME",
                    help="activation between the layers of a state dict rebuilt as a generic MLP")
     ns = p.parse_args(argv)
+    if ns.output:
+        check_output(ns.output)
+    if ns.passes is not None and not ns.passes.strip():
+        raise UsageError("--passes is empty: name at least one pass (or leave --passes out)")
 
     fmt = ns.format or (SUFFIX_FORMATS.get(Path(ns.output).suffix.lower(), "table") if ns.output else "table")
     loaded = load_source(ns.file, model=ns.model, trust=ns.trust, act=ns.act)
     model = loaded.model
     before = None
-    if ns.passes:
+    if ns.passes is not None:
         from ..pipeline import apply
 
         after = apply(model, ns.passes)

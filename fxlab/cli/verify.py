@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import os
 
-from .._util import resolve_device
+from .._util import check_output, resolve_device
 from ..errors import UsageError, VerifyError, did_you_mean
 from ..pipeline import as_passes
 from ..verification import verify
@@ -48,6 +48,9 @@ def main(argv: Sequence[str]) -> int:
         raise UsageError("python -m fxlab.verify: give a model FILE or --model NAME")
     if ns.retrain_epochs < 0:
         raise UsageError("python -m fxlab.verify: --retrain-epochs must be ≥ 0")
+    for out in (ns.json, ns.plot):
+        if out:
+            check_output(out)  # before training and verifying, not after
     if ns.plot:
         try:
             import matplotlib  # noqa: F401
