@@ -34,7 +34,7 @@ from seed_helpers import SEED_LAYERS, assert_close, randomize_batchnorm, seed_mo
 from fxlab.models import names
 from fxlab.pipeline import option_fields, required_options, text_types
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 
 
 #: A hidden layer of every seed model (SEED_LAYERS names some output layers).

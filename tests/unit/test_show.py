@@ -27,7 +27,7 @@ from fxlab.rendering import analyze
 def show(argv):
     return run("show", argv)
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parent.parent  
 
 
 def cli(*args: str, cwd: Path, pythonpath: str | None = None) -> subprocess.CompletedProcess[str]:

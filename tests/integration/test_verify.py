@@ -24,7 +24,7 @@ def main(argv):
     return run("verify", argv)
 from fxlab.passes import InsertActivation, InsertRelu
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 # Small budgets: a fraction of an epoch of fine-tuning is enough to see retraining work.
 RETRAIN = 0.05
