@@ -60,11 +60,11 @@ _active: Any = _UNSET if _ENABLED else None
 @functools.cache
 def _load() -> ModuleType | None:
     try:
-        from . import _numba_kernels
+        from . import compiled
     except ImportError as exc:  # numba not installed (or broken): the torch ops do the work
         log.info("fused CPU kernels unavailable (%s); quantized Linears use torch ops", exc)
         return None
-    return _numba_kernels
+    return compiled
 
 
 def _kernels() -> ModuleType | None:
