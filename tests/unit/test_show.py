@@ -340,3 +340,11 @@ def test_fxlab_render_is_the_function_after_show_runs() -> None:
 def test_debug_shows_the_traceback(capsys: pytest.CaptureFixture[str]) -> None:
     assert show(["missing.pth", "--debug"]) == 2
     assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+def test_counting_flops_leaves_torch_dynamo_unloaded() -> None:
+    """FlopCounterMode would import torch._dynamo (1-2 s) on its first op; `fxlab show` must not pay that."""
+    code = ("import sys, fxlab; from fxlab.models import build; text = fxlab.render(build('mymodule'));"
+            "print('torch._dynamo' in sys.modules, '218,368 FLOPs' in text)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"], out.stdout + out.stderr
