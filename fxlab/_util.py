@@ -28,7 +28,8 @@ def check_output(path: str | os.PathLike[str]) -> Path:
     """Check, before any work is done, that ``path`` can be written; return it.
 
     Its folder must exist (fxlab never creates folders for an output: a mistyped folder is
-    reported, not made), be a folder and be writable, and ``path`` must not be a folder. Raises
+    reported, not made), be a folder and be writable (a temporary file is created there and
+    removed), and ``path`` must not be a folder. Raises
     ``WriteError`` with one line naming the path and what is wrong.
     """
     from .errors import WriteError
@@ -46,6 +47,14 @@ def check_output(path: str | os.PathLike[str]) -> Path:
         raise WriteError(f"cannot write {out}: folder {folder} does not exist; create it first")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise WriteError(f"cannot write {out}: folder {folder} is not writable")
+    # permissions do not tell everything (/proc, a read-only mount, root's access): try, as the
+    # write will, with a temporary file that is removed at once
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=f".{out.stem}.", suffix=".probe")
+    except OSError as exc:
+        raise WriteError(f"cannot write {out}: {exc.strerror or exc}") from exc
+    os.close(fd)
+    Path(probe).unlink(missing_ok=True)
     return out
 
 

@@ -6,7 +6,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from .._util import check_output
+from .._util import check_output, resolve_device
 from ..bench import SUITES, Config, load_result, report, run_benchmarks, write_json_atomic
 from .runner import parser
 
@@ -40,6 +40,7 @@ def main(argv: Sequence[str]) -> int:
         return 0
     if args.json:
         check_output(args.json)  # before minutes of measuring, not after
+    resolve_device(args.device)  # a device this machine lacks: said now
     suites = args.suite or list(SUITES)
     cfg = Config.quick_config(device=args.device, data=args.data) if args.quick else Config(device=args.device, data=args.data)
     _show_progress()

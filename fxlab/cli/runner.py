@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
-from ..errors import FxlabError, UsageError
+from ..errors import FxlabError, UsageError, did_you_mean
 
 #: ``fxlab NAME ...`` runs ``main(argv)`` of ``fxlab.cli.NAME`` (imported only when used).
 COMMANDS = {
@@ -27,8 +29,66 @@ COMMANDS = {
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, like every other user error
+    """argparse, but every usage error is one ``UsageError`` line and ``--help`` returns instead of exiting.
+
+    Options must be spelt out (no abbreviations: ``--epoch`` is not ``--epochs``), and an option
+    that does not exist is reported before a missing required one, with the closest known options.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+        self._argv: list[str] | None = None
+        self._probing = False
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        self._argv = list(sys.argv[1:] if args is None else args)
+        ns, extras = self.parse_known_args(self._argv, namespace)
+        if extras:
+            self._unrecognized(extras)
+        return ns
+
+    def _unrecognized(self, extras: Sequence[str]) -> None:
+        options = [s for a in self._actions for s in a.option_strings]
+        hints = "".join(did_you_mean(e.split("=", 1)[0], options, n=1) for e in extras if e.startswith("-"))
+        self.error(f"unrecognized arguments: {' '.join(extras)}{hints}")
+
+    def _unknown_options(self) -> list[str]:
+        """The options of the command line this parser does not know (parsed with nothing required)."""
+        actions = [(a, a.required) for a in self._actions]
+        self._probing = True
+        try:
+            for a, _ in actions:
+                a.required = False
+            _, extras = super().parse_known_args(self._argv)
+        except (UsageError, _HelpExit):
+            return []
+        finally:
+            self._probing = False
+            for a, required in actions:
+                a.required = required
+        return [e for e in extras if e.startswith("-")]
+
+    def error(self, message: str) -> NoReturn:  # one line, exit 2, like every other user error
+        if not self._probing and self._argv is not None and message.startswith("the following arguments are required"):
+            unknown = self._unknown_options()
+            if unknown:
+                self._argv = None  # report once
+                self._unrecognized(unknown)
         raise UsageError(f"{self.prog}: {message}")
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:  # --help, --version
+        if message:
+            sys.stderr.write(message)
+        raise _HelpExit(status)
+
+
+class _HelpExit(Exception):
+    """argparse finished the command (``--help``): the runner returns ``status``."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
 
 
 def parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -57,10 +117,19 @@ def run(command: str, argv: Sequence[str] | None = None) -> int:
         else:
             print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
+    except _HelpExit as exc:
+        return exc.status
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
+        # the reader went away (``fxlab show ... | head``): stop quietly, and keep Python's final
+        # flush of stdout from printing 'Exception ignored ... BrokenPipeError' at exit
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (captured)
+            pass
         return 0
 
 

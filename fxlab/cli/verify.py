@@ -58,6 +58,11 @@ def main(argv: Sequence[str]) -> int:
             raise VerifyError("--plot needs matplotlib: pip install 'fxlab[plot]'") from None
     if ns.file is not None and not os.path.exists(ns.file):
         raise VerifyError(f"no such file: {ns.file}")
+    if ns.file is not None:
+        # a file that cannot be loaded is reported now, before MNIST is read or anything trained
+        from ..serialization import load_file
+
+        load_file(ns.file, trust=ns.trust, **({"model": ns.model} if ns.model else {}))
     if ns.file is None and ns.model not in names():
         raise VerifyError(f"unknown model {ns.model!r}{did_you_mean(ns.model, names())}; seed models: {', '.join(names())}")
     # parse first: a bad pipeline is reported before any training
