@@ -11,7 +11,9 @@ Each node of a graph that ``fxlab.apply`` returns carries two entries in ``node.
 - ``"fxlab.pass"``: the label of the last pass that created or rewrote the node (absent on
   nodes no pass touched).
 
-A pass may set ``"fxlab.from"`` itself on the nodes it creates; otherwise :func:`track` infers it
+A pass may set ``"fxlab.from"`` itself, on the nodes it creates or on a node it keeps (with
+:func:`absorb`: the node now stands for the ones it took in, too); what a pass set is kept, and a
+traced name some node claims that way is not handed to another. Otherwise :func:`track` infers it
 from the graph before and after the pass: a new node that took the place of a removed node in
 one of that node's users (or in the output) replaced it. Graph diffs match nodes by this, so a
 renamed node shows as *replaced*, not as one removal and one addition.
@@ -41,6 +43,16 @@ _tokens = itertools.count()
 def origins(node: fx.Node) -> tuple[str, ...]:
     """The traced nodes ``node`` stands for (itself, for a node no pass touched)."""
     return tuple(node.meta.get(FROM, (node.name,)))
+
+
+def absorb(node: fx.Node, *parts: fx.Node) -> None:
+    """Record that ``node`` now does what ``parts`` did (a merge or a fold; ``node`` itself among
+    them): it stands for their traced names, in the order given (give them in graph order:
+    ``absorb(layer2, layer1, layer2)`` for layer1 merged into layer2)."""
+    merged: list[str] = []
+    for part in parts:
+        merged += [name for name in origins(part) if name not in merged]
+    node.meta[FROM] = tuple(merged)
 
 
 def origin_map(gm: fx.GraphModule) -> dict[str, tuple[str, ...]]:
@@ -105,6 +117,10 @@ def track(before: _Before, gm: fx.GraphModule, label: str) -> None:
         elif not _explicit(n, before):
             n.meta[FROM] = ()
         n.meta[PASS] = label
+    for t, n in survivors.items():  # a kept node the pass gave new provenance (absorb): rewritten
+        if tuple(n.meta.get(FROM, ())) != before.origins[t]:
+            n.meta[PASS] = label
+    claimed = {name for n in gm.graph.nodes for name in n.meta.get(FROM, ())}
     removed = [t for t in before.names if t not in survivors]
     by_token = {n.meta.get(_TOKEN): n for n in survivors.values()}
     new_ids = {id(n) for n in created}
@@ -116,7 +132,9 @@ def track(before: _Before, gm: fx.GraphModule, label: str) -> None:
             for heir in user.all_input_nodes:
                 if heir.meta.get(_TOKEN) in old_args and id(heir) not in new_ids:
                     continue  # an input the user already had
-                _absorb(heir, before.origins[t], label, is_new=id(heir) in new_ids)
+                names = [name for name in before.origins[t] if name not in claimed]
+                if names or id(heir) in new_ids:
+                    _absorb(heir, names, label, is_new=id(heir) in new_ids)
     for n in gm.graph.nodes:
         n.meta.pop(_TOKEN, None)
 

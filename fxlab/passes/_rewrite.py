@@ -14,6 +14,8 @@ import torch.fx as fx
 from torch import nn
 from torch.nn.parameter import is_lazy
 
+from ..errors import PassError
+
 
 def module_of(gm: fx.GraphModule, node: Any) -> nn.Module | None:
     """The module a ``call_module`` node calls; ``None`` for anything else."""
@@ -152,3 +154,61 @@ class ModuleUses:
         """Every user of ``node`` reads ``value`` instead; then ``node`` is erased."""
         node.replace_all_uses_with(value)
         self.erase(node)
+
+
+# --------------------------------------------------------------------------------------------
+# refusing modules whose values a pass cannot use
+
+
+def _own_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """The module's own parameters and buffers (not its submodules'), by name."""
+    return [
+        *((n, t) for n, t in module.named_parameters(recurse=False) if t is not None),
+        *((n, t) for n, t in module.named_buffers(recurse=False) if t is not None),
+    ]
+
+
+def require_values(label: str, modules: list[tuple[str, nn.Module]]) -> None:
+    """Refuse (``PassError``, one line) when a module a pass reads values from is on the meta device.
+
+    ``modules`` are ``(path, module)`` pairs; a meta tensor has a shape but no values, so folding,
+    merging or quantizing it would produce nothing real (or torch's internal ``set_data`` message).
+    """
+    for path, module in modules:
+        for name, t in _own_tensors(module):
+            if t.is_meta:
+                raise PassError(
+                    f"{label}: {path}'s {name} is on the meta device (no values); load real weights first "
+                    "(e.g. model.to_empty(device='cpu') then load_state_dict)"
+                )
+
+
+def nonfinite_counts(t: torch.Tensor) -> str | None:
+    """``"3 NaN values"``, ``"1 inf value"``, ``"2 NaN and 1 inf values"``, or ``None`` when all are finite."""
+    if not t.is_floating_point() or t.is_meta or bool(torch.isfinite(t).all()):
+        return None
+    nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+    parts = ([f"{nan} NaN"] if nan else []) + ([f"{inf} inf"] if inf else [])
+    return f"{' and '.join(parts)} value{'s' if nan + inf > 1 else ''}"
+
+
+def require_finite(label: str, modules: list[tuple[str, nn.Module]], doing: str = "quantizing",
+                   spoils: str = "scales") -> None:
+    """Refuse (``PassError``, one line naming every bad layer) a weight or bias holding NaN or inf:
+    ``"quantize-linear: layer2: weight has 3 NaN values; quantizing it would make its scales NaN; ..."``.
+    """
+    problems = []
+    for path, module in dict(modules).items():
+        for name in ("weight", "bias"):
+            t = getattr(module, name, None)
+            found = nonfinite_counts(t) if isinstance(t, torch.Tensor) else None
+            if found:
+                problems.append(f"{path}: {name} has {found}")
+    if problems:
+        paths = list(dict.fromkeys(p.split(":")[0] for p in problems))
+        one = len(paths) == 1
+        raise PassError(
+            f"{label}: {'; '.join(problems)}; {doing} {'it' if one else 'them'} would make "
+            f"{'its' if one else 'their'} {spoils} NaN; fix the weights or "
+            f"{f'exclude={paths[0]}' if one else 'exclude those layers'}"
+        )

@@ -16,10 +16,11 @@ from torch import nn
 from torch.fx.passes.infra.pass_base import PassResult
 from torch.nn.parameter import is_lazy
 
+from ..core.provenance import absorb
 from ..errors import PassError
 from ..nn.fused import LinearReLU
 from ..pipeline import Pass, register_pass
-from ._rewrite import ModuleUses, module_of, new_linear, plain_linear, single_input, wide
+from ._rewrite import ModuleUses, module_of, new_linear, plain_linear, require_values, single_input, wide
 
 __all__ = [
     "FoldBatchNorm",
@@ -105,6 +106,7 @@ class FuseLinearReLU(Pass):
             if linear is None:
                 continue
             uses.swap_module(src, LinearReLU.from_linear(linear), "relu")
+            absorb(src, src, node)
             uses.bypass(node, src)
             changed = True
         return PassResult(gm, changed)
@@ -194,10 +196,12 @@ class FoldBatchNorm(Pass):
                     f"{target.target}; call model.eval() before applying {self.name}"
                 )
             into[node] = target
+        require_values(self.name, [(str(n.target), module_of(gm, n)) for bn, lin in into.items() for n in (lin, bn)])
         uses = ModuleUses(gm)
         for node, target in into.items():
             linear, bn = gm.get_submodule(str(target.target)), gm.get_submodule(str(node.target))
             uses.swap_module(target, fold_linear_bn(linear, bn), "folded")
+            absorb(target, target, node)
             uses.bypass(node, target)
         return PassResult(gm, bool(into))
 
@@ -264,8 +268,10 @@ class FuseConsecutiveLinear(Pass):
                 first = plain_linear(gm, src)
                 if first is None or len(src.users) != 1 or not _mergeable(first, second, self.allow_growth):
                     break
+                require_values(self.name, [(str(src.target), first), (str(node.target), second)])
                 second = merge_linears(first, second)
                 uses.swap_module(node, second, "merged")
+                absorb(node, src, node)
                 node.args, node.kwargs = (single_input(src),), {}
                 uses.erase(src)
                 changed = True

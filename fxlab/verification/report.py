@@ -26,10 +26,29 @@ _TABLE_HEADERS = ["step", "pass", "kind", "accuracy", "retrained", "Δ vs baseli
 
 @dataclass
 class Baseline:
-    """The input model's test accuracy (percent) and mean cross-entropy loss."""
+    """The input model's test accuracy (percent) and mean cross-entropy loss; what in it is not finite:
+    ``nonfinite_parameters`` (``"layer2.weight: 3 NaN values"``) and ``nonfinite_outputs`` (``"NaN"``)."""
 
     accuracy: float
     loss: float
+    nonfinite_parameters: list[str] = field(default_factory=list)
+    nonfinite_outputs: str | None = None
+
+    @property
+    def problem(self) -> str | None:
+        """One phrase saying what in the input model is NaN or inf, or ``None`` when nothing is."""
+        parts = []
+        if self.nonfinite_parameters:
+            shown = ", ".join(self.nonfinite_parameters[:4]) + (" …" if len(self.nonfinite_parameters) > 4 else "")
+            parts.append(f"its parameters hold NaN/inf ({shown})")
+        if self.nonfinite_outputs:
+            parts.append(f"its outputs contain {self.nonfinite_outputs}")
+        return "; ".join(parts) or None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The baseline as plain data (the ``baseline`` entry of the JSON report)."""
+        return {"accuracy": _num(self.accuracy), "loss": _num(self.loss),
+                "nonfinite_parameters": list(self.nonfinite_parameters), "nonfinite_outputs": self.nonfinite_outputs}
 
 
 @dataclass
@@ -63,6 +82,7 @@ class Step:
     ok: bool
     reason: str
     retrain_history: list[dict[str, Any]] = field(default_factory=list)
+    nonfinite_outputs: str | None = None  # "NaN", "inf" or "NaN and inf" when the step's outputs hold them
 
     @property
     def final_accuracy(self) -> float:
@@ -111,6 +131,7 @@ class Step:
             "budget": _num(self.budget),
             "ok": self.ok,
             "reason": self.reason,
+            "nonfinite_outputs": self.nonfinite_outputs,
             "seconds": self.seconds,
             "pass_seconds": self.pass_seconds,
             "diff": {"added": self.diff.added, "removed": self.diff.removed, "changed": self.diff.changed,
@@ -144,8 +165,8 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        """True when every step's contract held."""
-        return all(s.ok for s in self.steps)
+        """True when every step's contract held (and the input model is finite)."""
+        return all(s.ok for s in self.steps) and self.baseline.problem is None
 
     @property
     def failures(self) -> list[Step]:
@@ -156,7 +177,8 @@ class Report:
         """One row for the baseline and one per step: accuracy, Δ vs baseline, max abs diff, agreement, verdict."""
         from tabulate import tabulate
 
-        rows: list[list[Any]] = [[0, f"(input: {self.model_name})", "", f"{self.baseline.accuracy:.2f}%", "", "", "", "", "baseline"]]
+        base = "baseline" if self.baseline.problem is None else f"baseline: NOT FINITE: {self.baseline.problem}"
+        rows: list[list[Any]] = [[0, f"(input: {self.model_name})", "", f"{self.baseline.accuracy:.2f}%", "", "", "", "", base]]
         rows += [_row(s) for s in self.steps]
         return tabulate(rows, headers=_TABLE_HEADERS, tablefmt=tablefmt, disable_numparse=True)
 
@@ -167,11 +189,16 @@ class Report:
     def summary(self) -> str:
         """One line: every contract held, or which steps failed."""
         n = len(self.steps)
+        problem = self.baseline.problem
+        if problem:
+            return f"FAIL: the input model is not finite: {problem}; fix or retrain it before verifying passes"
         if self.ok:
             what = "the contract holds" if n == 1 else f"all {n} contracts hold"
             return f"ok: {what} on {self.device} ({self.seconds:.1f}s)"
         bad = ", ".join(f"step {s.index} ({s.name})" for s in self.failures)
-        return f"FAIL: {len(self.failures)} of {n} contracts failed: {bad}"
+        nan = [s.index for s in self.failures if s.nonfinite_outputs]
+        why = f" (outputs contain NaN/inf after step {', '.join(map(str, nan))})" if nan else ""
+        return f"FAIL: {len(self.failures)} of {n} contracts failed: {bad}{why}"
 
     def text(self, diffs: bool = True) -> str:
         """What the CLI prints: a header, the table, the summary line, then every step's graph diff."""
@@ -194,7 +221,7 @@ class Report:
             "model": self.model_name,
             "pipeline": self.pipeline,
             "device": self.device,
-            "baseline": {"accuracy": _num(self.baseline.accuracy), "loss": _num(self.baseline.loss)},
+            "baseline": self.baseline.to_dict(),
             "steps": [s.to_dict() for s in self.steps],
             "ok": self.ok,
             "tolerance": self.tolerance,

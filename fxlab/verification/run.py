@@ -16,9 +16,10 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .._util import eval_mode, resolve_device
+from .._util import eval_mode, first_line, model_device, resolve_device
 from ..core import GraphDiff, trace
 from ..errors import UsageError, VerifyError
+from ..passes._rewrite import nonfinite_counts
 from ..pipeline import Pass, apply, as_passes, records
 from .contracts import Settings, StepCheck, contract_for
 from .models import resolve_model
@@ -82,6 +83,7 @@ def verify(
     mnist = mnist_data.as_mnist(data, dev)
     module, model_name = resolve_model(model, data=mnist, device=dev, trust=trust, architecture=architecture,
                                        progress=progress)
+    check_mnist_input(module, _images(mnist.test, 2), model_name)
     run = _Run.start(module, mnist, dev, settings, check_images)
     log.info("baseline of %s on %s: %.2f%% (loss %.4f)", model_name, dev, run.baseline.accuracy, run.baseline.loss)
     steps = [run.step(index, p) for index, p in enumerate(pipeline, 1)]
@@ -90,6 +92,48 @@ def verify(
         baseline=run.baseline, steps=steps, tolerance=tolerance, floor=floor, retrain_epochs=retrain_epochs,
         check_images=int(run.images.shape[0]), seconds=time.perf_counter() - start, model=run.current,
     )
+
+
+def check_mnist_input(module: nn.Module, images: torch.Tensor, name: str) -> None:
+    """Run two MNIST test images through ``module`` (eval mode, no gradients) before anything else.
+
+    A model that does not take ``(N, 1, 28, 28)`` images raises ``VerifyError`` in one line saying
+    what the model expects, as far as it can be told (its first Linear's ``in_features``), and what
+    verification feeds it; not a matmul traceback halfway through training.
+    """
+    x = images.to(model_device(module))
+    try:
+        with torch.no_grad(), eval_mode(module):
+            module(x)
+    except Exception as exc:
+        first = next((m for m in module.modules() if isinstance(getattr(m, "in_features", None), int)), None)
+        pixels = x[0].numel()
+        if first is not None and first.in_features != pixels:
+            expects = f"its first Linear takes {first.in_features} input features"
+        else:
+            expects = f"it fails on them ({type(exc).__name__}: {first_line(exc)})"
+        raise VerifyError(
+            f"{name} does not take MNIST input: verify feeds (N, 1, 28, 28) MNIST images ({pixels} values each), "
+            f"but {expects}; verify checks MNIST classifiers only"
+        ) from exc
+
+
+def nonfinite_parameters(model: nn.Module) -> list[str]:
+    """``["layer2.weight: 3 NaN values", ...]``: every floating parameter or buffer holding NaN or inf."""
+    found = []
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        text = nonfinite_counts(t.detach())
+        if text:
+            found.append(f"{name}: {text}")
+    return found
+
+
+def nonfinite_text(outputs: torch.Tensor) -> str | None:
+    """``"NaN"``, ``"inf"``, ``"NaN and inf"`` when the outputs hold such values, else ``None``."""
+    if bool(torch.isfinite(outputs).all()):
+        return None
+    kinds = [k for k, bad in (("NaN", torch.isnan(outputs).any()), ("inf", torch.isinf(outputs).any())) if bool(bad)]
+    return " and ".join(kinds)
 
 
 def _device(device: str | torch.device | None) -> torch.device:
@@ -135,8 +179,12 @@ class _Run:
         current.to(dev).eval()
         images = _images(mnist.test, n)
         base = evaluate(current, mnist, device=dev)
-        return cls(mnist, dev, settings, images, Baseline(base.accuracy, base.loss), current,
-                   _outputs(current, images), base.accuracy)
+        outputs = _outputs(current, images)
+        baseline = Baseline(base.accuracy, base.loss, nonfinite_parameters=nonfinite_parameters(current),
+                            nonfinite_outputs=nonfinite_text(outputs))
+        if baseline.nonfinite_parameters or baseline.nonfinite_outputs:
+            log.warning("the input model is not finite: %s", baseline.problem)
+        return cls(mnist, dev, settings, images, baseline, current, outputs, base.accuracy)
 
     def calibration(self) -> list[torch.Tensor]:
         """The calibration batches: the first ``CHECK_IMAGES`` MNIST training images, 256 a batch."""
@@ -160,6 +208,10 @@ class _Run:
                           self.baseline.accuracy, self.settings, self.mnist, self.device,
                           lambda gm: _outputs(gm, self.images))
         verdict = contract_for(p.kind)(check)
+        nonfinite = nonfinite_text(verdict.outputs if verdict.outputs is not None else after)
+        if nonfinite:  # say so plainly, not as an opaque accuracy or a "nan > tolerance"
+            verdict.ok = False
+            verdict.reason = f"outputs contain {nonfinite}; " + verdict.reason
         final = verdict.retrained_accuracy if verdict.retrained_accuracy is not None else ev.accuracy
         step = Step(
             index=index, pass_text=str(p), name=p.label(), kind=p.kind, accuracy=ev.accuracy, loss=ev.loss,
@@ -167,7 +219,7 @@ class _Run:
             retrained_accuracy=verdict.retrained_accuracy, reference_accuracy=self.reference,
             budget=verdict.budget, seconds=time.perf_counter() - t0, pass_seconds=pass_seconds, diff=diff,
             before="\n".join(diff.before.values()), after="\n".join(diff.after.values()), ok=verdict.ok,
-            reason=verdict.reason, retrain_history=verdict.history,
+            reason=verdict.reason, retrain_history=verdict.history, nonfinite_outputs=nonfinite,
         )
         log.info("step %d %s (%s): %s", index, step.pass_text, step.kind, step.verdict)
         self.current = probe if verdict.outputs is not None else new

@@ -476,3 +476,70 @@ def test_cli_pickled_module_needs_trust(model, mnist_root, tmp_path, capsys) -> 
     assert "--trust" in err and len(err.strip().splitlines()) == 1
     assert main([str(path), "--passes", "dce", "--data", str(mnist_root), "--device", "cpu", "--trust", "--no-diff"]) == 0
     assert "ok: the contract holds" in capsys.readouterr().out
+
+
+# -- NaN / inf, and models that do not take MNIST input -----------------------------------------
+
+
+@dataclass
+class PoisonWeight(fxlab.Pass):
+    """An approximate pass gone wrong: one weight becomes NaN, so every output is NaN."""
+
+    kind = "approximate"
+
+    def call(self, gm: fx.GraphModule) -> fx.GraphModule:
+        with torch.no_grad():
+            gm.layer2.weight[0, 0] = float("nan")
+        return gm
+
+
+def test_step_with_nan_outputs_says_so(model, mnist) -> None:
+    report = fxlab.verify(model, [PoisonWeight()], data=mnist, device="cpu")
+    (step,) = report.steps
+    assert not report.ok and step.nonfinite_outputs == "NaN"
+    assert step.verdict.startswith("FAIL: outputs contain NaN")
+    assert "outputs contain NaN/inf after step 1" in report.summary()
+    data = json.loads(report.to_json())
+    assert data["steps"][0]["nonfinite_outputs"] == "NaN" and data["baseline"]["nonfinite_parameters"] == []
+
+
+def test_input_model_with_nan_parameters_is_reported_as_such(model, mnist) -> None:
+    poisoned = copy.deepcopy(model)
+    with torch.no_grad():
+        poisoned.layer2.weight[0, :3] = float("nan")
+    report = fxlab.verify(poisoned, "dce", data=mnist, device="cpu")
+    assert not report.ok
+    assert report.baseline.nonfinite_parameters == ["layer2.weight: 3 NaN values"]
+    assert report.summary().startswith("FAIL: the input model is not finite: its parameters hold NaN/inf "
+                                       "(layer2.weight: 3 NaN values)")
+    assert "NOT FINITE" in report.table() and report.steps[0].verdict.startswith("FAIL: outputs contain NaN")
+    data = json.loads(report.to_json())
+    assert data["baseline"]["nonfinite_parameters"] == ["layer2.weight: 3 NaN values"]
+    assert data["baseline"]["nonfinite_outputs"] == "NaN" and data["ok"] is False
+    with pytest.raises(fxlab.PassError, match=r"layer2: weight has 3 NaN values; quantizing it would make its scales NaN"):
+        fxlab.verify(poisoned, "quantize-linear{mode=dynamic}", data=mnist, device="cpu")
+
+
+@pytest.fixture
+def wide_input_file(tmp_path) -> Path:
+    path = tmp_path / "wide.pth"
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(700, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+    torch.save(net.state_dict(), path)
+    return path
+
+
+WIDE_MESSAGE = ("does not take MNIST input: verify feeds (N, 1, 28, 28) MNIST images (784 values each), "
+                "but its first Linear takes 700 input features")
+
+
+def test_model_that_does_not_take_mnist_input_is_refused_in_one_line(wide_input_file, mnist) -> None:
+    with pytest.raises(fxlab.VerifyError) as info:
+        fxlab.verify(wide_input_file, "dce", data=mnist, device="cpu")
+    assert WIDE_MESSAGE in str(info.value) and "\n" not in str(info.value)
+
+
+def test_cli_model_that_does_not_take_mnist_input_exits_2(wide_input_file, mnist_root, capsys) -> None:
+    code = run("verify", [str(wide_input_file), "--passes", "dce", "--data", str(mnist_root)])
+    err = capsys.readouterr().err
+    assert code == 2 and WIDE_MESSAGE in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and err.startswith("error: ")

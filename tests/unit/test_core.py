@@ -407,3 +407,86 @@ def test_applied_graph_module_is_called_directly_and_still_traceable() -> None:
         gm(torch.randn(3, 5))  # the error itself is torch's, unchanged
     gm.recompile()
     assert type(gm).__call__.__name__ == "call_wrapped"
+
+
+def test_value_reading_passes_refuse_meta_device_weights() -> None:
+    chain = nn.Sequential(nn.Linear(8, 6), nn.Linear(6, 4), nn.Linear(4, 2)).to("meta")
+    with pytest.raises(fxlab.PassError, match=r"^fuse-consecutive-linear: 0's weight is on the meta device \(no values\); "
+                       r"load real weights first"):
+        fxlab.apply(chain, "fuse-consecutive-linear")
+    with pytest.raises(fxlab.PassError, match=r"^fold-batchnorm: fc1's weight is on the meta device"):
+        fxlab.apply(build("simplenn").eval().to("meta"), "fold-batchnorm")
+
+
+class _ReluToGelu(fxlab.Pass):
+    """A user pass: F.gelu in place of the first relu (insert, replace_all_uses_with, erase)."""
+
+    name = "test-relu-to-gelu"
+    kind = "changes"
+
+    def call(self, gm: fx.GraphModule) -> fx.GraphModule:
+        return _relu_to_gelu(gm)
+
+
+def _relu_to_gelu(gm: fx.GraphModule) -> fx.GraphModule:
+    relu = next(n for n in gm.graph.nodes if n.name == "relu")
+    with gm.graph.inserting_after(relu):
+        gelu = gm.graph.call_function(F.gelu, relu.args)
+    relu.replace_all_uses_with(gelu)
+    gm.graph.erase_node(relu)
+    gm.recompile()
+    return gm
+
+
+def _builtin_passes() -> list[fxlab.Pass]:
+    from fxlab.pipeline.base import registered_passes
+
+    calibration = [torch.randn(8, 1, 28, 28)]
+    made: list[fxlab.Pass] = []
+    for name, cls in sorted(registered_passes().items()):
+        if name == "quantize-linear":
+            made += [cls(mode=m, calibration=calibration) for m in ("dynamic", "weight-only", "bf16", "static")]
+        elif name in ("insert-activation", "insert-relu"):
+            made.append(cls(after="layer2"))
+        elif name == "quantize-convert":
+            continue  # below, after quantize-prepare and calibration
+        elif cls.__module__.startswith("fxlab."):
+            made.append(cls())
+    return made
+
+
+def test_every_builtin_pass_keeps_provenance_to_traced_names() -> None:
+    from fxlab.core import origins
+    from fxlab.pipeline import records
+
+    model = build("mymodule").eval()
+    traced = {n.name for n in fxlab.trace(model).graph.nodes}
+    results = {str(p): fxlab.apply(model, [p]) for p in _builtin_passes()}
+    prepared = results["quantize-prepare"]
+    prepared(torch.randn(8, 1, 28, 28))
+    results["quantize-prepare,quantize-convert"] = fxlab.apply(prepared, "quantize-convert")
+    for text, gm in results.items():
+        stands = [origins(n) for n in gm.graph.nodes]
+        for n, names_ in zip(gm.graph.nodes, stands):
+            assert set(names_) <= traced, (text, n.name, names_)
+        # every traced name is stood for by exactly one node (none lost, none claimed twice)
+        flat = [name for names_ in stands for name in names_]
+        assert sorted(flat) == sorted(set(flat)), (text, flat)
+        assert set(flat) == traced, (text, traced - set(flat))
+    fused = {n.name: origins(n) for n in results["fuse-linear-relu"].graph.nodes}
+    assert fused["layer1"] == ("layer1", "relu") and fused["layer2"] == ("layer2", "relu_1")
+    inserted = results["insert-activation{after=layer2}"]
+    new = [n for n in inserted.graph.nodes if n.name not in traced]
+    assert len(new) == 1 and origins(new[0]) == ()
+    for text in ("quantize-linear{mode=static}", "quantize-prepare,quantize-convert"):
+        tables = {n.name: origins(n) for n in results[text].graph.nodes if n.name.endswith("_int8")}
+        assert tables == {"relu_int8": ("relu",), "relu_1_int8": ("relu_1",)}, text
+    chain = nn.Sequential(nn.Linear(8, 6), nn.Linear(6, 4), nn.Linear(4, 2))
+    merged = {n.name: origins(n) for n in fxlab.apply(chain, "fuse-consecutive-linear").graph.nodes}
+    assert merged == {"input_1": ("input_1",), "_2": ("_0", "_1", "_2"), "output": ("output",)}
+
+    gm = fxlab.apply(model, [_ReluToGelu()])
+    gelu = next(n for n in gm.graph.nodes if n.target is F.gelu)
+    assert origins(gelu) == ("relu",)
+    diff = records(gm)[-1].diff
+    assert diff.replaced == {gelu.name: ["relu"]} and not diff.added and not diff.removed

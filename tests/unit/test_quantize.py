@@ -500,3 +500,52 @@ def test_non_float_models_are_refused() -> None:
     done = quantize(build("mymodule").eval(), "dynamic")
     with pytest.raises(fxlab.PassError, match=r"no float nn.Linear left.*already quantized: layer1 \(Int8DynamicLinear\)"):
         quantize(done, "weight-only")
+
+
+# --------------------------------------------------------------------------------------------
+# weights a quantizer cannot use: NaN / inf, or no values at all (meta device)
+
+
+def _poisoned() -> nn.Module:
+    model = build("mymodule").eval()
+    with torch.no_grad():
+        model.layer2.weight[0, :3] = float("nan")
+        model.layer3.bias[1] = float("inf")
+    return model
+
+
+@pytest.mark.parametrize("mode", MODE_NAMES)
+def test_quantize_linear_refuses_nan_and_inf_weights_naming_the_layers(mode: str) -> None:
+    calibration = [torch.randn(8, 1, 28, 28)]
+    with pytest.raises(fxlab.PassError) as info:
+        fxlab.apply(_poisoned(), [QuantizeLinear(mode=mode, calibration=calibration)])
+    message = str(info.value)
+    assert "\n" not in message
+    assert "layer2: weight has 3 NaN values" in message and "layer3: bias has 1 inf value" in message
+    assert "scales NaN" in message
+    # excluding the bad layers quantizes the rest
+    gm = fxlab.apply(_poisoned(), [QuantizeLinear(mode=mode, exclude=["layer2", "layer3"], calibration=calibration)])
+    assert type(gm.layer1) is not nn.Linear
+
+
+def test_quantize_prepare_and_convert_refuse_nan_weights() -> None:
+    with pytest.raises(fxlab.PassError, match=r"^quantize-prepare: layer2: weight has 3 NaN values"):
+        fxlab.apply(_poisoned(), "quantize-prepare")
+    prepared = fxlab.apply(build("mymodule").eval(), "quantize-prepare")
+    prepared(torch.randn(8, 1, 28, 28))
+    with torch.no_grad():
+        prepared.layer1.weight[0, 0] = float("nan")
+    with pytest.raises(fxlab.PassError, match=r"^quantize-convert: layer1: weight has 1 NaN value;"):
+        fxlab.apply(prepared, "quantize-convert")
+
+
+@pytest.mark.parametrize("pipeline", ["quantize-linear{mode=dynamic}", "quantize-linear{mode=bf16}", "quantize-prepare"])
+def test_quantize_refuses_meta_device_weights_in_one_line(pipeline: str) -> None:
+    model = build("mymodule").to("meta")
+    with pytest.raises(fxlab.PassError) as info:
+        fxlab.apply(model, pipeline)
+    label = pipeline.split("{")[0]
+    assert str(info.value) == (
+        f"{label}: layer1's weight is on the meta device (no values); load real weights first "
+        "(e.g. model.to_empty(device='cpu') then load_state_dict)"
+    )

@@ -34,6 +34,7 @@ from ...errors import PassError, did_you_mean
 from ...nn.fused import LinearReLU
 from ...nn.quantized import HalfLinear, Int8DynamicLinear, Int8StaticLinear, Int8WeightOnlyLinear
 from ...pipeline import Pass, register_pass
+from .._rewrite import require_finite, require_values
 from .configs import MODES, HalfConfig, Int8DynamicConfig, Int8StaticConfig, Int8WeightOnlyConfig, QuantConfig
 from .convert import convert_observed
 from .handlers import Handler, quantize_linears, register_handler, swap_linears  # noqa: F401
@@ -263,7 +264,15 @@ def select_linears(
                 f"{label}: {n.target} holds {str(weight.dtype).replace('torch.', '')} weights; "
                 f"{label} quantizes float32 models: convert with model.float() first"
             )
+    check_quantizable(gm, nodes, label)
     return nodes
+
+
+def check_quantizable(gm: fx.GraphModule, nodes: list[fx.Node], label: str) -> None:
+    """Refuse Linears with no values (meta device) or with NaN / inf in their weight or bias."""
+    modules = [(str(n.target), gm.get_submodule(str(n.target))) for n in nodes]
+    require_values(label, modules)
+    require_finite(label, modules)
 
 
 def _describe(gm: fx.GraphModule, node: fx.Node) -> str:

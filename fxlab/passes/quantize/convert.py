@@ -30,9 +30,11 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ..._util import fresh_name, set_submodule
+from ...core.provenance import FROM, origins
 from ...errors import PassError
 from ...nn.fused import LinearReLU
 from ...nn.quantized import Int8StaticLinear, Int8Table, MinMaxObserver
+from .._rewrite import require_finite, require_values
 
 __all__ = ["Site", "chain_int8", "convert_observed", "int8_tables", "observed_sites"]
 
@@ -70,6 +72,9 @@ def convert_observed(gm: fx.GraphModule, *, chain: bool = True, label: str = "qu
             f"{label}: the model has no observed Linear (a MinMaxObserver on its input and output): "
             "run quantize-prepare and calibration batches first"
         )
+    linears = [(str(node.target), gm.get_submodule(str(node.target))) for node, _, _ in sites]
+    require_values(label, linears)
+    require_finite(label, linears)
     for _, before, after in sites:
         for obs in (before, after):
             if not gm.get_submodule(str(obs.target)).seen:
@@ -202,6 +207,7 @@ def int8_tables(gm: fx.GraphModule, paths: set[str]) -> None:
         gm.add_submodule(path, table)
         with graph.inserting_before(quant):
             lookup = graph.call_module(path, (dequant.args[0],))
+        lookup.meta[FROM] = origins(op)  # the table stands for the function it computes
         quant.replace_all_uses_with(lookup)
         old_module = str(op.target) if op.op == "call_module" else None
         for node in (quant, op, dequant):
