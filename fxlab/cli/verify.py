@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 from collections.abc import Sequence
 
-import os
-
 from .._util import check_output, resolve_device
 from ..errors import UsageError, VerifyError, did_you_mean
+from ..models import names
 from ..pipeline import as_passes
 from ..verification import verify
 from .runner import parser
 
 
-def main(argv: Sequence[str]) -> int:
-    """``python -m fxlab.verify (FILE | --model NAME) --passes PIPELINE [options]``."""
-
-    from ..models import names
-
+def _parser() -> argparse.ArgumentParser:
     p = parser(
         "python -m fxlab.verify",
         "Apply a pipeline to a model one pass at a time and verify every step on MNIST: exact passes "
@@ -43,14 +40,18 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--plot", metavar="OUT", help="write accuracy per step and retraining curves as PNG (matplotlib)")
     p.add_argument("--trust", action="store_true", help="allow loading a pickled whole module (runs code from the file)")
     p.add_argument("--no-diff", action="store_true", help="print the table only, not the graph diffs")
-    ns = p.parse_args(argv)
+    return p
+
+
+def _check(ns: argparse.Namespace) -> None:
+    """Everything that can be said about the arguments before MNIST is read or anything trained."""
     if ns.file is None and ns.model is None:
         raise UsageError("python -m fxlab.verify: give a model FILE or --model NAME")
     if ns.retrain_epochs < 0:
         raise UsageError("python -m fxlab.verify: --retrain-epochs must be ≥ 0")
     for out in (ns.json, ns.plot):
         if out:
-            check_output(out)  # before training and verifying, not after
+            check_output(out)
     if ns.plot:
         try:
             import matplotlib  # noqa: F401
@@ -58,37 +59,31 @@ def main(argv: Sequence[str]) -> int:
             raise VerifyError("--plot needs matplotlib: pip install 'fxlab[plot]'") from None
     if ns.file is not None and not os.path.exists(ns.file):
         raise VerifyError(f"no such file: {ns.file}")
-    if ns.file is not None:
-        # a file that cannot be loaded is reported now, before MNIST is read or anything trained
-        from ..serialization import load_file
-
-        load_file(ns.file, trust=ns.trust, **({"model": ns.model} if ns.model else {}))
     if ns.file is None and ns.model not in names():
         raise VerifyError(f"unknown model {ns.model!r}{did_you_mean(ns.model, names())}; seed models: {', '.join(names())}")
-    # parse first: a bad pipeline is reported before any training
-    pipeline = as_passes(ns.passes)
     if ns.device is not None:
         resolve_device(ns.device)
-    if ns.file is None:
+
+
+def main(argv: Sequence[str]) -> int:
+    """``python -m fxlab.verify (FILE | --model NAME) --passes PIPELINE [options]``."""
+    ns = _parser().parse_args(argv)
+    _check(ns)
+    pipeline = as_passes(ns.passes)  # a bad pipeline is reported before any training
+    if ns.file is not None:  # loaded once, now: a file that cannot be read is said before any work
+        from ..serialization import load_file
+
+        model = load_file(ns.file, trust=ns.trust, **({"model": ns.model} if ns.model else {})).model
+    else:
         from ..train import DEFAULT_RECIPE, checkpoint_path
 
-        cached = checkpoint_path(ns.model)
-        if not cached.is_file():
+        model = ns.model
+        if not checkpoint_path(ns.model).is_file():
             print(f"training {ns.model} with the default recipe ({DEFAULT_RECIPE.epochs} epochs) once; "
-                  f"the checkpoint is cached at {cached}", file=sys.stderr, flush=True)
-    report = verify(
-        ns.file if ns.file is not None else ns.model,
-        pipeline,
-        data=ns.data,
-        retrain_epochs=ns.retrain_epochs,
-        device=ns.device,
-        tolerance=ns.tolerance,
-        floor=ns.floor,
-        seed=ns.seed,
-        trust=ns.trust,
-        architecture=ns.model if ns.file is not None else None,
-        progress=sys.stderr.isatty(),
-    )
+                  f"the checkpoint is cached at {checkpoint_path(ns.model)}", file=sys.stderr, flush=True)
+    report = verify(model, pipeline, data=ns.data, retrain_epochs=ns.retrain_epochs, device=ns.device,
+                    tolerance=ns.tolerance, floor=ns.floor, seed=ns.seed, progress=sys.stderr.isatty(),
+                    name=ns.file if ns.file is not None else ns.model)
     print(report.text(diffs=not ns.no_diff))
     if ns.json:
         report.write_json(ns.json)
@@ -97,4 +92,3 @@ def main(argv: Sequence[str]) -> int:
         report.plot(ns.plot)
         print(f"wrote {ns.plot}")
     return 0 if report.ok else 1
-

@@ -53,6 +53,7 @@ def verify(
     trust: bool = False,
     architecture: str | None = None,
     progress: bool = False,
+    name: str | None = None,
 ) -> Report:
     """Apply ``passes`` to ``model`` one at a time and check each pass's contract on MNIST.
 
@@ -67,6 +68,7 @@ def verify(
     - ``tolerance``: the largest max-abs output difference an ``exact`` pass may cause.
     - ``floor``: a ``changes`` step must end within this many accuracy points of the baseline; an
       ``approximate`` pass with no declared ``budget`` may lose at most this many points.
+    - ``name``: what the report calls the model (default: the seed name, the file, or the class).
 
     Returns a ``Report``; a contract that fails makes ``report.ok`` False (it does not raise). Bad
     input (no such model, a pipeline that does not parse or a pass that cannot apply) raises an
@@ -83,6 +85,7 @@ def verify(
     mnist = mnist_data.as_mnist(data, dev)
     module, model_name = resolve_model(model, data=mnist, device=dev, trust=trust, architecture=architecture,
                                        progress=progress)
+    model_name = name or model_name
     check_mnist_input(module, _images(mnist.test, 2), model_name)
     run = _Run.start(module, mnist, dev, settings, check_images)
     log.info("baseline of %s on %s: %.2f%% (loss %.4f)", model_name, dev, run.baseline.accuracy, run.baseline.loss)
