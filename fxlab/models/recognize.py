@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import FxlabError, LoadError, did_you_mean
+from ..errors import FxlabError, LoadError, closest, did_you_mean
 from .mlp import MLP
 from .seeds import MODELS, build
 
@@ -33,7 +33,9 @@ def build_arch(arch: str, kwargs: Mapping[str, Any] | None = None) -> nn.Module:
     if arch == "mlp":
         return MLP(**kwargs)
     if arch not in MODELS:
-        raise LoadError(f"unknown model {arch!r}{did_you_mean(arch, MODELS)}; known models: {', '.join(MODELS)}, mlp")
+        near = closest(arch, [*MODELS, "mlp"])
+        known = [*near, *(n for n in [*MODELS, "mlp"] if n not in near)]
+        raise LoadError(f"unknown model {arch!r}{did_you_mean(arch, [*MODELS, 'mlp'])}; known models: {', '.join(known)}")
     try:
         return build(arch, **kwargs)
     except TypeError as exc:

@@ -145,6 +145,57 @@ def _relu(y: Tensor, relu: bool) -> Tensor:
     return y.relu_() if relu else y
 
 
+def graph_capture() -> bool:
+    """Whether this forward is being captured into a graph (``torch.export``, ONNX export,
+    ``torch.compile``, fx or TorchScript tracing) rather than run: then every quantized Linear takes
+    one path whatever the input's size, since a branch on the batch size becomes a guard there.
+    (Called on every quantized forward: plain flag reads.)"""
+    return bool(
+        _is_compiling()
+        or _is_exporting()
+        or _is_jit_tracing()
+        or _is_fx_tracing()
+        or _onnx_exporting()
+    )
+
+
+_is_compiling = torch.compiler.is_compiling
+_is_exporting = torch.compiler.is_exporting
+_is_jit_tracing = torch.jit.is_tracing
+_is_fx_tracing = getattr(torch.fx._symbolic_trace, "_get_is_fx_tracing", lambda: False)
+
+
+def _onnx_exporting() -> bool:
+    """Whether torch's ONNX exporter (dynamo or TorchScript) is running."""
+    import sys
+
+    onnx = sys.modules.get("torch.onnx")  # never imported: not exporting
+    return bool(onnx is not None and onnx.is_in_onnx_export())
+
+
+def fake_int8_linear(x: Tensor, wq: Tensor, w_scale: Tensor, bias: Tensor | None) -> Tensor:
+    """The dynamic int8 arithmetic in float ops only (for ONNX, whose float graph has no int8 GEMM).
+
+    Per-row activation quantization exactly as :func:`quantize_rows` computes it; the int8 codes
+    multiplied as floats, which is exact while ``K · 127² < 2**24`` (K ≤ 1040: every partial sum
+    is an integer float32 holds exactly), then the same scaling as the int32 path.
+    """
+    absmax = x.abs().amax(dim=1, keepdim=True).clamp_min(_EPS)
+    q = torch.round(x * (absmax.reciprocal() * 127.0))
+    acc = F.linear(q, wq.to(x.dtype))
+    scale = (absmax * (1 / 127)) * w_scale
+    return torch.addcmul(bias, acc, scale) if bias is not None else acc * scale
+
+
+def _int8_linear_ops(x: Tensor, wq: Tensor, w_scale: Tensor, bias: Tensor | None) -> Tensor:
+    """The dynamic int8 arithmetic in torch ops whatever the size (what ``torch.export`` captures)."""
+    absmax = x.abs().amax(dim=1, keepdim=True).clamp_min(_EPS)
+    xq = torch.round(x * (absmax.reciprocal() * 127.0)).to(torch.int8)
+    acc = int8_matmul(xq, wq)
+    scale = (absmax * (1 / 127)) * w_scale
+    return torch.addcmul(bias, acc, scale) if bias is not None else acc * scale
+
+
 def big_enough(x: Tensor, in_features: int, out_features: int) -> bool:
     """Whether a 2-D ``x`` times an (out, in) int8 weight should take the int8 GEMM."""
     if x.is_cuda:
@@ -272,12 +323,16 @@ class Int8DynamicLinear(_Int8WeightLinear):
     def matmul(self, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
         w_scale = self._buffers["weight_scale"]
         k = kernels.for_tensor(x) if x.dtype == torch.float32 else None
-        if k is not None:  # fused kernels: int8 arithmetic pays off at every size
+        if k is not None:  # fused kernels (never while a graph is captured): int8 arithmetic pays off at every size
             w, ws, b = kernels.arrays(self, weight, w_scale, bias)
             if x.shape[0] <= KERNEL_MAX_ROWS:
                 return kernels.dynamic_linear(k, x, w, ws, b, relu, _EPS)
             xq, x_scale = kernels.quantize_rows(k, x, _EPS)
             return kernels.scale_rows_cols(k, int8_matmul(xq, weight), x_scale, ws, b, relu)
+        if graph_capture():  # one path at every size; ONNX's float graph has no int8 GEMM
+            if _onnx_exporting() or x.is_cuda:
+                return _relu(fake_int8_linear(x, weight, w_scale, bias), relu)
+            return _relu(_int8_linear_ops(x, weight, w_scale, bias), relu)
         if not big_enough(x, self.in_features, self.out_features):
             return _relu(linear_int8_weight(x, weight, w_scale, bias), relu)
         xq, x_scale = quantize_rows(x)
@@ -296,10 +351,9 @@ class Int8WeightOnlyLinear(_Int8WeightLinear):
 
     def matmul(self, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
         w_scale = self._buffers["weight_scale"]
-        if x.shape[0] <= KERNEL_MAX_ROWS and x.dtype == torch.float32:
-            k = kernels.for_tensor(x)
-            if k is not None:
-                return kernels.linear_w8(k, x, *kernels.arrays(self, weight, w_scale, bias), relu)
+        k = kernels.for_tensor(x) if x.dtype == torch.float32 else None  # None while a graph is captured
+        if k is not None and x.shape[0] <= KERNEL_MAX_ROWS:
+            return kernels.linear_w8(k, x, *kernels.arrays(self, weight, w_scale, bias), relu)
         return _relu(linear_int8_weight(x, weight, w_scale, bias), relu)
 
 
@@ -353,11 +407,12 @@ class HalfLinear(_LinearBase):
         return _half_pays_off(x, self.weight.dtype, self.in_features, self.out_features)
 
     def matmul(self, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
-        if x.shape[0] <= KERNEL_MAX_ROWS and x.dtype == torch.float32:
-            k = kernels.for_tensor(x)
-            if k is not None:
-                w_bits, b, _ = kernels.arrays(self, weight, bias)
-                return kernels.linear_half(k, x, w_bits, weight.dtype == torch.float16, b, relu)
+        k = kernels.for_tensor(x) if x.dtype == torch.float32 else None  # None while a graph is captured
+        if k is not None and x.shape[0] <= KERNEL_MAX_ROWS:
+            w_bits, b, _ = kernels.arrays(self, weight, bias)
+            return kernels.linear_half(k, x, w_bits, weight.dtype == torch.float16, b, relu)
+        if k is None and graph_capture():  # one path at every size: upcast weights, float32 GEMM
+            return _relu(F.linear(x, weight.to(x.dtype), bias), relu)
         if _half_pays_off(x, weight.dtype, self.in_features, self.out_features):
             y = F.linear(x.to(weight.dtype), weight)
             return _relu(torch.add(bias, y) if bias is not None else y.to(x.dtype), relu)

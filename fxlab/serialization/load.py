@@ -130,7 +130,18 @@ def load_file(
     loaded.path = p
     loaded.model.eval()
     log.info("loaded %s", loaded.description)
+    _warn_non_finite(p, loaded.model)
     return loaded
+
+
+def _warn_non_finite(p: Path, model: nn.Module) -> None:
+    """A warning (logged, not raised: such a model can still be looked at) naming the NaN/inf tensors."""
+    bad = [k for k, v in model.state_dict().items()
+           if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        log.warning("%s: %s hold%s NaN or inf values; the model's outputs will be NaN/inf", p,
+                    ", ".join(bad[:5]) + more, "s" if len(bad) == 1 else "")
 
 
 def load_source(
@@ -227,7 +238,12 @@ def _from_fxlab_file(p: Path, obj: Mapping[str, Any], *, model: str | nn.Module 
         raise LoadError(f"{p} is an fxlab model file without {exc.args[0]!r}: corrupt") from exc
     if isinstance(model, str) and model != arch:
         raise LoadError(f"{p} is an fxlab model of {arch!r}; --model {model} does not apply to it")
-    gm = rebuild(arch, kwargs, pipeline, training=bool(obj.get("training", False)))
+    dtype_name = obj.get("dtype")
+    dtype = getattr(torch, dtype_name, None) if isinstance(dtype_name, str) else None
+    if dtype_name is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise LoadError(f"{p} is an fxlab model file with dtype {dtype_name!r}, which is no float dtype: corrupt")
+    gm = rebuild(arch, kwargs, pipeline, training=bool(obj.get("training", False)), dtype=dtype)
     load_strict(gm, state, f"{arch_text(arch, kwargs)} after pipeline {pipeline!r}" if pipeline else arch)
-    metadata = {k: v for k, v in obj.items() if k not in ("state_dict", "format", "arch", "kwargs", "pipeline")}
+    metadata = {k: v for k, v in obj.items()
+                if k not in ("state_dict", "format", "arch", "kwargs", "pipeline", "dtype")}
     return Loaded(gm, "fxlab model", arch, kwargs, pipeline=pipeline, metadata=metadata)

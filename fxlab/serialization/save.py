@@ -45,19 +45,29 @@ def _apply_one(model: nn.Module, p: Any, batch: torch.Tensor) -> fx.GraphModule:
     return gm
 
 
-def rebuild(arch: str, kwargs: Mapping[str, Any], pipeline: str, *, training: bool = False) -> nn.Module:
+def rebuild(
+    arch: str,
+    kwargs: Mapping[str, Any],
+    pipeline: str,
+    *,
+    training: bool = False,
+    dtype: torch.dtype | None = None,
+) -> nn.Module:
     """A fresh ``arch`` model with ``pipeline`` re-run on it: the skeleton a saved state dict loads into.
 
     Passes run one at a time, in order. A pass with a ``calibration`` option left empty gets one
     seeded example batch (:func:`fxlab._util.example_input`); after a pass that ``calibrates``
     (leaves observers), that batch runs through the graph so the next pass finds them calibrated.
     The values this gives (scales, tables) are placeholders: the saved state dict replaces them.
+    ``dtype`` converts the base model before the pipeline (a float64 or half model).
     """
     from ..pipeline import parse_pipeline
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model: nn.Module = build_arch(arch, kwargs).train(training)
+        if dtype is not None:
+            model = model.to(dtype)
         if not pipeline:
             return model
         try:
@@ -91,8 +101,8 @@ def _find_base(model: nn.Module, base: Any) -> tuple[str, dict[str, Any]]:
         what = type(base if base is not None else model).__name__
         raise ExportError(
             f"cannot save {type(model).__name__} in fxlab's format: its base model is unknown ({what} is none of "
-            "fxlab's models, which say their architecture in fxlab_arch); pass base=NAME, or export with "
-            "export_program / export_onnx"
+            "fxlab's models, which say their architecture in fxlab_arch); write a .pt2 or .onnx file instead "
+            "(export_program / export_onnx), or from Python pass base=NAME to fxlab.save"
         )
     return found
 
@@ -113,10 +123,25 @@ def _pipeline_text(model: nn.Module, pipeline: str | None) -> str:
     return text
 
 
-def _check_rebuilds(model: nn.Module, arch: str, kwargs: Mapping[str, Any], text: str) -> None:
+def base_dtype(model: nn.Module) -> torch.dtype | None:
+    """The float dtype the model may have been converted to before its pipeline, as its weights
+    say: None for float32, else the most common floating dtype of its state dict other than float32
+    (:func:`save` tries it when a float32 rebuild does not reproduce the model)."""
+    counts: dict[torch.dtype, int] = {}
+    for v in model.state_dict().values():
+        if v.is_floating_point():
+            counts[v.dtype] = counts.get(v.dtype, 0) + v.numel()
+    others = {d: n for d, n in counts.items() if d != torch.float32}
+    if not others or counts.get(torch.float32, 0) > sum(others.values()):
+        return None
+    return max(others, key=others.__getitem__)
+
+
+def _check_rebuilds(model: nn.Module, arch: str, kwargs: Mapping[str, Any], text: str,
+                    dtype: torch.dtype | None = None) -> None:
     """``ExportError`` unless ``arch`` + ``text`` rebuild a model with ``model``'s graph and state-dict shapes."""
     try:
-        got = _structure(rebuild(arch, kwargs, text, training=model.training))
+        got = _structure(rebuild(arch, kwargs, text, training=model.training, dtype=dtype))
     except FxlabError as exc:
         why = first_line(exc)
     else:
@@ -153,7 +178,19 @@ def save(model: nn.Module, path: _PathLike, *, base: Any = None, pipeline: str |
         raise ExportError(f"fxlab.save expects an nn.Module, got {type(model).__name__}")
     text = _pipeline_text(model, pipeline)
     arch, kwargs = _find_base(model, base)
-    _check_rebuilds(model, arch, kwargs, text)
+    dtype = None
+    try:
+        _check_rebuilds(model, arch, kwargs, text)
+    except ExportError:  # a float64 / half model: rebuilt in that dtype, or the first reason stands
+        dtype = base_dtype(model)
+        if dtype is None:
+            raise
+        try:
+            _check_rebuilds(model, arch, kwargs, text, dtype)
+        except ExportError:
+            dtype = None
+        if dtype is None:
+            _check_rebuilds(model, arch, kwargs, text)
     record = {
         "format": FORMAT,
         "arch": arch,
@@ -164,4 +201,18 @@ def save(model: nn.Module, path: _PathLike, *, base: Any = None, pipeline: str |
         "fxlab_version": __version__,
         "torch_version": str(torch.__version__),
     }
-    return write_atomic(path, lambda tmp: torch.save(record, tmp))
+    if dtype is not None:
+        record["dtype"] = str(dtype).removeprefix("torch.")
+
+    def check(tmp: str) -> None:  # the file reads back as written, before it replaces anything
+        try:
+            back = torch.load(tmp, map_location="cpu", weights_only=True)
+            same = back.keys() == record.keys() and all(
+                torch.equal(v, back["state_dict"][k]) for k, v in record["state_dict"].items())
+        except Exception as exc:
+            raise ExportError(f"cannot save to {path}: the written file does not read back ({first_line(exc)}); "
+                              "nothing was written") from exc
+        if not same:
+            raise ExportError(f"cannot save to {path}: the written file reads back different; nothing was written")
+
+    return write_atomic(path, lambda tmp: torch.save(record, tmp), check=check)

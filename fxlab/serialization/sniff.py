@@ -15,6 +15,7 @@ import io
 import pickle
 import warnings
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,13 +79,17 @@ def _sniff_zip(path: Path) -> Sniffed:
                 return Sniffed("export")
             if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
                 return Sniffed("torchscript")
+            bad = zf.testzip()  # reads every member: bytes changed on disk fail their CRC-32
+            if bad is not None:
+                raise LoadError(f"{path} is corrupt: member {bad} fails its CRC check (the file was damaged "
+                                "after it was written); use another copy")
             pkl = next((n for n in names if n.endswith("/data.pkl") or n == "data.pkl"), None)
             if pkl is None:
                 raise LoadError(f"{path} is a zip archive but not a PyTorch file (no data.pkl inside)")
             return Sniffed("zip", zf.read(pkl))
     except zipfile.BadZipFile as exc:
         raise LoadError(f"{path} is truncated or corrupt: a zip archive that cannot be read ({exc})") from exc
-    except (OSError, zipfile.LargeZipFile, EOFError, ValueError) as exc:
+    except (OSError, zipfile.LargeZipFile, EOFError, ValueError, zlib.error) as exc:
         raise LoadError(f"{path} is truncated or corrupt: {exc}") from exc
 
 

@@ -449,3 +449,180 @@ def test_fxlab_apply_stays_the_function() -> None:
         importlib.import_module("fxlab.apply")
     assert callable(fxlab.apply) and fxlab.apply.__module__ == "fxlab.pipeline.execute"
     assert "fxlab.apply" not in sys.modules and os.path.exists(Path(fxlab.__file__).parent / "apply.py")
+
+
+# -- nothing lost, nothing half-written (check first, rename last) ------------------------------
+
+
+def _cli(command: str, *args: str) -> int:
+    from fxlab.cli import run
+
+    return run(command, list(args))
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("suffix", [".onnx", ".pt2", ".pth"])
+def test_a_failed_check_leaves_the_old_output_byte_for_byte(
+    suffix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import fxlab.serialization.export as export
+
+    out = tmp_path / f"good{suffix}"
+    assert _cli("apply", "mymodule", "fuse-linear-relu", "-o", str(out)) == 0
+    before = out.read_bytes()
+
+    def fails(*args: object, **kwargs: object) -> None:
+        raise fxlab.ExportError("outputs differ (simulated)")
+
+    if suffix == ".pth":  # the file fxlab.save wrote does not read back
+        real_load = torch.load
+        monkeypatch.setattr(torch, "load", lambda path, *a, **k: fails() if ".tmp" in str(path) else real_load(path, *a, **k))
+    else:
+        monkeypatch.setattr(export, "_compare", fails)
+    capfd.readouterr()
+    assert _cli("apply", "mymodule", "fuse-linear-relu", "-o", str(out)) == 2
+    _one_error_line(capfd.readouterr().err)
+    assert out.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+def test_dynamic_int8_exports_to_onnx_with_its_int8_arithmetic(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    gm = fxlab.apply(build("mymodule").eval(), "quantize-linear{mode=dynamic}")
+    path = fxlab.export_onnx(gm, tmp_path / "q.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 7, 300):  # the kernels' small-batch and GEMM paths alike
+        x = torch.randn(batch, 1, 28, 28, generator=torch.Generator().manual_seed(batch))
+        got = torch.from_numpy(session.run(["numbers"], {"images": x.numpy()})[0])
+        torch.testing.assert_close(got, gm(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "weight-only", "bf16", "fp16"])
+def test_quantized_models_export_to_pt2_at_every_batch_size(mode: str, tmp_path: Path) -> None:
+    gm = fxlab.apply(build("mymodule").eval(), f"quantize-linear{{mode={mode}}}")
+    path = fxlab.export_program(gm, tmp_path / "q.pt2")
+    program = torch.export.load(str(path)).module()
+    for batch in (1, 9, 300):
+        x = torch.randn(batch, 1, 28, 28, generator=torch.Generator().manual_seed(batch))
+        # at many rows a CPU with bf16 hardware runs gm's GEMM in half (activations rounded too)
+        tol = 1e-4 if mode in ("dynamic", "weight-only") else 1e-2
+        torch.testing.assert_close(program(x), gm(x), rtol=tol, atol=tol)
+
+
+def test_a_failed_pt2_export_is_one_line_without_torchs_log(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    class Branchy(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x if x.shape[0] < 3 else -x  # a guard on the batch size
+
+    capfd.readouterr()
+    with pytest.raises(fxlab.ExportError, match="torch.export cannot export Branchy") as info:
+        fxlab.export_program(Branchy(), tmp_path / "b.pt2", example_input=torch.randn(2, 4))
+    assert "\n" not in str(info.value)
+    captured = capfd.readouterr()
+    assert captured.out == "" and captured.err == "", captured.err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["show", "apply", "verify"])
+def test_an_unknown_model_name_is_one_line_listing_the_known_ones(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "sd.pth"
+    torch.save(build("mymodule").state_dict(), path)
+    args = {"show": [str(path)], "apply": [str(path), "fuse-linear-relu", "-o", str(tmp_path / "o.pth")],
+            "verify": [str(path), "--passes", "fuse-linear-relu"]}[command]
+    assert _cli(command, *args, "--model", "simplen") == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "simplen" in line and "known models: simplenn," in line  # closest first
+    assert [p.name for p in tmp_path.iterdir()] == ["sd.pth"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+@pytest.mark.parametrize("suffix", [".onnx", ".pt2", ".pth"])
+def test_a_float64_or_float16_state_dict_exports_in_its_dtype(
+    dtype: torch.dtype, suffix: str, tmp_path: Path
+) -> None:
+    model = build("mymodule").eval()
+    path = tmp_path / "sd.pth"
+    torch.save({k: v.to(dtype) for k, v in model.state_dict().items()}, path)
+    out = tmp_path / f"out{suffix}"
+    assert _cli("apply", str(path), "fuse-linear-relu", "-o", str(out)) == 0
+    x = torch.randn(3, 1, 28, 28).to(dtype)
+    want = fxlab.apply(fxlab.load(path), "fuse-linear-relu")(x)
+    if suffix == ".onnx":
+        import onnxruntime as ort
+
+        got = torch.from_numpy(ort.InferenceSession(str(out)).run(["numbers"], {"images": x.numpy()})[0])
+    elif suffix == ".pt2":
+        got = torch.export.load(str(out)).module()(x)
+    else:
+        loaded = fxlab.load(out)
+        assert next(loaded.parameters()).dtype == dtype
+        got = loaded(x)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got, want, rtol=1e-2 if dtype == torch.float16 else 1e-6,
+                               atol=1e-2 if dtype == torch.float16 else 1e-6)
+
+
+def test_a_bfloat16_model_is_refused_for_onnx_before_writing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "sd.pth"
+    torch.save({k: v.bfloat16() for k, v in build("mymodule").state_dict().items()}, path)
+    assert _cli("apply", str(path), "fuse-linear-relu", "-o", str(tmp_path / "o.onnx")) == 2
+    assert "bfloat16" in _one_error_line(capsys.readouterr().err)
+    assert [p.name for p in tmp_path.iterdir()] == ["sd.pth"]
+
+
+@pytest.mark.parametrize("target", ["folder", "proc"])
+@pytest.mark.parametrize("suffix", [".onnx", ".pt2", ".pth"])
+def test_an_unwritable_output_is_one_line(
+    target: str, suffix: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if target == "folder":
+        out = tmp_path / f"taken{suffix}"
+        out.mkdir()
+    else:
+        out = Path(f"/proc/fxlab-test{suffix}")
+    assert _cli("apply", "mymodule", "fuse-linear-relu", "-o", str(out)) == 2
+    assert str(out) in _one_error_line(capsys.readouterr().err)
+    assert not out.is_file()
+
+
+def test_a_saved_file_with_changed_bytes_fails_its_crc(tmp_path: Path) -> None:
+    import struct
+
+    path = tmp_path / "sd.pth"
+    torch.save(build("mymodule").state_dict(), path)
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        info = next(i for i in zf.infolist() if i.filename.endswith("data/0"))
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len
+    data[start:start + 4] = b"\xff\xff\xff\xff"  # a NaN where a weight was
+    path.write_bytes(bytes(data))
+    with pytest.raises(fxlab.LoadError, match=r"is corrupt: member .*data/0 fails its CRC check") as info_:
+        fxlab.load(path)
+    assert "\n" not in str(info_.value)
+
+
+def test_nan_weights_load_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    state = build("mymodule").state_dict()
+    state["layer1.weight"][0, 0] = float("nan")
+    state["layer3.bias"][0] = float("inf")
+    path = tmp_path / "nan.pth"
+    torch.save(state, path)
+    with caplog.at_level("WARNING", logger="fxlab"):
+        model = fxlab.load(path)
+    assert torch.isnan(model.layer1.weight).any()
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "layer1.weight, layer3.bias" in warned[0] and "NaN or inf" in warned[0]
+    capsys.readouterr()
+    assert _cli("show", str(path)) == 0
+    assert capsys.readouterr().out.startswith("# ")
