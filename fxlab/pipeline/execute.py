@@ -15,6 +15,7 @@ from torch import nn
 from ..core import GraphDiff, diff_signatures, origin_map, signatures, trace
 from ..core.provenance import before_pass, track
 from ..errors import PassError
+from . import sites
 from .base import Pass
 from .text import as_passes
 
@@ -23,7 +24,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PassRecord:
-    """What one pass did to the graph: time and node counts."""
+    """What one pass did to the graph: time, node counts, its graph diff, and its sites.
+
+    ``rewritten`` lists the nodes the pass rewrote and ``skipped`` the ``(node, reason)`` it left
+    alone, as the pass reported them (:mod:`fxlab.pipeline.sites`); both are ``None`` for a pass
+    that reports no sites (its sites are unknown).
+    """
 
     name: str
     kind: str
@@ -36,22 +42,37 @@ class PassRecord:
     text: str = ""
     replaced: int = 0
     diff: GraphDiff | None = field(default=None, repr=False, compare=False)  # the graph diff of this pass
+    rewritten: list[str] | None = None
+    skipped: list[tuple[str, str]] | None = None
+
+    def sites_text(self) -> str:
+        """``"2 rewritten, 1 left alone"``, or ``"unknown"`` for a pass that reports no sites."""
+        if self.rewritten is None:
+            return "unknown"
+        return f"{len(self.rewritten)} rewritten, {len(self.skipped or [])} left alone"
 
     def row(self) -> list[Any]:
         return [self.name, self.kind, f"{self.seconds * 1000:.2f}", self.nodes_before, self.nodes_after,
-                self.added, self.removed, self.replaced, self.changed]
+                self.added, self.removed, self.replaced, self.changed, self.sites_text()]
 
 
-RECORD_HEADERS = ["pass", "kind", "ms", "nodes before", "nodes after", "added", "removed", "replaced", "changed"]
+RECORD_HEADERS = ["pass", "kind", "ms", "nodes before", "nodes after", "added", "removed", "replaced", "changed",
+                  "sites"]
 
 
 class PassRecords(list):
-    """The records of one ``apply`` run; ``table()`` formats them."""
+    """The records of one ``apply`` run; ``table()`` formats them, ``left_alone()`` says what was skipped."""
 
     def table(self, fmt: str = "simple") -> str:
         from tabulate import tabulate
 
-        return tabulate([r.row() for r in self], headers=RECORD_HEADERS, tablefmt=fmt)
+        text = tabulate([r.row() for r in self], headers=RECORD_HEADERS, tablefmt=fmt)
+        alone = self.left_alone()
+        return text + ("\n" + alone if alone else "")
+
+    def left_alone(self) -> str:
+        """One line per site a pass left alone: ``pass: node: reason``."""
+        return "\n".join(f"{r.name}: {node}: {reason}" for r in self for node, reason in (r.skipped or []))
 
 
 def records(gm: fx.GraphModule) -> PassRecords:
@@ -64,6 +85,7 @@ def apply(
     passes: str | Pass | Iterable[Pass],
     *,
     inplace: bool = False,
+    limit: int | None = None,
 ) -> fx.GraphModule:
     """Trace ``model`` (if needed) and run ``passes`` over it; return the new ``GraphModule``.
 
@@ -72,6 +94,8 @@ def apply(
     ``GraphModule`` input is transformed itself). After every pass the graph is linted and
     recompiled; a pass that raises or leaves an invalid graph raises ``PassError`` naming the
     pass, and nothing is half-applied. ``fxlab.records(result).table()`` shows what each pass did.
+    ``limit`` lets each pass rewrite at most that many sites (passes that report their sites, see
+    :mod:`fxlab.pipeline.sites`); bisection uses it.
 
     >>> import fxlab, torch
     >>> from fxlab.passes import InsertRelu
@@ -93,6 +117,8 @@ def apply(
         snapshot = _snapshot(gm) if inplace else None
         before, before_origins = signatures(gm), origin_map(gm)
         marks = before_pass(gm)
+        sites.take(gm)  # whatever an earlier run left: this pass reports afresh
+        sites.set_limit(gm, limit)
         start = time.perf_counter()
         try:
             result = p(gm)
@@ -107,11 +133,13 @@ def apply(
                 raise
             raise PassError(f"pass {p.label()!r} failed: {type(exc).__name__}: {exc}") from exc
         seconds = time.perf_counter() - start
+        rewritten, skipped = sites.take(new)
+        sites.set_limit(new, None)
         track(marks, new, p.label())
         diff = diff_signatures(before, signatures(new), before_origins, origin_map(new))
         history.append(PassRecord(p.label(), p.kind, seconds, len(before), len(diff.after),
                                   len(diff.added), len(diff.removed), len(diff.changed), str(p),
-                                  len(diff.replaced), diff))
+                                  len(diff.replaced), diff, rewritten, skipped))
         log.info("%s: %s in %.1f ms", p.label(), diff.summary(), seconds * 1000)
         gm = new
     gm.meta["fxlab.records"] = history

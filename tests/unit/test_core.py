@@ -490,3 +490,41 @@ def test_every_builtin_pass_keeps_provenance_to_traced_names() -> None:
     assert origins(gelu) == ("relu",)
     diff = records(gm)[-1].diff
     assert diff.replaced == {gelu.name: ["relu"]} and not diff.added and not diff.removed
+
+
+def test_site_records_and_the_rewrite_limit() -> None:
+    """A pass reports the sites it rewrote and left alone; apply's limit caps its rewrites, in order."""
+    from fxlab.pipeline import sites
+
+    @fxlab.register_pass
+    @dataclass
+    class DoubleLinears(fxlab.Pass):
+        name = "test-double-linears"
+        kind = "changes"
+
+        def call(self, gm):
+            for node in list(gm.graph.nodes):
+                if node.op != "call_module":
+                    continue
+                if node.target == "layer2":
+                    sites.skipped(gm, node.name, "kept for the test")
+                    continue
+                if not sites.allow(gm, node.name):
+                    continue
+                with gm.graph.inserting_after(node):
+                    doubled = gm.graph.call_function(torch.mul, (node, 2.0))
+                node.replace_all_uses_with(doubled, delete_user_cb=lambda user: user is not doubled)
+                sites.rewrote(gm, node.name)
+            return gm
+
+    model = build("mymodule")
+    record = fxlab.records(fxlab.apply(model, "test-double-linears"))[-1]
+    assert record.rewritten == ["layer1", "layer3"] and record.skipped == [("layer2", "kept for the test")]
+    assert record.sites_text() == "2 rewritten, 1 left alone"
+    limited = fxlab.records(fxlab.apply(model, "test-double-linears", limit=1))[-1]
+    assert limited.rewritten == ["layer1"]
+    assert ("layer3", "beyond limit=1") in limited.skipped
+    table = fxlab.records(fxlab.apply(model, "test-double-linears")).table()
+    assert "test-double-linears: layer2: kept for the test" in table
+    # a pass that reports nothing has unknown sites, not empty ones
+    assert fxlab.records(fxlab.apply(model, [InsertRelu("layer3")]))[-1].rewritten is None
