@@ -393,8 +393,8 @@ def line_chart(
     ylabel: str = "",
     xticks: Sequence[tuple[float, str]] = (),
     hlines: Sequence[tuple[float, str]] = (),
-    width: int = 560,
-    height: int = 300,
+    width: int = 420,
+    height: int = 260,
 ) -> str:
     """A small SVG line chart. ``series``: dicts with ``name``, ``xs``, ``ys`` (None: no point), and optional
     ``color``, ``dashed``, ``marks`` (a list of (x, y, symbol) with symbol ``"x"`` or ``"o"``)."""
@@ -408,7 +408,7 @@ def line_chart(
     y0, y1 = min(ys), max(ys)
     if x1 == x0:
         x0, x1 = x0 - 0.5, x1 + 0.5
-    pad = (y1 - y0) * 0.08 or max(abs(y0) * 0.01, 0.5)
+    pad = (y1 - y0) * 0.08 or (abs(y0) * 0.1 or 1.0)
     y0, y1 = y0 - pad, y1 + pad
     left, right, top, bottom = 56, 16, 28, 44 + (14 * len(series) + 14 * len(hlines))
     plot_w, plot_h = width - left - right, height - top - 44
@@ -423,10 +423,11 @@ def line_chart(
     out = [f'<svg class="chart" width="{width}" height="{total_h}" viewBox="0 0 {width} {total_h}" role="img">',
            f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13" font-weight="600">{_e(title)}</text>',
            f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#999"/>']
+    digits = max(0, -math.floor(math.log10((y1 - y0) / 4)))
     for i in range(5):
         y = y0 + (y1 - y0) * i / 4
         out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{py(y):.1f}" y2="{py(y):.1f}" stroke="#eee"/>'
-                   f'<text x="{left - 4}" y="{py(y) + 4:.1f}" text-anchor="end" font-size="10">{_fmt(y)}</text>')
+                   f'<text x="{left - 4}" y="{py(y) + 4:.1f}" text-anchor="end" font-size="10">{y:.{digits}f}</text>')
     ticks = xticks or [(x0 + (x1 - x0) * i / 4, _fmt(x0 + (x1 - x0) * i / 4)) for i in range(5)]
     for x, label in ticks:
         out.append(f'<text x="{px(x):.1f}" y="{top + plot_h + 14}" text-anchor="middle" font-size="10">{_e(label)}</text>')
