@@ -209,7 +209,7 @@ def _run_all(sources: list[str]) -> list[str]:
     return [re.sub(r'\s+xmlns(:xlink)?="[^"]*"', "", svg).replace("<title>%3</title>", "") for svg in svgs]
 
 
-def _tag_nodes(svg: str, prefix: str, names: list[str], classes: dict[str, str]) -> str:
+def _tag_nodes(svg: str, prefix: str, names: list[str]) -> str:
     """``data-node`` on each node's ``<g>`` (found by the id ``_side_dot`` gave it)."""
 
     def tag(m: re.Match[str]) -> str:
@@ -288,7 +288,7 @@ def _step_html(s: HtmlStep, svgs: dict[tuple[int, str], str], nodes: dict[str, A
     for side, caption in (("b", "before"), ("a", "after")):
         svg = svgs.get((s.index, side))
         names = list(nodes.get(side, {}))
-        body = _tag_nodes(svg, f"s{s.index}{side}_", names, {}) if svg else "<p class=none>(graph not kept)</p>"
+        body = _tag_nodes(svg, f"s{s.index}{side}_", names) if svg else "<p class=none>(graph not kept)</p>"
         sides.append(f'<figure class="side" data-side="{side}"><figcaption>{caption}</figcaption>{body}</figure>')
     out.append(f'<div class="graphs">{"".join(sides)}</div>')
     out.append('<div class="detail" data-detail>Click a node for its details.</div>')
