@@ -43,13 +43,16 @@ def main(argv: Sequence[str]) -> int:
                    help="show what the pipeline changed (for an fxlab model file: what its saved pipeline changed)")
     p.add_argument("--format", "-f", choices=FORMATS, help="output format (default: from -o's extension, else table)")
     p.add_argument("-o", "--output", metavar="OUT", help="write to OUT (atomically) instead of stdout")
+    p.add_argument("--html", metavar="OUT",
+                   help="also write one self-contained HTML page of the pipeline: each step's graphs side by side")
     p.add_argument("--trust", action="store_true",
                    help="allow a whole pickled module to load: this runs code from the file")
     p.add_argument("--act", metavar="NAME",
                    help="activation between the layers of a state dict rebuilt as a generic MLP")
     ns = p.parse_args(argv)
-    if ns.output:
-        check_output(ns.output)
+    for path in (ns.output, ns.html):
+        if path:
+            check_output(path)
     if ns.passes is not None and not ns.passes.strip():
         raise UsageError("--passes is empty: name at least one pass (or leave --passes out)")
 
@@ -70,6 +73,13 @@ def main(argv: Sequence[str]) -> int:
                     "--diff needs --passes PIPELINE (or an fxlab model file, which carries its pipeline)"
                 )
             before = loaded.base()
+    if ns.html:
+        from ..rendering.html import pipeline_html
+
+        passes, base = (ns.passes, model) if ns.passes is not None else (loaded.pipeline, loaded.base() if loaded.pipeline else None)
+        if base is None:
+            raise UsageError("--html needs --passes PIPELINE (or an fxlab model file, which carries its pipeline)")
+        print(f"wrote {write_atomic(ns.html, pipeline_html(base, passes, title=loaded.description))} (html)", file=sys.stderr)
     out = render(after, fmt, diff_against=before)
     if fmt == "table" and before is None:
         title = loaded.description + (f"; after {ns.passes}" if ns.passes else "")

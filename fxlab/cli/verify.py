@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the retraining batch order (default 0)")
     p.add_argument("--json", metavar="OUT", help="write the report as JSON")
     p.add_argument("--plot", metavar="OUT", help="write accuracy per step and retraining curves as PNG (matplotlib)")
+    p.add_argument("--html", metavar="OUT", help="write the report as one self-contained HTML page (graphs, diffs, charts)")
     p.add_argument("--trust", action="store_true", help="allow loading a pickled whole module (runs code from the file)")
     p.add_argument("--no-diff", action="store_true", help="print the table only, not the graph diffs")
     return p
@@ -49,7 +50,7 @@ def _check(ns: argparse.Namespace) -> None:
         raise UsageError("python -m fxlab.verify: give a model FILE or --model NAME")
     if ns.retrain_epochs < 0:
         raise UsageError("python -m fxlab.verify: --retrain-epochs must be ≥ 0")
-    for out in (ns.json, ns.plot):
+    for out in (ns.json, ns.plot, ns.html):
         if out:
             check_output(out)
     if ns.plot:
@@ -91,4 +92,6 @@ def main(argv: Sequence[str]) -> int:
     if ns.plot:
         report.plot(ns.plot)
         print(f"wrote {ns.plot}")
+    if ns.html:
+        print(f"wrote {report.write_html(ns.html)}")
     return 0 if report.ok else 1

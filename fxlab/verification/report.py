@@ -83,6 +83,9 @@ class Step:
     reason: str
     retrain_history: list[dict[str, Any]] = field(default_factory=list)
     nonfinite_outputs: str | None = None  # "NaN", "inf" or "NaN and inf" when the step's outputs hold them
+    # the graphs before and after the step, for the HTML report (not in the JSON)
+    graph_before: fx.GraphModule | None = field(default=None, repr=False, compare=False)
+    graph_after: fx.GraphModule | None = field(default=None, repr=False, compare=False)
 
     @property
     def final_accuracy(self) -> float:
@@ -248,6 +251,12 @@ class Report:
         from .plot import plot_report
 
         return plot_report(self, path)
+
+    def write_html(self, path: str | os.PathLike[str]) -> Path:
+        """Write the report as one self-contained HTML page to ``path`` (atomically); see :mod:`fxlab.verification.html`."""
+        from .html import report_html
+
+        return write_atomic(path, report_html(self))
 
 
 def _row(s: Step) -> list[Any]:

@@ -223,9 +223,10 @@ class _Run:
             budget=verdict.budget, seconds=time.perf_counter() - t0, pass_seconds=pass_seconds, diff=diff,
             before="\n".join(diff.before.values()), after="\n".join(diff.after.values()), ok=verdict.ok,
             reason=verdict.reason, retrain_history=verdict.history, nonfinite_outputs=nonfinite,
+            graph_before=self.current, graph_after=probe if verdict.outputs is not None else new,
         )
         log.info("step %d %s (%s): %s", index, step.pass_text, step.kind, step.verdict)
-        self.current = probe if verdict.outputs is not None else new
+        self.current = step.graph_after
         self.outputs = verdict.outputs if verdict.outputs is not None else after
         self.reference = step.final_accuracy
         return step
