@@ -84,6 +84,10 @@ COMMANDS: dict[str, tuple[list[str] | None, str, str]] = {
         None, "", "--- before"),
     "python -m fxlab.apply model.pth 'quantize-linear{mode=dynamic}' -o model.onnx": (
         None, "", "wrote model.onnx (ONNX, checked with onnxruntime)"),
+    f"python -m fxlab.verify --model mymodule --passes '{MAIN_JOB}' --html report.html": (
+        [*MAIN_JOB_RUN[0], "--html", "report.html"], MAIN_JOB_RUN[1], "wrote report.html"),
+    "python -m fxlab.show simplenn --passes fold-batchnorm,remove-dropout,fuse-linear-relu --html pipeline.html": (
+        None, "", "# simplenn: seed model with random weights; after fold-batchnorm,remove-dropout,fuse-linear-relu"),
 }
 
 #: fxlab commands named in the README's prose (not in a shell block) that are cheap enough to run too.
@@ -151,9 +155,13 @@ def test_readme_command_runs(command, readme_dir, mnist_root, monkeypatch, capsy
     captured = capsys.readouterr()
     assert code == 0, captured.out + captured.err
     assert expected in captured.out, captured.out
-    if "-o" in argv:
-        written = readme_dir / argv[argv.index("-o") + 1]
+    for flag in ("-o", "--html"):
+        if flag not in argv:
+            continue
+        written = readme_dir / argv[argv.index(flag) + 1]
         assert written.is_file() and written.stat().st_size > 0
+        if written.suffix == ".html":
+            assert "data-step=\"1\"" in written.read_text(encoding="utf-8")
         if written.suffix == ".svg":
             assert "<svg" in written.read_text(encoding="utf-8")
 
