@@ -77,7 +77,6 @@ class _Before:
     """What :func:`track` needs to know of a graph before a pass."""
 
     def __init__(self, gm: fx.GraphModule) -> None:
-        self.nodes: dict[int, fx.Node] = {}
         self.users: dict[int, list[tuple[int, list[int]]]] = {}
         self.names: dict[int, str] = {}
         self.origins: dict[int, tuple[str, ...]] = {}
@@ -135,6 +134,7 @@ def track(before: _Before, gm: fx.GraphModule, label: str) -> None:
                 names = [name for name in before.origins[t] if name not in claimed]
                 if names or id(heir) in new_ids:
                     _absorb(heir, names, label, is_new=id(heir) in new_ids)
+                    claimed.update(names)
     for n in gm.graph.nodes:
         n.meta.pop(_TOKEN, None)
 
