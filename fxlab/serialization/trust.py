@@ -22,6 +22,7 @@ import builtins
 import collections
 import io
 import pickle
+import sys
 import types
 from pathlib import Path
 from typing import Any
@@ -68,11 +69,15 @@ def _admitted(obj: Any, module: str, name: str) -> bool:
 
 
 def refused_by_name(module: str, name: str) -> bool:
-    """Refused without importing anything: stdlib modules no model needs, builtins that are not containers."""
+    """Refused without importing anything: builtins that are not containers, and every standard-library
+    module but ``collections`` unless torch's weights-only loader allows that very name (importing a
+    module runs its code, and some stdlib modules act on import: ``antigravity``, ``this``, ...)."""
     root = module.split(".")[0]
     if root in ("builtins", "__builtin__"):
         return name not in BUILTIN_CONTAINERS
-    return root in NEVER_MODULES
+    if root in NEVER_MODULES:
+        return True
+    return root in sys.stdlib_module_names and root != "collections" and f"{module}.{name}" not in _torch_allowed()
 
 
 def python3_name(module: str, name: str) -> tuple[str, str]:

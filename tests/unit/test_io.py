@@ -273,6 +273,27 @@ def test_trusted_load_refuses_globals_in_hand_made_pickles(stack: bool, tmp_path
         assert not marker.exists(), f"{module}.{name} ran"
 
 
+def test_trusted_load_imports_no_module_a_model_does_not_need(tmp_path: Path) -> None:
+    """Importing runs a module's code: a stdlib module named by a trusted pickle is refused unimported."""
+    import subprocess
+    import sys
+
+    good, raw = tmp_path / "good.pth", tmp_path / "imports.pth"
+    torch.save(nn.Linear(2, 2), good)
+    with zipfile.ZipFile(good) as zf, zipfile.ZipFile(raw, "w") as out:
+        for item in zf.infolist():
+            body = zf.read(item)
+            out.writestr(item, _global_pickle("tabnanny", "check", "x", stack=True) if item.filename.endswith("data.pkl")
+                         else body)
+    code = ("import sys, fxlab\n"
+            "try:\n    fxlab.load(sys.argv[1], trust=True)\nexcept fxlab.LoadError as e:\n    print(e)\n"
+            "print('tabnanny' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(raw)], capture_output=True, text=True, check=True)
+    refusal, imported = out.stdout.strip().splitlines()
+    assert "refused even with --trust" in refusal and "tabnanny.check" in refusal
+    assert imported == "False"
+
+
 def test_broken_files_give_one_line_errors(tmp_path: Path) -> None:
     good = tmp_path / "good.pth"
     torch.save(build("mymodule").state_dict(), good)
