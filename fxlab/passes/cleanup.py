@@ -23,7 +23,7 @@ from torch.fx.passes.infra.pass_base import PassResult
 
 from ..errors import PassError
 from ..core import LeafModule
-from ..pipeline import Pass, register_pass
+from ..pipeline import Pass, register_pass, sites
 from ._rewrite import ModuleUses, module_of, single_input
 
 __all__ = [
@@ -255,10 +255,16 @@ class RemoveDropout(Pass):
                 f"({self.name} gives eval semantics); a functional dropout must be written "
                 "F.dropout(x, training=self.training) to follow the model's mode"
             )
+        sites.looked(gm)
         uses = ModuleUses(gm)
+        changed = False
         for node, _ in found:  # in graph order: a dropout of a dropout reads the first's input by now
+            if not sites.allow(gm, node.name):
+                continue
             uses.bypass(node, _dropout_input(gm, node)[0])
-        return PassResult(gm, bool(found))
+            sites.rewrote(gm, node.name)
+            changed = True
+        return PassResult(gm, changed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,7 +302,17 @@ class DeadCodeElimination(Pass):
     kind = "exact"
 
     def call(self, gm: fx.GraphModule) -> PassResult:
-        changed = gm.graph.eliminate_dead_code(is_impure_node=lambda node: has_effects(gm, node))
+        # graph.eliminate_dead_code's sweep (last node first), asking sites.allow before each removal
+        sites.looked(gm)
+        changed = False
+        for node in reversed(list(gm.graph.nodes)):
+            if node.users or node.op in ("placeholder", "output") or has_effects(gm, node):
+                continue
+            if not sites.allow(gm, node.name):
+                continue
+            gm.graph.erase_node(node)
+            sites.rewrote(gm, node.name)
+            changed = True
         before = sum(1 for _ in gm.modules())
         gm.delete_all_unused_submodules()
         changed |= sum(1 for _ in gm.modules()) != before
@@ -448,6 +464,7 @@ class CommonSubexpressionElimination(Pass):
                 return (slice, key_of(value.start), key_of(value.stop), key_of(value.step))
             return _Constant(value)
 
+        sites.looked(gm)
         seen: dict[Any, fx.Node] = {}
         changed = False
         for node in nodes:
@@ -455,12 +472,14 @@ class CommonSubexpressionElimination(Pass):
                 target = module_of(gm, node) if node.op == "call_module" else node.target
                 key = (node.op, _Constant(target), key_of(node.args), key_of(node.kwargs))
                 twin = seen.get(key)
-                if twin is not None:
+                if twin is None:
+                    seen[key] = node
+                elif sites.allow(gm, node.name):
                     node.replace_all_uses_with(twin)
                     gm.graph.erase_node(node)
+                    sites.rewrote(gm, node.name)
                     changed = True
                     continue
-                seen[key] = node
             if mutates(gm, node):
                 for arg in _input_nodes(node):
                     root = aliases.find(arg)

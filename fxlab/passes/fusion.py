@@ -7,7 +7,9 @@ the modules it leaves unused. Applying a pass twice gives the same graph as appl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -15,18 +17,22 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.infra.pass_base import PassResult
 from torch.nn.parameter import is_lazy
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from ..core.provenance import absorb
 from ..errors import PassError
-from ..nn.fused import LinearReLU
-from ..pipeline import Pass, register_pass
+from ..nn.fused import ConvReLU, LinearReLU
+from ..pipeline import Pass, register_pass, sites
 from ._rewrite import ModuleUses, module_of, new_linear, plain_linear, require_values, single_input, wide
 
 __all__ = [
     "FoldBatchNorm",
     "FuseConsecutiveLinear",
+    "FuseConvReLU",
     "FuseLinearReLU",
+    "fold_conv_bn",
     "fold_linear_bn",
+    "plain_conv",
     "merge_linears",
     "relu_input",
 ]
@@ -96,20 +102,85 @@ class FuseLinearReLU(Pass):
     kind = "exact"
 
     def call(self, gm: fx.GraphModule) -> PassResult:
-        uses = ModuleUses(gm)
-        changed = False
-        for node in list(gm.graph.nodes):
-            src = relu_input(gm, node)
-            if src is None or len(src.users) != 1:
-                continue
-            linear = plain_linear(gm, src)
-            if linear is None:
-                continue
-            uses.swap_module(src, LinearReLU.from_linear(linear), "relu")
-            absorb(src, src, node)
-            uses.bypass(node, src)
-            changed = True
-        return PassResult(gm, changed)
+        return PassResult(gm, fuse_relu_after(gm, plain_linear, LinearReLU.from_linear))
+
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONV_FORWARDS = {cls.forward for cls in _CONVS}
+
+
+def plain_conv(gm: fx.GraphModule, node: Any) -> nn.modules.conv._ConvNd | None:
+    """The ``nn.Conv1d/2d/3d`` a node calls with one input, if it is a plain one (not a subclass
+    with its own forward, such as ``ConvReLU``, not lazy)."""
+    module = module_of(gm, node)
+    if (
+        isinstance(module, _CONVS)
+        and type(module).forward in _CONV_FORWARDS
+        and not is_lazy(module.weight)
+        and single_input(node) is not None
+    ):
+        return module
+    return None
+
+
+def fuse_relu_after(
+    gm: fx.GraphModule,
+    producer: Callable[[fx.GraphModule, Any], nn.Module | None],
+    fuse: Callable[[Any], nn.Module],
+) -> bool:
+    """Fuse every ReLU (any spelling, see :func:`relu_input`) that follows a module ``producer``
+    accepts into ``fuse(module)``, which takes the module's place; in graph order, asking
+    :func:`sites.allow` first. A module whose output has other users is left alone (recorded as
+    skipped). Whether anything changed."""
+    sites.looked(gm)
+    uses = ModuleUses(gm)
+    changed = False
+    for node in list(gm.graph.nodes):
+        src = relu_input(gm, node)
+        module = producer(gm, src) if src is not None else None
+        if module is None:
+            continue
+        if len(src.users) != 1:
+            sites.skipped(gm, src.name, f"output has {len(src.users)} users; not fused")
+            continue
+        if not sites.allow(gm, src.name):
+            continue
+        uses.swap_module(src, fuse(module), "relu")
+        absorb(src, src, node)
+        uses.bypass(node, src)
+        sites.rewrote(gm, src.name)
+        changed = True
+    return changed
+
+
+@register_pass
+@dataclass
+class FuseConvReLU(Pass):
+    """Fuse a Conv1d/2d/3d and the ReLU after it into one ConvReLU module (every ReLU spelling).
+
+    The same matching as ``fuse-linear-relu``: the ReLU may be an ``nn.ReLU`` module, ``F.relu``,
+    ``torch.relu``, ``x.relu()`` or any of their in-place forms; where the convolution's output
+    has another user, nothing is fused. The ``ConvReLU`` shares the convolution's parameters and
+    takes its place (same module path, so state-dict keys stay).
+
+    >>> import fxlab, torch
+    >>> from fxlab.passes import FuseConvReLU
+    >>> model = torch.nn.Sequential(torch.nn.Conv2d(1, 6, 5, padding=2), torch.nn.ReLU()).eval()
+    >>> gm = fxlab.apply(model, [FuseConvReLU()])
+    >>> print(fxlab.format_graph(gm))
+    %input_1 = input
+    %_0 = 0:Conv2dReLU(1→6, k=5, pad=2)(%input_1)
+    return %_0
+    >>> x = torch.randn(2, 1, 28, 28)
+    >>> torch.allclose(gm(x), model(x))
+    True
+    """
+
+    name = "fuse-conv-relu"
+    kind = "exact"
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        return PassResult(gm, fuse_relu_after(gm, plain_conv, ConvReLU.from_conv))
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,9 +202,39 @@ def fold_linear_bn(linear: nn.Linear, bn: nn.modules.batchnorm._BatchNorm) -> nn
     return new_linear(weight * scale[:, None], (bias - wide(bn.running_mean)) * scale + shift, linear)
 
 
+def fold_conv_bn(conv: nn.modules.conv._ConvNd, bn: nn.modules.batchnorm._BatchNorm) -> nn.modules.conv._ConvNd:
+    """A new convolution computing ``bn(conv(x))`` with ``bn``'s running statistics (eval mode).
+
+    The arithmetic is torch's own ``torch.nn.utils.fusion.fuse_conv_bn_weights``, done in float64
+    and stored in the convolution's dtype; a BatchNorm without affine parameters counts as
+    γ = 1, β = 0. Neither input is modified; the new module shares nothing with ``conv``.
+    """
+    weight = wide(conv.weight)
+    gamma = wide(bn.weight) if bn.weight is not None else torch.ones_like(wide(bn.running_var))
+    beta = wide(bn.bias) if bn.bias is not None else torch.zeros_like(gamma)
+    bias = wide(conv.bias) if conv.bias is not None else None
+    with torch.no_grad():
+        w, b = fuse_conv_bn_weights(weight, bias, wide(bn.running_mean), wide(bn.running_var), bn.eps, gamma, beta)
+    folded = type(conv).__new__(type(conv))
+    nn.Module.__init__(folded)
+    for key, value in conv.__dict__.items():  # the settings (kernel_size, stride, ...), not the parameters
+        if not key.startswith("_") or key == "_reversed_padding_repeated_twice":
+            folded.__dict__[key] = value
+    like = conv.weight
+    folded.weight = nn.Parameter(w.detach().to(dtype=like.dtype, device=like.device), requires_grad=like.requires_grad)
+    folded.bias = nn.Parameter(b.detach().to(dtype=like.dtype, device=like.device), requires_grad=like.requires_grad)
+    folded.train(conv.training)
+    return folded
+
+
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+#: the BatchNorm that normalises a convolution's channels, by the convolution's class
+_BN_FOR_CONV = {nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d, nn.Conv3d: nn.BatchNorm3d}
+
+
 def _foldable_bn(module: nn.Module | None) -> nn.modules.batchnorm._BatchNorm | None:
     if (
-        isinstance(module, nn.BatchNorm1d)
+        isinstance(module, _BATCHNORMS)
         and type(module).forward is nn.modules.batchnorm._BatchNorm.forward
         and not is_lazy(module.weight if module.weight is not None else module.running_mean)
     ):
@@ -150,16 +251,35 @@ def _ndim(node: fx.Node) -> int | None:
     return len(shape) if shape is not None else None
 
 
+def _fold_mismatch(bn: nn.modules.batchnorm._BatchNorm, layer: nn.Module, src: fx.Node) -> str | None:
+    """Why ``bn`` cannot fold into ``layer`` (a plain Linear or convolution), or None if it can."""
+    kind = type(layer).__name__
+    if isinstance(layer, nn.Linear):
+        if not isinstance(bn, nn.BatchNorm1d) or _ndim(src) not in (None, 2):
+            return f"{type(bn).__name__} does not normalise the features of {kind} {src.name}"
+        features = layer.out_features
+    else:
+        expected = next(bn_cls for conv_cls, bn_cls in _BN_FOR_CONV.items() if isinstance(layer, conv_cls))
+        if not isinstance(bn, expected):
+            return f"{type(bn).__name__} does not normalise the channels of {kind} {src.name}"
+        features = layer.out_channels
+    if bn.num_features != features:
+        return f"has {bn.num_features} features, {kind} {src.name} makes {features}"
+    return None
+
+
 @register_pass
 @dataclass
 class FoldBatchNorm(Pass):
-    """Fold an eval-mode BatchNorm1d that follows a Linear into the Linear's weight and bias.
+    """Fold an eval-mode BatchNorm into the Linear or convolution before it (weight and bias).
 
-    Only where the BatchNorm is the Linear's one user and normalises its features (an
-    ``(N, C)`` output with ``C = out_features``; when shape propagation recorded another rank,
-    it is left alone). A BatchNorm in training mode normalises with batch statistics, so it
-    cannot be folded: the pass refuses with ``PassError`` (call ``model.eval()`` first). A
-    BatchNorm with ``track_running_stats=False`` always uses batch statistics and is left alone.
+    BatchNorm1d after a Linear (an ``(N, C)`` output with ``C = out_features``; when shape
+    propagation recorded another rank, it is left alone), and BatchNorm1d/2d/3d after a
+    Conv1d/2d/3d with as many channels (torch's ``fuse_conv_bn_weights`` arithmetic, in float64).
+    Only where the BatchNorm is the layer's one user; the sites left alone are recorded with the
+    reason. A BatchNorm in training mode normalises with batch statistics, so it cannot be folded:
+    the pass refuses with ``PassError`` (call ``model.eval()`` first). A BatchNorm with
+    ``track_running_stats=False`` always uses batch statistics and is left alone.
 
     >>> import fxlab, torch
     >>> from fxlab.models import build
@@ -178,16 +298,25 @@ class FoldBatchNorm(Pass):
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         # Plan first, so that a refusal leaves the graph untouched. A BatchNorm right after a
-        # folded one follows the same Linear once the first is folded: ``into`` records that.
-        into: dict[fx.Node, fx.Node] = {}  # folded BatchNorm node -> the Linear node it folds into
+        # folded one follows the same layer once the first is folded: ``into`` records that.
+        sites.looked(gm)
+        into: dict[fx.Node, fx.Node] = {}  # folded BatchNorm node -> the layer node it folds into
         for node in gm.graph.nodes:
             bn = _foldable_bn(module_of(gm, node))
             src = single_input(node) if bn is not None else None
-            target = into.get(src, src)
-            linear = plain_linear(gm, target)
-            if linear is None or len(src.users) != 1 or bn.running_mean is None:
+            if src is None or bn.running_mean is None:
                 continue
-            if bn.num_features != linear.out_features or _ndim(src) not in (None, 2):
+            target = into.get(src, src)
+            layer = plain_linear(gm, target) or plain_conv(gm, target)
+            if layer is None:
+                continue
+            kind = type(layer).__name__
+            if len(src.users) != 1:
+                sites.skipped(gm, node.name, f"follows a {kind} with {len(src.users)} users; not folded")
+                continue
+            reason = _fold_mismatch(bn, layer, target)
+            if reason is not None:
+                sites.skipped(gm, node.name, f"{reason}; not folded")
                 continue
             if bn.training:
                 raise PassError(
@@ -195,12 +324,16 @@ class FoldBatchNorm(Pass):
                     "normalises with the statistics of each batch, so it cannot be folded into "
                     f"{target.target}; call model.eval() before applying {self.name}"
                 )
+            if not sites.allow(gm, node.name):
+                continue
             into[node] = target
+            sites.rewrote(gm, node.name)
         require_values(self.name, [(str(n.target), module_of(gm, n)) for bn, lin in into.items() for n in (lin, bn)])
         uses = ModuleUses(gm)
         for node, target in into.items():
-            linear, bn = gm.get_submodule(str(target.target)), gm.get_submodule(str(node.target))
-            uses.swap_module(target, fold_linear_bn(linear, bn), "folded")
+            layer, bn = gm.get_submodule(str(target.target)), gm.get_submodule(str(node.target))
+            folded = fold_linear_bn(layer, bn) if isinstance(layer, nn.Linear) else fold_conv_bn(layer, bn)
+            uses.swap_module(target, folded, "folded")
             absorb(target, target, node)
             uses.bypass(node, target)
         return PassResult(gm, bool(into))
@@ -259,6 +392,7 @@ class FuseConsecutiveLinear(Pass):
     allow_growth: bool = False
 
     def call(self, gm: fx.GraphModule) -> PassResult:
+        sites.looked(gm)
         uses = ModuleUses(gm)
         changed = False
         for node in list(gm.graph.nodes):
@@ -266,7 +400,19 @@ class FuseConsecutiveLinear(Pass):
             while second is not None:
                 src = single_input(node)
                 first = plain_linear(gm, src)
-                if first is None or len(src.users) != 1 or not _mergeable(first, second, self.allow_growth):
+                if first is None:
+                    break
+                if len(src.users) != 1:
+                    sites.skipped(gm, src.name, f"output has {len(src.users)} users; not merged into {node.name}")
+                    break
+                if not _mergeable(first, second, self.allow_growth):
+                    w1, w2 = first.weight, second.weight
+                    why = (f"{w1.dtype}/{w1.device} and {w2.dtype}/{w2.device} differ"
+                           if (w1.dtype, w1.device) != (w2.dtype, w2.device)
+                           else "the merged weight would be larger (allow_growth=true merges it)")
+                    sites.skipped(gm, src.name, f"{why}; not merged into {node.name}")
+                    break
+                if not sites.allow(gm, src.name):
                     break
                 require_values(self.name, [(str(src.target), first), (str(node.target), second)])
                 second = merge_linears(first, second)
@@ -274,5 +420,6 @@ class FuseConsecutiveLinear(Pass):
                 absorb(node, src, node)
                 node.args, node.kwargs = (single_input(src),), {}
                 uses.erase(src)
+                sites.rewrote(gm, src.name)
                 changed = True
         return PassResult(gm, changed)

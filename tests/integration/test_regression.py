@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import fxlab
+from conv_models import CONV_MODELS, conv_model
 from seed_helpers import SEED_LAYERS, assert_close, randomize_batchnorm, seed_model, state
 from fxlab.models import names
 from fxlab.pipeline import option_fields, required_options, text_types
@@ -237,6 +238,34 @@ def test_accuracy_contract_on_mnist(config: Config, model_name: str, trained, mn
         assert step.retrained_accuracy is not None
     if step.kind == "approximate":
         assert step.budget is not None, f"{config.pass_name} declares no accuracy budget"
+
+
+# -- exact passes on conv nets -------------------------------------------------------------------
+# The seed models are MLPs: fuse-conv-relu finds nothing there (its seed goldens say so). So that
+# no pass passes the suite by doing nothing, every exact option-less pass also runs on the tests'
+# conv nets (golden + numerics), and each conv pass must rewrite sites on at least one of them.
+
+CONV_CONFIGS = [c for c in CONFIGS if c.template == c.pass_name and fxlab.get_pass(c.pass_name).kind == "exact"]
+CONV_CASES = [pytest.param(c, m, id=f"{c.id}-{m}") for c in CONV_CONFIGS for m in CONV_MODELS]
+
+
+@pytest.mark.parametrize("config, model_name", CONV_CASES)
+def test_exact_passes_on_conv_nets(config: Config, model_name: str, golden) -> None:
+    model = conv_model(model_name)
+    saved = state(model)
+    x = torch.randn(32, 1, 28, 28)
+    with torch.no_grad():
+        expected = model(x)
+        gm = fxlab.apply(model, config.template)
+        assert_close(gm(x), expected)
+    golden.check(golden_name(config, model_name), fxlab.format_graph(gm))
+    assert same_state(model, saved)
+
+
+@pytest.mark.parametrize("pass_name", ["fuse-conv-relu", "fold-batchnorm", "remove-dropout"])
+def test_conv_passes_rewrite_sites_on_the_conv_nets(pass_name: str) -> None:
+    found = {m: fxlab.records(fxlab.apply(conv_model(m), pass_name))[-1].rewritten for m in CONV_MODELS}
+    assert any(found.values()), f"{pass_name} rewrote nothing on any conv net: {found}"
 
 
 # -- property tests ----------------------------------------------------------------------------
