@@ -34,7 +34,7 @@ DEFAULT_RECIPE = Recipe()
 #: Per-model default recipes (``pretrained``, ``python -m fxlab.train --model NAME`` without flags);
 #: a model not listed here trains with ``DEFAULT_RECIPE``.
 RECIPES: dict[str, Recipe] = {
-    "mnist-cnn": Recipe(epochs=3, lr=2e-3),
+    "mnist-cnn": Recipe(epochs=4, lr=2e-3),
     "lenet5": Recipe(epochs=6, lr=3e-3),
 }
 
