@@ -71,7 +71,8 @@ class Config:
     device: str = "auto"
     data: str | None = None
     # inference
-    models: tuple[str, ...] = ("mymodule", "neuralnetwork", "simplenn", "mymnist", "linear-relu-stack")
+    models: tuple[str, ...] = ("mymodule", "neuralnetwork", "simplenn", "mymnist", "linear-relu-stack", "lenet5",
+                               "mnist-cnn")
     batches: tuple[int, ...] = (1, 256, 10_000)
     rounds: int = 7
     round_time: float = 0.1  # seconds of calls per candidate per round
@@ -99,7 +100,7 @@ class Config:
             round_time=0.02,
             compile_models=("mymodule",),
             compile_batches=(256,),
-            models=("mymodule", "simplenn"),
+            models=("mymodule", "simplenn", "lenet5"),
             depths=(10, 40, 160),
             pass_rounds=3,
             train_limit=2_000,

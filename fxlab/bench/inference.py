@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("fxlab.bench")
 
 METHOD = (
-    "Seed models with random weights (seeded), eval mode, under torch.no_grad(). Latency: seconds per "
+    "Built-in models (seed MLPs, CNNs) with random weights (seeded), eval mode, under torch.no_grad(). Latency: seconds per "
     "forward of the whole batch, median over interleaved rounds; spread = IQR / median. "
     "Throughput: images per second. speedup = float32 median / variant median (>1 is faster). "
     "Peak tensor memory: bytes of tensors allocated and alive at once during one forward "
@@ -83,6 +83,8 @@ def fusion_passes(model: nn.Module) -> list[Any]:
     if _has(model, nn.Dropout):
         names.append("remove-dropout")
     names.append("fuse-linear-relu")
+    if _has(model, nn.modules.conv._ConvNd) and "fuse-conv-relu" in fxlab.registered_passes():
+        names.append("fuse-conv-relu")  # a pass of its own, where this fxlab has it
     return [fxlab.get_pass(n)() for n in names]
 
 
@@ -131,7 +133,7 @@ def _fxlab_variants(model: nn.Module, calibration: list[torch.Tensor]) -> list[V
     fused = _build("fused", f"fxlab: {fusion_text}", lambda: fxlab.apply(model, fusion_passes(model)).eval(),
                    fusion_text)
     out = [fused]
-    if fused.module is not None:
+    if fused.module is not None and not _has(model, nn.modules.conv._ConvNd):  # a CNN's GEMMs are no floor
         out.append(_build("GEMMs only", "floor: the fused model's float32 Linears alone, back to back (no activation, "
                           "no other op); no exact float32 rewrite of the model can run faster",
                           lambda: GemmFloor(fused.module)))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from .runner import parser
+from .runner import add_model_options, parser
 
 
 def main(argv: Sequence[str]) -> int:
@@ -26,16 +26,19 @@ def main(argv: Sequence[str]) -> int:
                    help='pipeline text, e.g. "fuse-linear-relu,quantize-linear{mode=dynamic}"')
     p.add_argument("-o", "--output", metavar="OUT", required=True,
                    help="where to write: .onnx, .pt2, else fxlab's model format")
-    p.add_argument("--model", metavar="NAME", help="architecture from fxlab.models to load the file's weights into")
+    add_model_options(p)
     p.add_argument("--trust", action="store_true",
                    help="allow a whole pickled module to load: this runs code from the file")
     p.add_argument("--act", metavar="NAME",
                    help="activation between the layers of a state dict rebuilt as a generic MLP")
     ns = p.parse_args(argv)
+    from ..models import parse_model_args
+
 
     check_output(ns.output)  # a bad output and a typo in the pipeline fail before the model loads
     passes = parse_pipeline(ns.pipeline)
-    loaded = load_source(ns.file, model=ns.model, trust=ns.trust, act=ns.act)
+    loaded = load_source(ns.file, model=ns.model, trust=ns.trust, act=ns.act,
+                         model_args=parse_model_args(ns.model_args))
     gm = apply(loaded.model, passes)
     print(PassRecords(records(gm)[-len(passes):]).table())
     suffix = Path(ns.output).suffix.lower()

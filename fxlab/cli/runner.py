@@ -99,6 +99,17 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
+MODEL_HELP = ("architecture for the file's weights: a built-in model name, package.module:Class or "
+              "path/to/file.py:Class (your own class, imported)")
+
+
+def add_model_options(p: argparse.ArgumentParser, help_: str = MODEL_HELP) -> None:
+    """``--model SPEC`` and ``--model-args JSON``, the same on every command."""
+    p.add_argument("--model", metavar="SPEC", help=help_)
+    p.add_argument("--model-args", metavar="JSON",
+                   help='constructor arguments of --model as a JSON object, e.g. \'{"hidden_layers": [256, 32]}\'')
+
+
 def run(command: str, argv: Sequence[str] | None = None) -> int:
     """Run ``fxlab COMMAND`` with ``argv``: one line on stderr and exit code 2 for an fxlab error."""
     args = list(sys.argv[1:] if argv is None else argv)

@@ -1,10 +1,11 @@
-"""``python -m fxlab.show FILE [--model NAME] [--passes PIPELINE] [--diff] [--format F] [-o OUT]``
+"""``python -m fxlab.show FILE [--model SPEC [--model-args JSON]] [--passes PIPELINE] [--diff] [--format F] [-o OUT]``
 
 Graph dumps of a saved model (any file :func:`fxlab.load` reads) or of a seed model by name::
 
     python -m fxlab.show model_state_dict.pth                         # table: shapes, params, FLOPs
     python -m fxlab.show model.pth --passes "fuse-linear-relu" --diff   # what the pipeline changes
     python -m fxlab.show mymodule --format svg -o mymodule.svg          # a seed model, random weights
+    python -m fxlab.show weights.pth --model mynets:Net --model-args '{"width": 64}'   # your own class
 
 FILE that does not exist but names a seed model (``mymodule``, ``simplenn``, ...) shows that
 model with random weights. Exit codes: 0 ok, 2 bad usage or a file that cannot be loaded (one
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import UsageError
-from .runner import parser
+from .runner import add_model_options, parser
 
 #: -o's extension → format, when --format is not given.
 SUFFIX_FORMATS = {".svg": "svg", ".png": "png", ".json": "json", ".dot": "dot", ".gv": "dot", ".py": "code",
@@ -37,7 +38,7 @@ def main(argv: Sequence[str]) -> int:
     )
     p.add_argument("file", nargs="?", metavar="FILE",
                    help="a model file (state dict, checkpoint, fxlab model, pickled module) or a seed model name")
-    p.add_argument("--model", metavar="NAME", help="architecture from fxlab.models to load the file's weights into")
+    add_model_options(p)
     p.add_argument("--passes", metavar="PIPELINE", help='pipeline to apply first, e.g. "insert-relu{after=layer3}"')
     p.add_argument("--diff", action="store_true",
                    help="show what the pipeline changed (for an fxlab model file: what its saved pipeline changed)")
@@ -50,6 +51,8 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--act", metavar="NAME",
                    help="activation between the layers of a state dict rebuilt as a generic MLP")
     ns = p.parse_args(argv)
+    from ..models import parse_model_args
+
     for path in (ns.output, ns.html):
         if path:
             check_output(path)
@@ -57,7 +60,8 @@ def main(argv: Sequence[str]) -> int:
         raise UsageError("--passes is empty: name at least one pass (or leave --passes out)")
 
     fmt = ns.format or (SUFFIX_FORMATS.get(Path(ns.output).suffix.lower(), "table") if ns.output else "table")
-    loaded = load_source(ns.file, model=ns.model, trust=ns.trust, act=ns.act)
+    loaded = load_source(ns.file, model=ns.model, trust=ns.trust, act=ns.act,
+                         model_args=parse_model_args(ns.model_args))
     model = loaded.model
     before = None
     if ns.passes is not None:

@@ -1,4 +1,8 @@
-"""``fxlab train`` / ``python -m fxlab.train``: train a seed model on MNIST and save a checkpoint."""
+"""``fxlab train`` / ``python -m fxlab.train``: train a model on MNIST and save a checkpoint.
+
+``--model`` is a built-in name (trained with its own recipe, ``fxlab.train.RECIPES``, unless flags
+say otherwise) or a class of your own (``package.module:Class``, ``path/to/file.py:Class``, with
+``--model-args JSON``)."""
 
 from __future__ import annotations
 
@@ -13,29 +17,38 @@ import torch
 from .. import data as mnist_data
 from .._util import check_output, resolve_device
 from ..errors import UsageError, WriteError
-from ..train import (DEFAULT_RECIPE, Recipe, evaluate, fit_recipe, init_distributed, peak_memory_mb,
+from ..train import (DEFAULT_RECIPE, Recipe, evaluate, fit_recipe, init_distributed, peak_memory_mb, recipe_for,
                      save_checkpoint)
-from .runner import parser
+from .runner import add_model_options, parser
 
 
 def main(argv: Sequence[str]) -> int:
-    """``python -m fxlab.train --model NAME [--epochs N] [--data DIR] [--device D] [--seed S] --out model.pth``."""
-    from ..models import build, names
+    """``python -m fxlab.train --model SPEC [--epochs N] [--data DIR] [--device D] [--seed S] --out model.pth``."""
+    from ..models import build_spec, names, parse_model_args
+    from ..models.recognize import arch_of
 
-    p = parser("python -m fxlab.train", "Train a seed model on MNIST and save a checkpoint.")
-    p.add_argument("--model", required=True, help=f"seed model: {', '.join(names())}")
-    p.add_argument("--epochs", type=int, default=DEFAULT_RECIPE.epochs, help="epochs (default %(default)s)")
-    p.add_argument("--lr", type=float, default=DEFAULT_RECIPE.lr, help="peak learning rate (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_RECIPE.batch_size, help="global batch (default %(default)s)")
-    p.add_argument("--schedule", default=DEFAULT_RECIPE.schedule, choices=["onecycle", "cosine", "constant"])
-    p.add_argument("--seed", type=int, default=DEFAULT_RECIPE.seed, help="seed (default %(default)s)")
+    p = parser("python -m fxlab.train", "Train a model on MNIST and save a checkpoint.")
+    add_model_options(p, f"built-in model ({', '.join(names())}), package.module:Class or path/to/file.py:Class")
+    d = DEFAULT_RECIPE
+    p.add_argument("--epochs", type=int, help=f"epochs (default: the model's recipe; {d.epochs} for the seed MLPs)")
+    p.add_argument("--lr", type=float, help=f"peak learning rate (default: the model's recipe; {d.lr:g} for the seed MLPs)")
+    p.add_argument("--batch-size", type=int, help=f"global batch (default: the model's recipe; {d.batch_size})")
+    p.add_argument("--schedule", choices=["onecycle", "cosine", "constant"], help="default: the model's recipe")
+    p.add_argument("--seed", type=int, help=f"seed (default: the model's recipe; {d.seed})")
     p.add_argument("--data", help="MNIST root (default: $FXLAB_DATA, else the user cache; fetched if absent)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (smoke runs)")
     p.add_argument("--out", required=True, help="checkpoint to write (rank 0 writes it)")
     ns = p.parse_args(argv)
-    if ns.model not in names():
-        build(ns.model)  # raises the 'unknown model ... (closest: ...)' error
+    if ns.model is None:
+        raise UsageError("python -m fxlab.train: the following arguments are required: --model")
+    model_args = parse_model_args(ns.model_args)
+    base = recipe_for(ns.model)
+    for opt in ("epochs", "lr", "batch_size", "schedule", "seed"):
+        if getattr(ns, opt) is None:
+            setattr(ns, opt, getattr(base, opt))
+    with torch.random.fork_rng(devices=[]):
+        build_spec(ns.model, model_args)  # an unknown model, a class that does not build: said now
     for opt in ("epochs", "batch_size"):
         if getattr(ns, opt) < 1:
             raise UsageError(f"--{opt.replace('_', '-')} must be at least 1")
@@ -55,8 +68,12 @@ def main(argv: Sequence[str]) -> int:
                 if world > 1:
                     torch.distributed.barrier()
         torch.manual_seed(ns.seed)
-        model = build(ns.model)
-        recipe = Recipe(epochs=ns.epochs, lr=ns.lr, batch_size=ns.batch_size, schedule=ns.schedule, seed=ns.seed)
+        model = build_spec(ns.model, model_args)
+        arch = arch_of(model)
+        name = arch[0] if arch else ns.model
+        extra = {"model_args": arch[1]} if arch and arch[1] else {}
+        recipe = Recipe(epochs=ns.epochs, lr=ns.lr, batch_size=ns.batch_size, schedule=ns.schedule, seed=ns.seed,
+                        weight_decay=base.weight_decay)
         if rank == 0:
             procs = f" × {world} processes" if world > 1 else ""
             limit = f" (at most {ns.max_steps} steps)" if ns.max_steps else ""
@@ -72,7 +89,7 @@ def main(argv: Sequence[str]) -> int:
         history = fit_recipe(model, ds, recipe, device=dev, max_steps=ns.max_steps, on_epoch=report)
         if rank == 0:
             ev = evaluate(model, ds)
-            _save(out, model, ns.model, history, ev.accuracy, recipe)
+            _save(out, model, name, history, ev.accuracy, recipe, extra)
             print(f"peak memory: {peak_memory_mb():.0f} MiB; saved {out}")
             print(f"test accuracy: {ev.accuracy:.2f}%", flush=True)
     finally:
@@ -81,14 +98,15 @@ def main(argv: Sequence[str]) -> int:
     return 0
 
 
-def _save(out: Path, model: torch.nn.Module, name: str, history: Any, accuracy: float, recipe: Recipe) -> None:
+def _save(out: Path, model: torch.nn.Module, name: str, history: Any, accuracy: float, recipe: Recipe,
+          extra: dict[str, Any]) -> None:
     """Write the checkpoint; if that fails after training, keep the work in a rescue copy and say where."""
     try:
-        save_checkpoint(out, model, name=name, history=history, accuracy=accuracy, recipe=recipe)
+        save_checkpoint(out, model, name=name, history=history, accuracy=accuracy, recipe=recipe, **extra)
     except WriteError as exc:
-        rescue = Path(tempfile.gettempdir()) / f"fxlab-rescue-{name}-{os.getpid()}.pth"
+        rescue = Path(tempfile.gettempdir()) / f"fxlab-rescue-{name.replace(':', '_').replace('/', '_')}-{os.getpid()}.pth"
         try:
-            save_checkpoint(rescue, model, name=name, history=history, accuracy=accuracy, recipe=recipe)
+            save_checkpoint(rescue, model, name=name, history=history, accuracy=accuracy, recipe=recipe, **extra)
         except WriteError:
             raise exc from None
         raise WriteError(f"{exc}; the trained model was saved to {rescue} instead") from exc

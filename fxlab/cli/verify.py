@@ -12,7 +12,7 @@ from ..errors import UsageError, VerifyError, did_you_mean
 from ..models import names
 from ..pipeline import as_passes
 from ..verification import verify
-from .runner import parser
+from .runner import add_model_options, parser
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,9 +23,9 @@ def _parser() -> argparse.ArgumentParser:
         "retraining. Exit 0 when every contract holds, 1 when one fails, 2 on bad input.",
     )
     p.add_argument("file", nargs="?", help="model file (state dict, checkpoint, fxlab file, or pickled module with --trust)")
-    p.add_argument("--model", metavar="NAME",
-                   help=f"seed model ({', '.join(names())}): trained with the default recipe (cached); "
-                        "with FILE, the architecture for the file's weights")
+    add_model_options(p, f"built-in model ({', '.join(names())}): trained with its default recipe (cached); "
+                         "with FILE, the architecture for the file's weights (also package.module:Class or "
+                         "path/to/file.py:Class, your own class)")
     p.add_argument("--passes", required=True, metavar="PIPELINE",
                    help='pipeline text, e.g. "insert-relu{after=layer3},fuse-linear-relu"')
     p.add_argument("--data", metavar="DIR", help="MNIST root (default: $FXLAB_DATA, else the user cache; fetched if absent)")
@@ -60,6 +60,11 @@ def _check(ns: argparse.Namespace) -> None:
             raise VerifyError("--plot needs matplotlib: pip install 'fxlab[plot]'") from None
     if ns.file is not None and not os.path.exists(ns.file):
         raise VerifyError(f"no such file: {ns.file}")
+    if ns.file is None and ns.model is not None and ":" in ns.model:
+        raise VerifyError(f"--model {ns.model} without FILE: give the file of its trained weights "
+                          "(fxlab trains only its built-in models by name)")
+    if ns.file is None and ns.model_args:
+        raise VerifyError("--model-args applies with a FILE of weights, not to a built-in model trained by name")
     if ns.file is None and ns.model not in names():
         raise VerifyError(f"unknown model {ns.model!r}{did_you_mean(ns.model, names())}; seed models: {', '.join(names())}")
     if ns.device is not None:
@@ -70,17 +75,20 @@ def main(argv: Sequence[str]) -> int:
     """``python -m fxlab.verify (FILE | --model NAME) --passes PIPELINE [options]``."""
     ns = _parser().parse_args(argv)
     _check(ns)
+    from ..models import parse_model_args
+
+    model_args = parse_model_args(ns.model_args)
     pipeline = as_passes(ns.passes)  # a bad pipeline is reported before any training
     if ns.file is not None:  # loaded once, now: a file that cannot be read is said before any work
         from ..serialization import load_file
 
-        model = load_file(ns.file, trust=ns.trust, **({"model": ns.model} if ns.model else {})).model
+        model = load_file(ns.file, trust=ns.trust, model=ns.model, model_args=model_args).model
     else:
-        from ..train import DEFAULT_RECIPE, checkpoint_path
+        from ..train import checkpoint_path, recipe_for
 
         model = ns.model
         if not checkpoint_path(ns.model).is_file():
-            print(f"training {ns.model} with the default recipe ({DEFAULT_RECIPE.epochs} epochs) once; "
+            print(f"training {ns.model} with its default recipe ({recipe_for(ns.model).epochs} epochs) once; "
                   f"the checkpoint is cached at {checkpoint_path(ns.model)}", file=sys.stderr, flush=True)
     report = verify(model, pipeline, data=ns.data, retrain_epochs=ns.retrain_epochs, device=ns.device,
                     tolerance=ns.tolerance, floor=ns.floor, seed=ns.seed, progress=sys.stderr.isatty(),

@@ -18,6 +18,7 @@ from torch import nn
 from ..errors import FxlabError, LoadError, closest, did_you_mean
 from .mlp import MLP
 from .seeds import MODELS, build
+from .spec import USER, build_user, is_user_spec
 
 __all__ = ["arch_of", "arch_text", "build_arch", "load_strict", "match_seed", "mlp_spec", "model_from_state_dict"]
 
@@ -28,14 +29,18 @@ Arch = tuple[str, dict[str, Any]]
 
 
 def build_arch(arch: str, kwargs: Mapping[str, Any] | None = None) -> nn.Module:
-    """A fresh model of architecture ``arch``: a seed model name, or ``"mlp"`` (a generic :class:`MLP`)."""
+    """A fresh model of architecture ``arch``: a built-in model name, ``"mlp"`` (a generic :class:`MLP`),
+    or ``"user:package.module:Class"`` (a user class, :func:`fxlab.models.spec.build_user`)."""
     kwargs = dict(kwargs or {})
     if arch == "mlp":
         return MLP(**kwargs)
+    if is_user_spec(arch):
+        return build_user(arch, kwargs)
     if arch not in MODELS:
         near = closest(arch, [*MODELS, "mlp"])
         known = [*near, *(n for n in [*MODELS, "mlp"] if n not in near)]
-        raise LoadError(f"unknown model {arch!r}{did_you_mean(arch, [*MODELS, 'mlp'])}; known models: {', '.join(known)}")
+        raise LoadError(f"unknown model {arch!r}{did_you_mean(arch, [*MODELS, 'mlp'])}; known models: {', '.join(known)} "
+                        "(or a class of your own: package.module:Class, path/to/file.py:Class)")
     try:
         return build(arch, **kwargs)
     except TypeError as exc:
@@ -46,6 +51,8 @@ def arch_text(arch: str, kwargs: Mapping[str, Any]) -> str:
     """An architecture for messages: ``mymnist(hidden_layers=(64,))``, ``generic MLP``."""
     if arch == "mlp":
         return "generic MLP"
+    if arch.startswith(USER):
+        arch = arch.removeprefix(USER)
     args = ", ".join(f"{k}={tuple(v) if isinstance(v, list) else v!r}" for k, v in kwargs.items())
     return f"{arch}({args})" if args else arch
 

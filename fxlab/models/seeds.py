@@ -9,41 +9,16 @@ differ from the defaults (``fxlab.core.trace`` records it; ``fxlab.save`` names 
 
 from __future__ import annotations
 
-import copy
-import inspect
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import FxlabError, did_you_mean
+from .base import SeedModel, _plain  # noqa: F401 - re-exported: SeedModel lived here
 
 IMG_SIZE = 28 * 28
-
-
-def _plain(value: Any) -> Any:
-    """Tuples as lists, so that kwargs compare and save the same whichever sequence was given."""
-    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
-
-
-class SeedModel(nn.Module):
-    """Base of the seed models: remembers the constructor arguments that ``fxlab_arch`` reports."""
-
-    arch_name: ClassVar[str] = ""
-
-    def _remember(self, **kwargs: Any) -> None:
-        defaults = {k: p.default for k, p in inspect.signature(type(self).__init__).parameters.items()
-                    if p.default is not inspect.Parameter.empty}
-        self._fxlab_kwargs = {k: _plain(v) for k, v in kwargs.items()
-                              if k not in defaults or _plain(v) != _plain(defaults[k])}
-
-    @property
-    def fxlab_arch(self) -> tuple[str, dict[str, Any]] | None:
-        """``(name, kwargs)``: the seed model's name and its non-default constructor arguments."""
-        kwargs = self.__dict__.get("_fxlab_kwargs")
-        return None if kwargs is None else (self.arch_name, copy.deepcopy(kwargs))
 
 
 class MyModule(SeedModel):
@@ -150,7 +125,8 @@ class LinearReluStack(SeedModel):
         return self.linear_relu_stack(x)
 
 
-MODELS: dict[str, Callable[..., SeedModel]] = {
+#: The seed MLPs (seeds 000-004), by name.
+SEED_MODELS: dict[str, Callable[..., SeedModel]] = {
     "mymodule": MyModule,
     "neuralnetwork": NeuralNetwork,
     "simplenn": SimpleNN,
@@ -158,14 +134,24 @@ MODELS: dict[str, Callable[..., SeedModel]] = {
     "linear-relu-stack": LinearReluStack,
 }
 
+from .cnn import CNN_MODELS  # noqa: E402 - after SEED_MODELS, so that the registry reads in order
+
+#: Every built-in model by name: the seed MLPs, then the CNNs people have next to them.
+MODELS: dict[str, Callable[..., SeedModel]] = {**SEED_MODELS, **CNN_MODELS}
+
 
 def names() -> list[str]:
-    """The names of the seed models."""
+    """The names of fxlab's built-in models: the seed MLPs, then the CNNs (``mnist-cnn``, ``lenet5``)."""
     return list(MODELS)
 
 
+def seed_names() -> list[str]:
+    """The names of the seed MLPs only (seeds 000-004)."""
+    return list(SEED_MODELS)
+
+
 def build(name: str, **kwargs: object) -> SeedModel:
-    """A fresh, randomly initialised seed model.
+    """A fresh, randomly initialised built-in model (a seed MLP or a CNN).
 
     >>> from fxlab.models import build
     >>> [n for n, _ in build("linear-relu-stack").named_parameters()][:2]

@@ -38,6 +38,7 @@ from ..errors import LoadError, did_you_mean
 from ..models import MLP, MODELS
 from ..models.mlp import activation
 from ..models.recognize import arch_of, arch_text, build_arch, load_strict, match_seed, model_from_state_dict
+from ..models.spec import ModelSpec, build_spec, imported, is_user_spec, resolve
 from .save import FORMAT, rebuild
 from .sniff import sniff, torch_load_safe
 from .trust import torch_load_trusted
@@ -81,14 +82,16 @@ class Loaded:
 def load(
     path: _PathLike,
     *,
-    model: str | nn.Module | None = None,
+    model: ModelSpec = None,
     trust: bool = False,
     act: str | None = None,
+    model_args: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """The model in ``path``, in eval mode (see the module docstring for the shapes it reads).
 
-    ``model`` names an ``fxlab.models`` architecture (or is a module) to load the file's weights
-    into; ``act`` rebuilds a bare state dict as a generic MLP with that activation; ``trust=True``
+    ``model`` is the architecture to load the file's weights into: an ``fxlab.models`` name,
+    ``"package.module:Class"`` or ``"path/to/file.py:Class"`` (your own class, imported), a class
+    or callable (called with ``model_args``), or a module instance (:mod:`fxlab.models.spec`); ``act`` rebuilds a bare state dict as a generic MLP with that activation; ``trust=True``
     lets a whole pickled module load (its code runs). Raises ``LoadError``.
 
     >>> import tempfile, torch, fxlab
@@ -98,18 +101,20 @@ def load(
     >>> type(fxlab.load(path)).__name__
     'MyModule'
     """
-    return load_file(path, model=model, trust=trust, act=act).model
+    return load_file(path, model=model, trust=trust, act=act, model_args=model_args).model
 
 
 def load_file(
     path: _PathLike,
     *,
-    model: str | nn.Module | None = None,
+    model: ModelSpec = None,
     trust: bool = False,
     act: str | None = None,
+    model_args: Mapping[str, Any] | None = None,
 ) -> Loaded:
     """Like :func:`load`, returning a :class:`Loaded` that also says what the file was."""
     p = Path(path)
+    model = resolve(model, model_args)
     if act is not None:
         activation(act)
     sniffed = sniff(p)
@@ -122,7 +127,7 @@ def load_file(
         if isinstance(obj, nn.Module):  # only reachable with trust
             loaded = _from_module(p, obj, missing, model, act)
         else:
-            loaded = _from_object(p, obj, model=model, act=act)
+            loaded = _from_object(p, obj, model=model, act=act, trust=trust)
     except LoadError as exc:
         if str(exc).startswith(str(p)):
             raise
@@ -147,17 +152,28 @@ def _warn_non_finite(p: Path, model: nn.Module) -> None:
 def load_source(
     source: str | None,
     *,
-    model: str | None = None,
+    model: ModelSpec = None,
     trust: bool = False,
     act: str | None = None,
+    model_args: Mapping[str, Any] | None = None,
 ) -> Loaded:
     """What the commands show and transform: a model file, or the name of a seed model.
 
     A path that exists is loaded with :func:`load_file`; otherwise ``source`` may name a seed model
     of ``fxlab.models`` (built with random weights, seeded 0: for looking at an architecture or a
-    pipeline); ``source=None`` with ``model=NAME`` does the same.
+    pipeline); ``source=None`` with ``model=NAME`` does the same, and so with ``model`` naming a class
+    of the user's (``pkg.mod:Class``, ``file.py:Class``: built with ``model_args``, random weights).
     """
     name = None
+    if source is None and model is not None and not (isinstance(model, str) and model in MODELS and not model_args):
+        if act is not None:
+            raise LoadError("--act applies to state dicts rebuilt as generic MLPs, not to --model")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            built = build_spec(model, model_args)
+        found = arch_of(built)
+        return Loaded(built.eval(), "model with random weights", found[0] if found else None,
+                      found[1] if found else {})
     if source is None:
         if model is None:
             raise LoadError("name a model file, or a seed model with --model NAME")
@@ -170,7 +186,7 @@ def load_source(
         raise LoadError(f"{source}: no such file, and not a seed model name{did_you_mean(source, MODELS)}")
     if name is None:
         assert source is not None
-        return load_file(source, model=model, trust=trust, act=act)
+        return load_file(source, model=model, trust=trust, act=act, model_args=model_args)
     if act is not None:
         raise LoadError("--act applies to state dicts rebuilt as generic MLPs, not to seed models")
     with torch.random.fork_rng(devices=[]):
@@ -202,11 +218,20 @@ def _is_state_dict(obj: Any) -> bool:
     )
 
 
-def _from_object(p: Path, obj: Any, *, model: str | nn.Module | None, act: str | None) -> Loaded:
+def _check_user_arch(p: Path, arch: str, trust: bool) -> None:
+    """A file naming a user class rebuilds it only if that class's module is imported already (or with trust)."""
+    if is_user_spec(arch) and not trust and not imported(arch):
+        spec = arch.removeprefix("user:")
+        raise LoadError(f"{p} is built on your class {spec}: import its module first, or pass --model {spec} "
+                        "(or --trust) to let fxlab import it")
+
+
+def _from_object(p: Path, obj: Any, *, model: str | nn.Module | None, act: str | None,
+                 trust: bool = False) -> Loaded:
     if not isinstance(obj, Mapping):
         raise LoadError(f"{p} holds a {type(obj).__name__}, not a model, state dict or checkpoint")
     if obj.get("format") == FORMAT:
-        return _from_fxlab_file(p, obj, model=model)
+        return _from_fxlab_file(p, obj, model=model, trust=trust)
     if _is_state_dict(obj):
         built, arch, kwargs = model_from_state_dict(obj, model=model, act=act)
         return Loaded(built, "state dict", arch, kwargs)
@@ -218,6 +243,10 @@ def _from_object(p: Path, obj: Any, *, model: str | nn.Module | None, act: str |
         raise LoadError(f"{p} holds a dict with keys {keys} but no state dict (expected tensors, or a "
                         "'model_state_dict' / 'state_dict' entry)")
     name = next((obj[k] for k in ("model", "model_name", "arch") if isinstance(obj.get(k), str)), None)
+    if model is None and name is not None and act is None and is_user_spec(name):
+        _check_user_arch(p, name, trust)
+        args = obj.get("model_args")
+        model = build_spec(name, args if isinstance(args, Mapping) else None)
     if model is None and name is not None and act is None:
         if name not in MODELS and name != "mlp":
             raise LoadError(f"{p} names model {name!r}, which fxlab does not know{did_you_mean(name, MODELS)}; "
@@ -230,7 +259,8 @@ def _from_object(p: Path, obj: Any, *, model: str | nn.Module | None, act: str |
     return Loaded(built, kind, arch, kwargs, metadata=metadata)
 
 
-def _from_fxlab_file(p: Path, obj: Mapping[str, Any], *, model: str | nn.Module | None) -> Loaded:
+def _from_fxlab_file(p: Path, obj: Mapping[str, Any], *, model: str | nn.Module | None,
+                     trust: bool = False) -> Loaded:
     try:
         arch, state = obj["arch"], obj["state_dict"]
         kwargs, pipeline = dict(obj.get("kwargs") or {}), obj.get("pipeline", "")
@@ -238,6 +268,8 @@ def _from_fxlab_file(p: Path, obj: Mapping[str, Any], *, model: str | nn.Module 
         raise LoadError(f"{p} is an fxlab model file without {exc.args[0]!r}: corrupt") from exc
     if isinstance(model, str) and model != arch:
         raise LoadError(f"{p} is an fxlab model of {arch!r}; --model {model} does not apply to it")
+    if isinstance(arch, str):
+        _check_user_arch(p, arch, trust)
     dtype_name = obj.get("dtype")
     dtype = getattr(torch, dtype_name, None) if isinstance(dtype_name, str) else None
     if dtype_name is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):

@@ -16,7 +16,7 @@ from .._util import default_device, write_atomic
 from ..data import MNIST
 from ..errors import FxlabError
 from .loop import evaluate, fit_recipe
-from .recipe import DEFAULT_RECIPE, History, Recipe
+from .recipe import History, Recipe, recipe_for
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def save_checkpoint(
 
 def load_checkpoint(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """(model, metadata) from a checkpoint written by ``save_checkpoint`` (``torch.load(weights_only=True)``)."""
-    from ..models import build
+    from ..models.recognize import build_arch
 
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
@@ -67,15 +67,17 @@ def load_checkpoint(path: str | os.PathLike[str], *, device: str | torch.device 
         raise FxlabError(f"cannot read checkpoint {path}: {exc}") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise FxlabError(f"{path} is not an fxlab training checkpoint (no format {CHECKPOINT_FORMAT!r})")
-    model = build(ckpt["model"])
+    model = build_arch(ckpt["model"], ckpt.get("model_args") or {})
     model.load_state_dict(ckpt["model_state_dict"])
     model.to(device).eval()
     meta = {k: v for k, v in ckpt.items() if k != "model_state_dict"}
     return model, meta
 
 
-def checkpoint_path(name: str, recipe: Recipe = DEFAULT_RECIPE) -> Path:
-    """Where ``pretrained`` caches ``name`` trained with ``recipe``: keyed by name, recipe and torch version."""
+def checkpoint_path(name: str, recipe: Recipe | None = None) -> Path:
+    """Where ``pretrained`` caches ``name`` trained with ``recipe`` (default: the model's own,
+    ``recipe_for(name)``): keyed by name, recipe and torch version."""
+    recipe = recipe if recipe is not None else recipe_for(name)
     torch_v = torch.__version__.replace("+", "_")
     return mnist_data.cache_dir() / "checkpoints" / f"{name}-{recipe.key()}-torch{torch_v}.pth"
 
@@ -84,18 +86,20 @@ def pretrained(
     name: str,
     *,
     data: MNIST | str | os.PathLike[str] | None = None,
-    recipe: Recipe = DEFAULT_RECIPE,
+    recipe: Recipe | None = None,
     device: str | torch.device | None = None,
     cache: bool = True,
     progress: bool = True,
 ) -> nn.Module:
-    """The seed model ``name`` trained with ``recipe`` (default: ``DEFAULT_RECIPE``), in eval mode.
+    """The built-in model ``name`` trained with ``recipe`` (default: its own, ``recipe_for(name)``:
+    ``RECIPES`` for the CNNs, ``DEFAULT_RECIPE`` for the seed MLPs), in eval mode.
 
     Trained once and cached under ``<user cache>/fxlab/checkpoints`` (key: name + recipe + torch
     version); later calls load the checkpoint. Its metadata is on ``model.fxlab_meta``.
     """
     from ..models import build
 
+    recipe = recipe if recipe is not None else recipe_for(name)
     dev = torch.device(device) if device is not None else default_device()
     path = checkpoint_path(name, recipe)
     if cache and path.is_file():

@@ -31,6 +31,18 @@ class Recipe:
 #: The default recipe: `mymodule` reaches ≥ 98 % test accuracy with it.
 DEFAULT_RECIPE = Recipe()
 
+#: Per-model default recipes (``pretrained``, ``python -m fxlab.train --model NAME`` without flags);
+#: a model not listed here trains with ``DEFAULT_RECIPE``.
+RECIPES: dict[str, Recipe] = {
+    "mnist-cnn": Recipe(epochs=4, lr=2e-3),
+    "lenet5": Recipe(epochs=6, lr=3e-3),
+}
+
+
+def recipe_for(name: str) -> Recipe:
+    """The default recipe of model ``name``: its entry in ``RECIPES``, else ``DEFAULT_RECIPE``."""
+    return RECIPES.get(name, DEFAULT_RECIPE)
+
 
 class Evaluation(NamedTuple):
     """What ``evaluate`` measures: ``accuracy`` in percent, mean cross-entropy ``loss``, and the

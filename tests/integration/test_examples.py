@@ -132,3 +132,14 @@ def test_06_pass_library(mnist_root: Path, tmp_path: Path) -> None:
     assert step["kind"] == "changes" and step["retrained_accuracy"] is not None
     for name in ("06_exact.png", "06_changes.png"):
         assert_png(tmp_path / name)
+
+
+def test_07_mnist_cnn(mnist_root: Path, tmp_path: Path) -> None:
+    out = run_example("07_mnist_cnn.py", mnist_root, tmp_path)
+    assert "state dict, loaded as mnist-cnn" in out
+    assert "remove-dropout" in out and "dce" in out
+    state = torch.load(tmp_path / "mnist_cnn.pt", weights_only=True)
+    assert sorted(state) == ["conv1.bias", "conv1.weight", "conv2.bias", "conv2.weight",
+                             "fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight"]
+    accuracy = float(re.search(r"test accuracy: ([\d.]+)%", out).group(1))
+    assert accuracy > 90.0

@@ -32,7 +32,7 @@ from torch import nn
 import fxlab
 from conv_models import CONV_MODELS, conv_model
 from seed_helpers import SEED_LAYERS, assert_close, randomize_batchnorm, seed_model, state
-from fxlab.models import names
+from fxlab.models import seed_names as names
 from fxlab.pipeline import option_fields, required_options, text_types
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"

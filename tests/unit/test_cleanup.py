@@ -15,7 +15,7 @@ from torch import nn
 
 import fxlab
 from seed_helpers import seed_model
-from fxlab.models import names
+from fxlab.models import seed_names as names
 from fxlab.passes import CommonSubexpressionElimination, DeadCodeElimination, RemoveDropout, has_effects
 
 CLEANUP = ["remove-dropout", "dce", "cse"]

@@ -16,7 +16,8 @@ from torch.fx.passes.infra.pass_manager import PassManager
 
 import fxlab
 from seed_helpers import SEED_LAYERS
-from fxlab.models import build, names
+from fxlab.models import build
+from fxlab.models import seed_names as names
 from fxlab.passes import InsertActivation, InsertRelu
 
 

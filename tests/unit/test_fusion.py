@@ -21,7 +21,8 @@ from torch.nn.utils.fusion import fuse_linear_bn_eval
 
 import fxlab
 from seed_helpers import assert_close, randomize_batchnorm, seed_model, state
-from fxlab.models import build, names
+from fxlab.models import build
+from fxlab.models import seed_names as names
 from fxlab.nn import LinearReLU
 from fxlab.passes import FoldBatchNorm, FuseConsecutiveLinear, FuseLinearReLU, relu_input
 

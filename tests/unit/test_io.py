@@ -16,7 +16,8 @@ from torch import nn
 
 import fxlab
 from fxlab._util import example_input, write_atomic
-from fxlab.models import MLP, build, names
+from fxlab.models import MLP, build
+from fxlab.models import seed_names as names
 from fxlab.serialization import FORMAT, load_file
 
 X = torch.randn(5, 1, 28, 28, generator=torch.Generator().manual_seed(1))
