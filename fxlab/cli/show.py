@@ -14,9 +14,11 @@ line on stderr; ``--debug`` shows the traceback).
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ..errors import UsageError
 from .runner import add_model_options, parser
@@ -26,11 +28,8 @@ SUFFIX_FORMATS = {".svg": "svg", ".png": "png", ".json": "json", ".dot": "dot", 
                   ".txt": "table"}
 
 
-def main(argv: Sequence[str]) -> int:
-    """``fxlab show``: graph dumps of a model file or seed model."""
-    from .._util import check_output, write_atomic
-    from ..serialization import load_source
-    from ..rendering import FORMATS, render
+def _parser() -> argparse.ArgumentParser:
+    from ..rendering import FORMATS
 
     p = parser(
         "python -m fxlab.show",
@@ -50,9 +49,17 @@ def main(argv: Sequence[str]) -> int:
                    help="allow a whole pickled module to load: this runs code from the file")
     p.add_argument("--act", metavar="NAME",
                    help="activation between the layers of a state dict rebuilt as a generic MLP")
-    ns = p.parse_args(argv)
-    from ..models import parse_model_args
+    return p
 
+
+def main(argv: Sequence[str]) -> int:
+    """``fxlab show``: graph dumps of a model file or seed model."""
+    from .._util import check_output
+    from ..models import parse_model_args
+    from ..rendering import render
+    from ..serialization import load_source
+
+    ns = _parser().parse_args(argv)
     for path in (ns.output, ns.html):
         if path:
             check_output(path)
@@ -78,19 +85,35 @@ def main(argv: Sequence[str]) -> int:
                 )
             before = loaded.base()
     if ns.html:
-        from ..rendering.html import pipeline_html
-
-        passes, base = (ns.passes, model) if ns.passes is not None else (loaded.pipeline, loaded.base() if loaded.pipeline else None)
-        if base is None:
-            raise UsageError("--html needs --passes PIPELINE (or an fxlab model file, which carries its pipeline)")
-        print(f"wrote {write_atomic(ns.html, pipeline_html(base, passes, title=loaded.description))} (html)", file=sys.stderr)
+        _write_html(ns, loaded)
     out = render(after, fmt, diff_against=before)
     if fmt == "table" and before is None:
         title = loaded.description + (f"; after {ns.passes}" if ns.passes else "")
         out = f"# {title}\n{out}"
-    if ns.output:
-        written = write_atomic(ns.output, out)
-        print(f"wrote {written} ({fmt})")
+    _emit(out, fmt, ns.output)
+    return 0
+
+
+def _write_html(ns: argparse.Namespace, loaded: Any) -> None:
+    from .._util import write_atomic
+    from ..rendering.html import pipeline_html
+
+    if ns.passes is not None:
+        passes, base = ns.passes, loaded.model
+    else:
+        passes, base = loaded.pipeline, loaded.base() if loaded.pipeline else None
+    if base is None:
+        raise UsageError("--html needs --passes PIPELINE (or an fxlab model file, which carries its pipeline)")
+    print(f"wrote {write_atomic(ns.html, pipeline_html(base, passes, title=loaded.description))} (html)",
+          file=sys.stderr)
+
+
+def _emit(out: str | bytes, fmt: str, output: str | None) -> None:
+    """The rendering to OUT (atomically) or to stdout (binary formats only to a pipe or a file)."""
+    from .._util import write_atomic
+
+    if output:
+        print(f"wrote {write_atomic(output, out)} ({fmt})")
     elif isinstance(out, bytes):
         if sys.stdout.isatty():
             raise UsageError(f"{fmt} is binary: write it to a file with -o FILE.{fmt}")
@@ -98,4 +121,3 @@ def main(argv: Sequence[str]) -> int:
         sys.stdout.buffer.write(out)
     else:
         sys.stdout.write(out)
-    return 0

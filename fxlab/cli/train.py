@@ -6,6 +6,7 @@ say otherwise) or a class of your own (``package.module:Class``, ``path/to/file.
 
 from __future__ import annotations
 
+import argparse
 import os
 import tempfile
 from collections.abc import Sequence
@@ -22,10 +23,8 @@ from ..train import (DEFAULT_RECIPE, Recipe, evaluate, fit_recipe, init_distribu
 from .runner import add_model_options, parser
 
 
-def main(argv: Sequence[str]) -> int:
-    """``python -m fxlab.train --model SPEC [--epochs N] [--data DIR] [--device D] [--seed S] --out model.pth``."""
-    from ..models import build_spec, names, parse_model_args
-    from ..models.recognize import arch_of
+def _parser() -> argparse.ArgumentParser:
+    from ..models import names
 
     p = parser("python -m fxlab.train", "Train a model on MNIST and save a checkpoint.")
     add_model_options(p, f"built-in model ({', '.join(names())}), package.module:Class or path/to/file.py:Class")
@@ -39,7 +38,15 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (smoke runs)")
     p.add_argument("--out", required=True, help="checkpoint to write (rank 0 writes it)")
-    ns = p.parse_args(argv)
+    return p
+
+
+def main(argv: Sequence[str]) -> int:
+    """``python -m fxlab.train --model SPEC [--epochs N] [--data DIR] [--device D] [--seed S] --out model.pth``."""
+    from ..models import build_spec, parse_model_args
+    from ..models.recognize import arch_of
+
+    ns = _parser().parse_args(argv)
     if ns.model is None:
         raise UsageError("python -m fxlab.train: the following arguments are required: --model")
     model_args = parse_model_args(ns.model_args)
@@ -79,13 +86,7 @@ def main(argv: Sequence[str]) -> int:
             limit = f" (at most {ns.max_steps} steps)" if ns.max_steps else ""
             print(f"training {ns.model} on {dev}{procs}: {ns.epochs} epochs{limit}, batch {ns.batch_size}, "
                   f"Adam {ns.schedule} lr {ns.lr:g}, data {ds.root}", flush=True)
-
-        def report(r: dict[str, Any]) -> None:
-            if rank == 0:
-                print(f"epoch {r['epoch']}/{ns.epochs}: train loss {r['train_loss']:.4f} "
-                      f"acc {r['train_accuracy']:.2f}% | test loss {r['test_loss']:.4f} "
-                      f"acc {r['test_accuracy']:.2f}% | {r['seconds']:.1f}s", flush=True)
-
+        report = (lambda r: _print_epoch(r, ns.epochs)) if rank == 0 else None
         history = fit_recipe(model, ds, recipe, device=dev, max_steps=ns.max_steps, on_epoch=report)
         if rank == 0:
             ev = evaluate(model, ds)
@@ -96,6 +97,11 @@ def main(argv: Sequence[str]) -> int:
         if world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     return 0
+
+
+def _print_epoch(r: dict[str, Any], epochs: int) -> None:
+    print(f"epoch {r['epoch']}/{epochs}: train loss {r['train_loss']:.4f} acc {r['train_accuracy']:.2f}% | "
+          f"test loss {r['test_loss']:.4f} acc {r['test_accuracy']:.2f}% | {r['seconds']:.1f}s", flush=True)
 
 
 def _save(out: Path, model: torch.nn.Module, name: str, history: Any, accuracy: float, recipe: Recipe,
