@@ -44,6 +44,7 @@ _LAZY = {
     "export_onnx": "fxlab.serialization",
     "export_program": "fxlab.serialization",
     "verify": "fxlab.verification",
+    "bisect": "fxlab.verification",
 }
 
 

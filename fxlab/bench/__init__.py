@@ -1,8 +1,8 @@
 """Benchmarks: where fxlab stands against torch.fx, torch.ao and the seeds' own loops.
 
-    python -m fxlab.bench [--suite inference|passes|training] [--quick] [--json out.json]
+    python -m fxlab.bench [--suite inference|passes|training|explain] [--quick] [--json out.json]
 
-Three suites, each timed side by side in one run (these machines are shared and noisy, so the
+Four suites, each timed side by side in one run (these machines are shared and noisy, so the
 figures that matter are ratios measured together):
 
 - ``inference``: every seed model before and after fxlab's standard pipelines (fusion; fusion then
@@ -14,6 +14,8 @@ figures that matter are ratios measured together):
   ``fuse_fx`` for fusion; growth with depth.
 - ``training``: one epoch and one evaluation with ``fxlab.train`` vs the seeds' loop
   (torchvision ToTensor + Normalize through a DataLoader of batch 64, Adam), test accuracy reached.
+- ``explain``: ``fxlab.bisect``'s verifications on pipelines of 4, 16 and 64 steps (logarithmic), and
+  the overhead of per-node numerics on a verification step (``explain.py``).
 
 Modules: ``harness`` (interleaved side-by-side timing), ``memory`` (peak tensor bytes, RSS,
 state-dict size), ``environment``, the suites ``inference``, ``passes`` and ``training``, ``seeds``
@@ -43,6 +45,7 @@ import torch
 from .._util import resolve_device
 from ..errors import UsageError
 from .environment import environment
+from .explain import explain_suite, explain_tables
 from .harness import Timing, compare
 from .inference import GemmFloor, Variant, fusion_passes, inference_suite, inference_variants
 from .memory import peak_tensor_bytes, state_dict_bytes, training_rss
@@ -54,13 +57,13 @@ from .training import training_suite
 
 __all__ = [
     "QUANT_MODES", "SUITES", "Config", "GemmFloor", "Target", "Timing", "Variant", "ao_fuse_fx", "compare",
-    "deep_mlp", "environment", "fusion_passes", "hand_fuse_linear_relu", "hand_insert_relu", "hand_trace",
+    "deep_mlp", "environment", "explain_suite", "explain_tables", "fusion_passes", "hand_fuse_linear_relu", "hand_insert_relu", "hand_trace",
     "inference_suite", "inference_variants", "load_result", "machine", "passes_suite", "peak_tensor_bytes",
     "report", "run_benchmarks", "seed_epoch", "seed_evaluate", "seed_loaders", "state_dict_bytes",
     "targets_table", "training_rss", "training_suite", "write_json_atomic",
 ]
 
-SUITES = ("inference", "passes", "training")
+SUITES = ("inference", "passes", "training", "explain")
 
 
 @dataclass
@@ -131,6 +134,8 @@ def run_benchmarks(cfg: Config, suites: Sequence[str]) -> dict[str, Any]:
         result["inference"] = inference_suite(cfg, device)
     if "training" in suites:
         result["training"] = training_suite(cfg, device)
+    if "explain" in suites:
+        result["explain"] = explain_suite(cfg)
     result["seconds"] = time.perf_counter() - started
     if hasattr(os, "getloadavg"):
         result["environment"]["load_average_at_end"] = os.getloadavg()

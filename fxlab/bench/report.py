@@ -12,6 +12,7 @@ from tabulate import tabulate
 
 from .._util import write_atomic
 from ..errors import UsageError
+from .explain import explain_tables
 from .targets import TARGET_HEADERS, Target
 
 
@@ -193,7 +194,8 @@ def machine(result: dict[str, Any]) -> str:
 def report(result: dict[str, Any], fmt: str = "simple") -> str:
     """The report: the machine, each suite's tables, the targets (``fmt="github"``: Markdown)."""
     parts = [machine(result)]
-    for suite, tables in (("inference", inference_tables), ("passes", passes_tables), ("training", training_tables)):
+    for suite, tables in (("inference", inference_tables), ("passes", passes_tables), ("training", training_tables),
+                          ("explain", explain_tables)):
         if suite in result:
             if fmt != "simple":
                 parts.append(f"**{suite}** — {result[suite].get('method', '')}")

@@ -22,6 +22,7 @@ COMMANDS = {
     "show": "graph dumps of a model file or seed model",
     "apply": "apply a pipeline to a model file and save the result",
     "verify": "verify every step of a pipeline on MNIST",
+    "bisect": "find the pass, and the rewrite, that breaks a failing pipeline",
     "train": "train a seed model on MNIST",
     "data": "find, check and fetch MNIST",
     "bench": "benchmarks",

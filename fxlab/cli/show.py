@@ -4,6 +4,7 @@ Graph dumps of a saved model (any file :func:`fxlab.load` reads) or of a seed mo
 
     python -m fxlab.show model_state_dict.pth                         # table: shapes, params, FLOPs
     python -m fxlab.show model.pth --passes "fuse-linear-relu" --diff   # what the pipeline changes
+                                                                        # (what each pass did: on stderr)
     python -m fxlab.show mymodule --format svg -o mymodule.svg          # a seed model, random weights
     python -m fxlab.show weights.pth --model mynets:Net --model-args '{"width": 64}'   # your own class
 
@@ -72,10 +73,13 @@ def main(argv: Sequence[str]) -> int:
     model = loaded.model
     before = None
     if ns.passes is not None:
-        from ..pipeline import apply
+        from ..pipeline import PassRecords, apply, as_passes, records
 
-        after = apply(model, ns.passes)
+        passes = as_passes(ns.passes)
+        after = apply(model, passes)
         before = model if ns.diff else None
+        # what each pass did and left alone, on stderr: stdout is the dump (which may be JSON or SVG)
+        print(PassRecords(records(after)[-len(passes):]).table(), file=sys.stderr)
     else:
         after = model
         if ns.diff:

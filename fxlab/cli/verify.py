@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--html", metavar="OUT", help="write the report as one self-contained HTML page (graphs, diffs, charts)")
     p.add_argument("--trust", action="store_true", help="allow loading a pickled whole module (runs code from the file)")
     p.add_argument("--no-diff", action="store_true", help="print the table only, not the graph diffs")
+    p.add_argument("--nodes", action="store_true",
+                   help="print every step's per-node numerics (max abs diff, relative error, SQNR per node)")
     return p
 
 
@@ -71,29 +73,33 @@ def _check(ns: argparse.Namespace) -> None:
         resolve_device(ns.device)
 
 
+def load_model(ns: argparse.Namespace) -> object:
+    """The model the arguments name: a file loaded now (a file that cannot be read is said before any
+    work), or a built-in model name (its checkpoint trained first if none is cached, which is said)."""
+    from ..models import parse_model_args
+
+    if ns.file is not None:
+        from ..serialization import load_file
+
+        return load_file(ns.file, trust=ns.trust, model=ns.model, model_args=parse_model_args(ns.model_args)).model
+    from ..train import checkpoint_path, recipe_for
+
+    if not checkpoint_path(ns.model).is_file():
+        print(f"training {ns.model} with its default recipe ({recipe_for(ns.model).epochs} epochs) once; "
+              f"the checkpoint is cached at {checkpoint_path(ns.model)}", file=sys.stderr, flush=True)
+    return ns.model
+
+
 def main(argv: Sequence[str]) -> int:
     """``python -m fxlab.verify (FILE | --model NAME) --passes PIPELINE [options]``."""
     ns = _parser().parse_args(argv)
     _check(ns)
-    from ..models import parse_model_args
-
-    model_args = parse_model_args(ns.model_args)
     pipeline = as_passes(ns.passes)  # a bad pipeline is reported before any training
-    if ns.file is not None:  # loaded once, now: a file that cannot be read is said before any work
-        from ..serialization import load_file
-
-        model = load_file(ns.file, trust=ns.trust, model=ns.model, model_args=model_args).model
-    else:
-        from ..train import checkpoint_path, recipe_for
-
-        model = ns.model
-        if not checkpoint_path(ns.model).is_file():
-            print(f"training {ns.model} with its default recipe ({recipe_for(ns.model).epochs} epochs) once; "
-                  f"the checkpoint is cached at {checkpoint_path(ns.model)}", file=sys.stderr, flush=True)
+    model = load_model(ns)
     report = verify(model, pipeline, data=ns.data, retrain_epochs=ns.retrain_epochs, device=ns.device,
                     tolerance=ns.tolerance, floor=ns.floor, seed=ns.seed, progress=sys.stderr.isatty(),
                     name=ns.file if ns.file is not None else ns.model)
-    print(report.text(diffs=not ns.no_diff))
+    print(report.text(diffs=not ns.no_diff, nodes=ns.nodes))
     if ns.json:
         report.write_json(ns.json)
         print(f"\nwrote {ns.json}")

@@ -13,7 +13,7 @@ from torch import nn
 from ..errors import PassError
 from ..core import Selector, select
 from ..models.mlp import ACTIVATIONS  # activations known by name (in pipeline text too)
-from ..pipeline import Pass, register_pass
+from ..pipeline import Pass, register_pass, sites
 
 __all__ = ["ACTIVATIONS", "InsertActivation", "InsertRelu", "insert_activation"]
 
@@ -25,15 +25,19 @@ def insert_activation(gm: fx.GraphModule, nodes: list[fx.Node], fn: Activation) 
     """Apply ``fn`` to the output of each node in ``nodes``; every former user reads the result.
 
     This is the transform of torch.fx's own examples: ``inserting_after`` the node, then
-    ``replace_all_uses_with`` on every user but the new node.
+    ``replace_all_uses_with`` on every user but the new node. Each node is a site
+    (:mod:`fxlab.pipeline.sites`): reported as rewritten, or left alone beyond ``apply``'s ``limit``.
     """
     if isinstance(fn, str):
         if fn not in ACTIVATIONS:
             raise PassError(f"unknown activation {fn!r}; choose one of {', '.join(ACTIVATIONS)} or pass a callable")
         fn = ACTIVATIONS[fn]
+    sites.looked(gm)
     for node in nodes:
         if node.op == "output":
             raise PassError("cannot insert an activation after the output node; select the node it returns")
+        if not sites.allow(gm, node.name):
+            continue
         with gm.graph.inserting_after(node):
             if isinstance(fn, nn.Module):
                 path = _free_attr(gm, f"{node.name}_activation")
@@ -44,6 +48,7 @@ def insert_activation(gm: fx.GraphModule, nodes: list[fx.Node], fn: Activation) 
             else:
                 raise PassError(f"activation must be a name, a callable or an nn.Module, got {type(fn).__name__}")
         node.replace_all_uses_with(act, delete_user_cb=lambda user, act=act: user is not act)
+        sites.rewrote(gm, node.name)
     return gm
 
 

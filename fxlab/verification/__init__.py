@@ -34,6 +34,13 @@ Command line (``python -m fxlab.verify``)::
 
 Exit status: 0 when every contract holds, 1 when one fails, 2 on bad input.
 
+Every step also compares each node with its counterpart before the pass (by provenance: max abs
+diff, relative error, SQNR; ``Step.nodes``) and names the node that explains the difference
+(``Step.first_divergence``; :mod:`~fxlab.verification.nodes`), and carries the pass's site records
+(``Step.rewritten``, ``Step.skipped``). ``fxlab.bisect(model, passes)``
+(:mod:`~fxlab.verification.bisection`) finds the first pass of a failing pipeline that breaks its
+contract, and the first of its rewrites that does, in a logarithmic number of verifications.
+
 The package: :mod:`~fxlab.verification.run` (the algorithm), :mod:`~fxlab.verification.contracts`
 (one check per pass kind, registered by kind), :mod:`~fxlab.verification.report` (``Report``,
 ``Step``, ``Baseline``: table, diffs, JSON), :mod:`~fxlab.verification.plot` (matplotlib),
@@ -42,6 +49,7 @@ The package: :mod:`~fxlab.verification.run` (the algorithm), :mod:`~fxlab.verifi
 
 from __future__ import annotations
 
+from .bisection import BisectResult, bisect, verification_bound
 from .contracts import CONTRACTS, Settings, StepCheck, Verdict, contract_for, register_contract
 from .report import JSON_FORMAT, Baseline, Report, Step
 from .retrain import RETRAIN_BATCH, RETRAIN_LR, retrain_plan
@@ -55,16 +63,19 @@ __all__ = [
     "RETRAIN_BATCH",
     "RETRAIN_LR",
     "Baseline",
+    "BisectResult",
     "Report",
     "Settings",
     "Step",
     "StepCheck",
     "Verdict",
+    "bisect",
     "calibrate",
     "compare",
     "contract_for",
     "register_contract",
     "retrain_plan",
+    "verification_bound",
     "verify",
     "with_calibration",
 ]

@@ -21,7 +21,8 @@ __all__ = ["JSON_FORMAT", "Baseline", "Report", "Step"]
 #: The ``format`` field of the JSON report.
 JSON_FORMAT = "fxlab.verify/1"
 
-_TABLE_HEADERS = ["step", "pass", "kind", "accuracy", "retrained", "Δ vs baseline", "max abs diff", "agreement", "verdict"]
+_TABLE_HEADERS = ["step", "pass", "kind", "accuracy", "retrained", "Δ vs baseline", "max abs diff", "agreement", "sites",
+                  "verdict"]
 
 
 @dataclass
@@ -83,6 +84,13 @@ class Step:
     reason: str
     retrain_history: list[dict[str, Any]] = field(default_factory=list)
     nonfinite_outputs: str | None = None  # "NaN", "inf" or "NaN and inf" when the step's outputs hold them
+    #: per-node numerics (``{"name", "counterpart", "max_abs_diff", "rel_error", "sqnr_db"}``, graph order;
+    #: None when not computed) and the node that explains the step's difference (see ``verification.nodes``)
+    nodes: list[dict[str, Any]] | None = None
+    first_divergence: str | None = None
+    #: the pass's site records (``PassRecord.rewritten`` / ``.skipped``); None: the pass reports no sites
+    rewritten: list[str] | None = None
+    skipped: list[tuple[str, str]] | None = None
     # the graphs before and after the step, for the HTML report (not in the JSON)
     graph_before: fx.GraphModule | None = field(default=None, repr=False, compare=False)
     graph_after: fx.GraphModule | None = field(default=None, repr=False, compare=False)
@@ -94,8 +102,40 @@ class Step:
 
     @property
     def verdict(self) -> str:
-        """``ok`` or ``FAIL``, then the reason."""
-        return ("ok" if self.ok else "FAIL") + (f": {self.reason}" if self.reason else "")
+        """``ok`` or ``FAIL``, then the reason (a failing step names its first divergent node)."""
+        text = ("ok" if self.ok else "FAIL") + (f": {self.reason}" if self.reason else "")
+        if not self.ok and self.first_divergence:
+            text += f"; first divergence: {self.first_divergence}"
+        return text
+
+    @property
+    def sites(self) -> str:
+        """``"2 rewritten, 1 left alone"``, or ``"unknown"`` for a pass that reports no sites."""
+        if self.rewritten is None:
+            return "unknown"
+        return f"{len(self.rewritten)} rewritten, {len(self.skipped or [])} left alone"
+
+    def sites_text(self) -> str:
+        """What the pass rewrote and left alone (and why), one line each; ``sites: unknown`` if it does not say."""
+        if self.rewritten is None:
+            return "sites: unknown (the pass reports no site records)"
+        lines = [f"rewrote: {', '.join(self.rewritten) or '(nothing)'}"]
+        lines += [f"left alone: {node}: {reason}" for node, reason in self.skipped or []]
+        return "\n".join(lines)
+
+    def nodes_text(self) -> str:
+        """The per-node table of this step: node, its counterpart, max abs diff, relative error, SQNR."""
+        from tabulate import tabulate
+
+        title = f"step {self.index}: {self.pass_text} ({self.kind}): per-node numerics"
+        if self.nodes is None:
+            return f"{title}\nnot computed"
+        rows = [[r["name"], r["counterpart"], fmt_diff(r["max_abs_diff"]), fmt_diff(r["rel_error"]),
+                 _fmt_db(r["sqnr_db"]) if r["max_abs_diff"] is not None else "nan", "◀ first divergence" if r["name"] == self.first_divergence else ""]
+                for r in self.nodes]
+        table = tabulate(rows, headers=["node", "before", "max abs diff", "rel error", "SQNR dB", ""],
+                         tablefmt="simple", disable_numparse=True)
+        return f"{title}\n{'=' * len(title)}\n{table if rows else '(no node has a counterpart)'}"
 
     def diff_text(self) -> str:
         """The graph diff of this step: a node table (removed / replaced / changed / added) and a unified diff."""
@@ -106,7 +146,7 @@ class Step:
                  f"{len(d.removed)} removed, {len(d.changed)} changed")
         if d.replaced:
             title += f", {len(d.replaced)} replaced"
-        lines = [title, "=" * len(title)]
+        lines = [title, "=" * len(title), self.sites_text()]
         if d.empty:
             lines.append("graph unchanged")
             return "\n".join(lines)
@@ -135,6 +175,10 @@ class Step:
             "ok": self.ok,
             "reason": self.reason,
             "nonfinite_outputs": self.nonfinite_outputs,
+            "nodes": self.nodes,
+            "first_divergence": self.first_divergence,
+            "rewritten": list(self.rewritten) if self.rewritten is not None else None,
+            "skipped": [[n, r] for n, r in self.skipped] if self.skipped is not None else None,
             "seconds": self.seconds,
             "pass_seconds": self.pass_seconds,
             "diff": {"added": self.diff.added, "removed": self.diff.removed, "changed": self.diff.changed,
@@ -181,9 +225,14 @@ class Report:
         from tabulate import tabulate
 
         base = "baseline" if self.baseline.problem is None else f"baseline: NOT FINITE: {self.baseline.problem}"
-        rows: list[list[Any]] = [[0, f"(input: {self.model_name})", "", f"{self.baseline.accuracy:.2f}%", "", "", "", "", base]]
+        rows: list[list[Any]] = [[0, f"(input: {self.model_name})", "", f"{self.baseline.accuracy:.2f}%", "", "", "", "", "",
+                                  base]]
         rows += [_row(s) for s in self.steps]
         return tabulate(rows, headers=_TABLE_HEADERS, tablefmt=tablefmt, disable_numparse=True)
+
+    def nodes_text(self) -> str:
+        """The per-node table of every step, in order."""
+        return "\n\n".join(s.nodes_text() for s in self.steps)
 
     def diffs(self) -> str:
         """The graph diff of every step, in order."""
@@ -203,8 +252,9 @@ class Report:
         why = f" (outputs contain NaN/inf after step {', '.join(map(str, nan))})" if nan else ""
         return f"FAIL: {len(self.failures)} of {n} contracts failed: {bad}{why}"
 
-    def text(self, diffs: bool = True) -> str:
-        """What the CLI prints: a header, the table, the summary line, then every step's graph diff."""
+    def text(self, diffs: bool = True, nodes: bool = False) -> str:
+        """What the CLI prints: a header, the table, the summary line, then (``nodes``) every step's
+        per-node table, then (``diffs``) every step's graph diff."""
         header = (
             f"verify {self.model_name} on {self.device}: {self.pipeline}\n"
             f"baseline {self.baseline.accuracy:.2f}% (loss {self.baseline.loss:.4f}); exact: max abs diff ≤ "
@@ -212,7 +262,11 @@ class Report:
             f"epoch(s), floor baseline − {self.floor:g}"
         )
         parts = [header, self.table(), self.summary()]
-        return "\n\n".join(parts + [self.diffs()] if diffs else parts)
+        if nodes:
+            parts.append(self.nodes_text())
+        if diffs:
+            parts.append(self.diffs())
+        return "\n\n".join(parts)
 
     def __str__(self) -> str:
         return self.text()
@@ -270,6 +324,7 @@ def _row(s: Step) -> list[Any]:
         f"{s.delta:+.2f}",
         fmt_diff(s.max_abs_diff),
         f"{s.agreement:.2f}%" if s.agreement is not None else "n/a",
+        s.sites,
         s.verdict,
     ]
 
@@ -279,6 +334,11 @@ def _num(value: float | None) -> float | None:
     if value is None or not math.isfinite(value):
         return None
     return float(value)
+
+
+def _fmt_db(value: float | None) -> str:
+    """SQNR for people: ``inf`` (identical; JSON ``null``) or ``42.1``."""
+    return "inf" if value is None else f"{value:.1f}"
 
 
 def fmt_diff(value: float | None) -> str:

@@ -20,15 +20,16 @@ from .._util import eval_mode, first_line, model_device, resolve_device
 from ..core import GraphDiff, trace
 from ..errors import UsageError, VerifyError
 from ..passes._rewrite import nonfinite_counts
-from ..pipeline import Pass, apply, as_passes, records
+from ..pipeline import Pass, PassRecord, apply, as_passes, records
 from .contracts import Settings, StepCheck, contract_for
 from .models import resolve_model
+from .nodes import NodeNumerics, first_divergence, node_numerics
 from .report import Baseline, Report, Step
 from .retrain import RETRAIN_LR
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CHECK_IMAGES", "CALIBRATION_BATCH", "verify"]
+__all__ = ["CHECK_IMAGES", "CALIBRATION_BATCH", "prepare", "verify"]
 
 #: How many test images (the first ones, always the same) the numeric checks run on; as many
 #: training images calibrate a pass.
@@ -54,6 +55,7 @@ def verify(
     architecture: str | None = None,
     progress: bool = False,
     name: str | None = None,
+    nodes: bool = True,
 ) -> Report:
     """Apply ``passes`` to ``model`` one at a time and check each pass's contract on MNIST.
 
@@ -69,14 +71,39 @@ def verify(
     - ``floor``: a ``changes`` step must end within this many accuracy points of the baseline; an
       ``approximate`` pass with no declared ``budget`` may lose at most this many points.
     - ``name``: what the report calls the model (default: the seed name, the file, or the class).
+    - ``nodes``: compare every node with its counterpart before the pass (``Step.nodes``,
+      ``Step.first_divergence``; see :mod:`fxlab.verification.nodes`).
 
     Returns a ``Report``; a contract that fails makes ``report.ok`` False (it does not raise). Bad
     input (no such model, a pipeline that does not parse or a pass that cannot apply) raises an
     ``FxlabError``.
     """
+    start = time.perf_counter()
+    run, pipeline, model_name = prepare(
+        model, passes, data=data, retrain_epochs=retrain_epochs, device=device, tolerance=tolerance, floor=floor,
+        check_images=check_images, retrain_lr=retrain_lr, seed=seed, trust=trust, architecture=architecture,
+        progress=progress, name=name, nodes=nodes)
+    log.info("baseline of %s on %s: %.2f%% (loss %.4f)", model_name, run.device, run.baseline.accuracy,
+             run.baseline.loss)
+    steps = [run.step(index, p) for index, p in enumerate(pipeline, 1)]
+    return Report(
+        model_name=model_name, pipeline=",".join(s.pass_text for s in steps), device=str(run.device),
+        baseline=run.baseline, steps=steps, tolerance=tolerance, floor=floor, retrain_epochs=retrain_epochs,
+        check_images=int(run.images.shape[0]), seconds=time.perf_counter() - start, model=run.current,
+    )
+
+
+def prepare(model: Any, passes: Any, *, data: Any = None, retrain_epochs: float = 1,
+            device: str | torch.device | None = None, tolerance: float = 1e-4, floor: float = 1.0,
+            check_images: int = CHECK_IMAGES, retrain_lr: float = RETRAIN_LR, seed: int = 0, trust: bool = False,
+            architecture: str | None = None, progress: bool = False, name: str | None = None,
+            nodes: bool = True) -> tuple[_Run, list[Pass], str]:
+    """What ``verify`` (and ``bisect``) start from: (the run at the input model, the passes, the model's name).
+
+    Arguments as ``verify``'s; bad input raises ``FxlabError`` before anything is checked.
+    """
     from .. import data as mnist_data
 
-    start = time.perf_counter()
     dev = _device(device)
     settings = _settings(tolerance, floor, retrain_epochs, retrain_lr, seed, progress)
     pipeline = as_passes(passes)
@@ -88,13 +115,8 @@ def verify(
     model_name = name or model_name
     check_mnist_input(module, _images(mnist.test, 2), model_name)
     run = _Run.start(module, mnist, dev, settings, check_images)
-    log.info("baseline of %s on %s: %.2f%% (loss %.4f)", model_name, dev, run.baseline.accuracy, run.baseline.loss)
-    steps = [run.step(index, p) for index, p in enumerate(pipeline, 1)]
-    return Report(
-        model_name=model_name, pipeline=",".join(s.pass_text for s in steps), device=str(dev),
-        baseline=run.baseline, steps=steps, tolerance=tolerance, floor=floor, retrain_epochs=retrain_epochs,
-        check_images=int(run.images.shape[0]), seconds=time.perf_counter() - start, model=run.current,
-    )
+    run.nodes = nodes
+    return run, pipeline, model_name
 
 
 def check_mnist_input(module: nn.Module, images: torch.Tensor, name: str) -> None:
@@ -171,6 +193,8 @@ class _Run:
     outputs: torch.Tensor  # the current model's outputs on the check images
     reference: float  # the current model's test accuracy
     _calibration: list[torch.Tensor] | None = None
+    nodes: bool = True  # per-node numerics for every step
+    _observed: bool = False  # the current model holds observers (it came from a calibrating pass)
 
     @classmethod
     def start(cls, module: nn.Module, mnist: Any, dev: torch.device, settings: Settings, n: int) -> _Run:
@@ -198,14 +222,31 @@ class _Run:
 
     def step(self, index: int, p: Pass) -> Step:
         """Apply ``p`` to the current model, check its contract, and make the result current."""
+        step, model, outputs = self.check(index, p, *self._apply(p))
+        self.current, self.outputs, self.reference = model, outputs, step.final_accuracy
+        self._observed = _calibrates(p)
+        return step
+
+    def check(self, index: int, p: Pass, new: fx.GraphModule, record: PassRecord) -> tuple[Step, fx.GraphModule, torch.Tensor]:
+        """Check ``new`` (the current model after ``p``, as ``apply`` recorded it) against ``p``'s contract.
+
+        Returns (the step, the model the next step would start from, its outputs); the run itself
+        is left as it was (``step`` advances it; bisection checks many candidates from one start).
+        """
         from ..train import evaluate
 
         t0 = time.perf_counter()
-        new, diff, pass_seconds = self._apply(p)
+        diff = record.diff
+        if diff is None:
+            raise VerifyError(f"{p.label()}: fxlab.apply recorded no graph diff for the pass")
         # a calibrating pass's observers must not see the test images: check a copy, hand on ``new``
         probe = copy.deepcopy(new) if _calibrates(p) else new
         after = _outputs(probe, self.images)
         max_abs, agreement = compare(self.outputs, after)
+        nodes: list[NodeNumerics] | None = None
+        if self.nodes:
+            before = copy.deepcopy(self.current) if self._observed else self.current
+            nodes = node_numerics(before, probe, self.images)
         ev = evaluate(probe, self.mnist, device=self.device)
         check = StepCheck(index, p, probe, self.outputs, after, max_abs, agreement, ev.accuracy, self.reference,
                           self.baseline.accuracy, self.settings, self.mnist, self.device,
@@ -220,28 +261,27 @@ class _Run:
             index=index, pass_text=str(p), name=p.label(), kind=p.kind, accuracy=ev.accuracy, loss=ev.loss,
             delta=final - self.baseline.accuracy, max_abs_diff=max_abs, agreement=agreement,
             retrained_accuracy=verdict.retrained_accuracy, reference_accuracy=self.reference,
-            budget=verdict.budget, seconds=time.perf_counter() - t0, pass_seconds=pass_seconds, diff=diff,
-            before="\n".join(diff.before.values()), after="\n".join(diff.after.values()), ok=verdict.ok,
+            budget=verdict.budget, seconds=time.perf_counter() - t0 + record.seconds, pass_seconds=record.seconds,
+            diff=diff, before="\n".join(diff.before.values()), after="\n".join(diff.after.values()), ok=verdict.ok,
             reason=verdict.reason, retrain_history=verdict.history, nonfinite_outputs=nonfinite,
-            graph_before=self.current, graph_after=probe if verdict.outputs is not None else new,
+            nodes=[r.to_dict() for r in nodes] if nodes is not None else None,
+            first_divergence=(first_divergence(nodes, p.kind, self.settings.tolerance) if nodes is not None else None),
+            rewritten=record.rewritten, skipped=record.skipped,
         )
         log.info("step %d %s (%s): %s", index, step.pass_text, step.kind, step.verdict)
-        self.current = step.graph_after
-        self.outputs = verdict.outputs if verdict.outputs is not None else after
-        self.reference = step.final_accuracy
-        return step
+        model = probe if verdict.outputs is not None else new
+        step.graph_before, step.graph_after = self.current, model  # for the HTML report
+        return step, model, (verdict.outputs if verdict.outputs is not None else after)
 
-    def _apply(self, p: Pass) -> tuple[fx.GraphModule, GraphDiff, float]:
-        """(model after ``p``, the graph diff ``apply`` recorded, the pass's seconds); calibrated if ``p`` asks."""
+    def _apply(self, p: Pass, limit: int | None = None) -> tuple[fx.GraphModule, PassRecord]:
+        """(model after ``p``, the record ``apply`` kept of it); calibrated if ``p`` asks."""
         p = with_calibration(p, self.calibration)
-        new = apply(self.current, [p])
+        new = apply(self.current, [p], limit=limit)
         record = records(new)[-1]
-        if record.diff is None:
-            raise VerifyError(f"{p.label()}: fxlab.apply recorded no graph diff for the pass")
         new.to(self.device).eval()
         if _calibrates(p):
             calibrate(new, self.calibration())
-        return new, record.diff, record.seconds
+        return new, record
 
 
 def _calibrates(p: Pass) -> bool:

@@ -111,6 +111,15 @@ def test_targets(smoke: tuple[dict[str, Any], str]) -> None:
         assert t["measured"] is None or positive(t["measured"])
 
 
+def test_explain(smoke: tuple[dict[str, Any], str]) -> None:
+    explain = smoke[0]["explain"]
+    rows = explain["bisection"]
+    assert [r["steps"] for r in rows] == [4, 16, 64]
+    assert all(r["found"] and r["verifications"] <= r["bound"] for r in rows)
+    assert positive(explain["node_overhead"]["ratio"])
+    assert "bisection (one lying step among N exact ones)" in smoke[1]
+
+
 # -- units --------------------------------------------------------------------------------------
 
 

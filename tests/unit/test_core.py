@@ -528,4 +528,7 @@ def test_site_records_and_the_rewrite_limit() -> None:
     table = fxlab.records(fxlab.apply(model, "test-double-linears")).table()
     assert "test-double-linears: layer2: kept for the test" in table
     # a pass that reports nothing has unknown sites, not empty ones
-    assert fxlab.records(fxlab.apply(model, [InsertRelu("layer3")]))[-1].rewritten is None
+    assert fxlab.records(fxlab.apply(model, [_ReluToGelu()]))[-1].rewritten is None
+    # insert-relu reports its sites and honours the limit
+    assert fxlab.records(fxlab.apply(model, [InsertRelu("layer3")]))[-1].rewritten == ["layer3"]
+    assert fxlab.records(fxlab.apply(model, [InsertRelu("layer3")], limit=0))[-1].skipped == [("layer3", "beyond limit=0")]
