@@ -106,6 +106,9 @@ def configs() -> list[Config]:
         ],
         "quantize-linear": _quantize_configs(),
         # prepare alone: observers only, so the float function (error 0) and its own printout
+        # the seed models are MLPs: quantize-conv has no conv to quantize there (a no-op, error 0);
+        # its numbers on convs are tests/unit/test_quantize_conv.py's and the accuracy test's
+        "quantize-conv": [Config("quantize-conv", "quantize-conv{mode=dynamic}", "verify/quantize-conv-on-mlp", error=0.0)],
         "quantize-prepare": [Config("quantize-prepare", "quantize-prepare", "quantize-prepare", error=0.0)],
         # convert needs an observed, calibrated model: after prepare and the same calibration
         # batches as quantize-linear{mode=static}, it must print (and compute) exactly that

@@ -449,6 +449,8 @@ def _builtin_passes() -> list[fxlab.Pass]:
             made += [cls(mode=m, calibration=calibration) for m in ("dynamic", "weight-only", "bf16", "static")]
         elif name in ("insert-activation", "insert-relu"):
             made.append(cls(after="layer2"))
+        elif name == "quantize-conv":
+            made.append(cls(mode="dynamic"))
         elif name == "quantize-convert":
             continue  # below, after quantize-prepare and calibration
         elif cls.__module__.startswith("fxlab."):

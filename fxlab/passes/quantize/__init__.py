@@ -39,17 +39,23 @@ from .configs import MODES, HalfConfig, Int8DynamicConfig, Int8StaticConfig, Int
 from .convert import convert_observed
 from .handlers import Handler, quantize_linears, register_handler, swap_linears  # noqa: F401
 from .prepare import check_one_call_each, insert_observers
+from .report import report_left_alone
+from .conv import CONV_MODES, ConvHandler, QuantizeConv, register_conv_handler  # noqa: E402
 
 __all__ = [
+    "CONV_MODES",
+    "ConvHandler",
     "HalfConfig",
     "Int8DynamicConfig",
     "Int8StaticConfig",
     "Int8WeightOnlyConfig",
     "QuantConfig",
+    "QuantizeConv",
     "QuantizeConvert",
     "QuantizeLinear",
     "QuantizePrepare",
     "quantize_linears",
+    "register_conv_handler",
     "register_handler",
 ]
 
@@ -126,8 +132,11 @@ class QuantizeLinear(Pass):
         return other
 
     def call(self, gm: fx.GraphModule) -> fx.GraphModule:
-        nodes = select_linears(gm, self.targets, self.exclude)
-        return quantize_linears(gm, nodes, self.config, self.calibration)
+        nodes, excluded = select_linears(gm, self.targets, self.exclude)
+        if nodes:
+            gm = quantize_linears(gm, nodes, self.config, self.calibration)
+        report_left_alone(gm, self.name, nodes, excluded, self.exclude, quantizes=_is_linear, targets=self.targets)
+        return gm
 
 
 #: The modes whose quantization is fixed by observed ranges: the modes ``quantize-prepare`` takes.
@@ -185,9 +194,11 @@ class QuantizePrepare(Pass):
         return _selectors_set(super().options())
 
     def call(self, gm: fx.GraphModule) -> fx.GraphModule:
-        nodes = select_linears(gm, self.targets, self.exclude, label=self.name)
+        nodes, excluded = select_linears(gm, self.targets, self.exclude, label=self.name)
         check_one_call_each(nodes, self.name)
-        return insert_observers(gm, nodes)
+        gm = insert_observers(gm, nodes)
+        report_left_alone(gm, self.name, nodes, excluded, self.exclude, quantizes=_is_linear, targets=self.targets)
+        return gm
 
 
 @register_pass
@@ -240,12 +251,20 @@ def _module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
 
 def select_linears(
     gm: fx.GraphModule, targets: Selector | None, exclude: Selector | None, *, label: str = "quantize-linear"
-) -> list[fx.Node]:
-    """The float32 Linear nodes to quantize: ``targets`` (default: every Linear) minus ``exclude``."""
+) -> tuple[list[fx.Node], list[fx.Node]]:
+    """The float32 Linear nodes to quantize: ``targets`` (default: every Linear) minus ``exclude``;
+    and the Linear nodes ``exclude`` kept in float. A model with no Linear at all gives ``([], [])``
+    (the pass is a no-op that reports its convs as left alone); explicit ``targets`` that match no
+    Linear, an ``exclude`` that leaves none, and a model whose Linears are all quantized already
+    are errors."""
+    excluded: list[fx.Node] = []
     if targets is None:
         nodes = [n for n in gm.graph.nodes if _is_linear(_module(gm, n))]
         if not nodes:
-            raise PassError(f"{label}: {_no_linear_reason(gm)}")
+            reason = _no_linear_reason(gm)
+            if reason is not None:
+                raise PassError(f"{label}: {reason}")
+            return [], []
     else:
         matched = select(gm, targets)
         nodes = [n for n in matched if _is_linear(_module(gm, n))]
@@ -254,6 +273,7 @@ def select_linears(
             raise PassError(f"{label}: targets={describe_selector(targets)} matches no nn.Linear, only {what}")
     if exclude is not None:
         dropped = set(select(gm, exclude))
+        excluded = [n for n in nodes if n in dropped]
         nodes = [n for n in nodes if n not in dropped]
         if not nodes:
             raise PassError(f"{label}: exclude={describe_selector(exclude)} leaves no Linear to quantize")
@@ -265,7 +285,7 @@ def select_linears(
                 f"{label} quantizes float32 models: convert with model.float() first"
             )
     check_quantizable(gm, nodes, label)
-    return nodes
+    return nodes, excluded
 
 
 def check_quantizable(gm: fx.GraphModule, nodes: list[fx.Node], label: str) -> None:
@@ -282,7 +302,9 @@ def _describe(gm: fx.GraphModule, node: fx.Node) -> str:
     return node.op if node.op in ("placeholder", "output") else target_name(node)
 
 
-def _no_linear_reason(gm: fx.GraphModule) -> str:
+def _no_linear_reason(gm: fx.GraphModule) -> str | None:
+    """Why a model with no float Linear cannot be quantized: its Linears are quantized already;
+    ``None`` when it has no Linear at all (then quantize-linear has nothing to do)."""
     done = [
         f"{path} ({type(m).__name__})"
         for path, m in gm.named_modules()
@@ -293,6 +315,5 @@ def _no_linear_reason(gm: fx.GraphModule) -> str:
             f"the model has no float nn.Linear left to quantize; already quantized: {', '.join(done[:6])}"
             f"{' …' if len(done) > 6 else ''}"
         )
-    kinds = sorted({type(m).__name__ for p, m in gm.named_modules() if p})
-    return f"the model has no nn.Linear to quantize (its modules: {', '.join(kinds) or 'none'})"
+    return None
 

@@ -34,6 +34,7 @@ from ...core.provenance import FROM, origins
 from ...errors import PassError
 from ...nn.fused import LinearReLU
 from ...nn.quantized import Int8StaticLinear, Int8Table, MinMaxObserver
+from ...pipeline import sites as site_records
 from .._rewrite import require_finite, require_values
 
 __all__ = ["Site", "chain_int8", "convert_observed", "int8_tables", "observed_sites"]
@@ -64,8 +65,12 @@ def observed_sites(gm: fx.GraphModule) -> list[Site]:
     return sites
 
 
-def convert_observed(gm: fx.GraphModule, *, chain: bool = True, label: str = "quantize-convert") -> fx.GraphModule:
-    """Convert every observed site of ``gm`` to int8 (see the module docstring); ``label`` names the pass in errors."""
+def convert_observed(
+    gm: fx.GraphModule, *, chain: bool = True, label: str = "quantize-convert", report: bool = True
+) -> fx.GraphModule:
+    """Convert every observed site of ``gm`` to int8 (see the module docstring); ``label`` names the pass in errors.
+    With ``report``, each converted Linear is a rewritten site (:mod:`fxlab.pipeline.sites`), after
+    :func:`~fxlab.pipeline.sites.allow`: a site beyond ``apply``'s limit keeps its observers."""
     sites = observed_sites(gm)
     if not sites:
         raise PassError(
@@ -82,6 +87,13 @@ def convert_observed(gm: fx.GraphModule, *, chain: bool = True, label: str = "qu
                     f"{label}: observer {obs.target} has seen no data: run calibration batches through the "
                     "prepared model before quantize-convert"
                 )
+    if report:
+        allowed = []
+        for site in sites:
+            if site_records.allow(gm, site[0].name):
+                site_records.rewrote(gm, site[0].name)
+                allowed.append(site)
+        sites = allowed
     for site in sites:
         _convert_site(gm, site)
     paths = {str(node.target) for node, _, _ in sites}

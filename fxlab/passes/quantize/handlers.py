@@ -16,6 +16,7 @@ from ..._util import set_submodule
 from ...errors import PassError
 from ...nn.fused import LinearReLU
 from ...nn.quantized import HalfLinear, Int8DynamicLinear, Int8WeightOnlyLinear
+from ...pipeline import sites
 from .configs import HalfConfig, Int8DynamicConfig, Int8StaticConfig, Int8WeightOnlyConfig, QuantConfig
 from .convert import convert_observed, observed_sites
 from .prepare import calibrate, check_one_call_each, insert_observers
@@ -51,10 +52,17 @@ def quantize_linears(
 def swap_linears(
     gm: fx.GraphModule, nodes: list[fx.Node], make: Callable[[nn.Module, bool], nn.Module]
 ) -> fx.GraphModule:
-    """Replace the module of each node by ``make(linear, relu)`` (``relu``: it was a LinearReLU)."""
-    for path in dict.fromkeys(str(n.target) for n in nodes):
+    """Replace the module of each node by ``make(linear, relu)`` (``relu``: it was a LinearReLU),
+    asking :func:`fxlab.pipeline.sites.allow` first (a module called from several nodes: once)."""
+    by_path: dict[str, list[fx.Node]] = {}
+    for node in nodes:
+        by_path.setdefault(str(node.target), []).append(node)
+    for path, calls in by_path.items():
+        if not sites.allow(gm, calls[0].name):
+            continue
         linear = gm.get_submodule(path)
         set_submodule(gm, path, make(linear, isinstance(linear, LinearReLU)))
+        sites.rewrote(gm, *(n.name for n in calls))
     return gm
 
 
@@ -91,4 +99,4 @@ def _static(gm: fx.GraphModule, nodes: list[fx.Node], config: Int8StaticConfig, 
     for node, before, after in observed_sites(gm):
         if not (gm.get_submodule(str(before.target)).seen and gm.get_submodule(str(after.target)).seen):
             raise PassError(f"quantize-linear: calibration never reached {node.target}; check the calibration batches")
-    return convert_observed(gm, label="quantize-linear")
+    return convert_observed(gm, label="quantize-linear", report=False)

@@ -27,6 +27,7 @@ from torch import fx
 from ..._util import eval_mode, fresh_name, model_device
 from ...errors import PassError
 from ...nn.quantized import MinMaxObserver
+from ...pipeline import sites
 
 __all__ = ["calibrate", "check_one_call_each", "insert_observers"]
 
@@ -43,9 +44,13 @@ def check_one_call_each(nodes: list[fx.Node], label: str) -> None:
 
 
 def insert_observers(gm: fx.GraphModule, nodes: list[fx.Node]) -> fx.GraphModule:
-    """Observe the input and the output of each Linear node (``<node>_input_observer``, ``<node>_output_observer``)."""
+    """Observe the input and the output of each Linear node (``<node>_input_observer``, ``<node>_output_observer``),
+    asking :func:`fxlab.pipeline.sites.allow` before each."""
     graph = gm.graph
     for node in nodes:
+        if not sites.allow(gm, node.name):
+            continue
+        sites.rewrote(gm, node.name)
         obs_in = _add_observer(gm, f"{node.name}_input_observer")
         obs_out = _add_observer(gm, f"{node.name}_output_observer")
         with graph.inserting_before(node):
