@@ -34,8 +34,7 @@ def report_html(report: Report) -> str:
         HtmlStep(
             s.index, s.pass_text, s.kind, s.graph_before, s.graph_after, s.diff, ok=s.ok, verdict=s.verdict,
             figures=_figures(s, fmt_diff),
-            rewritten=getattr(s, "rewritten", None) or (), skipped=getattr(s, "skipped", None) or (),
-            numbers=getattr(s, "node_numbers", None) or {},
+            rewritten=s.rewritten or (), skipped=s.skipped or (), numbers=_node_numbers(s), error_key="rel_error",
         )
         for s in report.steps
     ]
@@ -44,6 +43,11 @@ def report_html(report: Report) -> str:
         charts=[_accuracy_chart(report), *_retraining_charts(report)],
         columns=("accuracy", "retrained", "Δ vs baseline", "max abs diff", "agreement"),
     )
+
+
+def _node_numbers(s: Step) -> dict[str, dict[str, Any]]:
+    """The step's per-node numerics by node name (drawn on the after graph as a colour scale)."""
+    return {row["name"]: {k: v for k, v in row.items() if k != "name"} for row in (s.nodes or [])}
 
 
 def _figures(s: Step, fmt_diff: Any) -> list[tuple[str, str]]:

@@ -28,6 +28,12 @@ def test_write_html(report, tmp_path: Path) -> None:
     assert "http://" not in page and "https://" not in page
     assert len(page) < 3_000_000
     assert "graph_before" not in report.to_json()  # the graphs are kept for the page, not in the JSON
+    # the per-node numerics of each step: a table, and the quantized step's nodes on the error colour scale
+    assert page.count("<h4>Per-node numbers</h4>") == 3
+    quantized = page[page.index('data-step="3"'):]
+    assert "rel_error" in quantized and "layer3" in quantized
+    # what each pass rewrote and left alone
+    assert "layer1" in page[page.index('data-step="2"'):page.index('data-step="3"')]
 
 
 def test_report_in_a_real_browser(report, tmp_path: Path) -> None:
