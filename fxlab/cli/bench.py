@@ -19,6 +19,7 @@ def _show_progress() -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         handler.fxlab_bench = True  # type: ignore[attr-defined]
         log.addHandler(handler)
+    log.propagate = False  # once, through this handler (the runner's root handler would repeat each line)
     log.setLevel(min(log.getEffectiveLevel(), logging.INFO))
 
 
