@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from dataclasses import dataclass
@@ -13,9 +12,9 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 import fxlab
+from fxlab.bench.explain import CopyLinears as BenchCopyLinears
 from fxlab.cli import run
 from fxlab.models import build
-from fxlab.pipeline import sites
 from fxlab.verification import verification_bound
 
 
@@ -53,30 +52,11 @@ class SpellRelu(fxlab.Pass):
 
 @fxlab.register_pass
 @dataclass
-class CopyLinears(fxlab.Pass):
-    """Replace every Linear by a copy (a site each, in graph order); claims exact, but perturbs the
-    ``bad``-th copy's weights (1-based; 0: none) by 1e-2."""
+class CopyLinears(BenchCopyLinears):
+    """The bench's lying exact pass (a copy of every Linear, one site each; the ``bad``-th copy's
+    weights perturbed by 1e-2), registered for pipeline text."""
 
     name = "test-copy-linears"
-    kind = "exact"
-    bad: int = 0
-
-    def call(self, gm: fx.GraphModule) -> fx.GraphModule:
-        sites.looked(gm)
-        count = 0
-        for node in list(gm.graph.nodes):
-            if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), torch.nn.Linear):
-                continue
-            if not sites.allow(gm, node.name):
-                continue
-            count += 1
-            new = copy.deepcopy(gm.get_submodule(node.target))
-            if count == self.bad:
-                with torch.no_grad():
-                    new.weight.add_(1e-2)
-            gm.add_submodule(node.target, new)
-            sites.rewrote(gm, node.name)
-        return gm
 
 
 # -- per-node numerics ----------------------------------------------------------------------------
