@@ -24,12 +24,13 @@ value or device are said the same way). ``run_sweep(runs)`` verifies every run a
 plain data, or the ``error`` that kept it from running), in file order.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the runs are sharded over the ranks:
-rank ``r`` of ``N`` runs entries ``r``, ``r + N``, …; the rows are gathered so that every rank
-returns the same merged report (the command prints and writes it on rank 0 only). The process
-group uses gloo on CPU and NCCL when CUDA is present (each rank then verifies on
-``cuda:LOCAL_RANK`` unless its run names a device). ``run_sweep`` joins a process group the caller
-already made, and otherwise makes one and destroys it at the end. A run that raises becomes a row
-with its error, so one bad run never keeps the other ranks waiting.
+rank ``r`` of ``N`` runs entries ``r``, ``r + N``, … on its own (each rank verifies on
+``cuda:LOCAL_RANK`` with CUDA, unless its run names a device); then a process group (gloo on CPU,
+NCCL with CUDA) gathers the rows so that every rank returns the same merged report (the command
+prints and writes it on rank 0 only), and is destroyed. The group is made only after the runs: under
+one, ``fxlab.train.fit`` would retrain as DistributedDataParallel across ranks that hold different
+models. A run that raises becomes a row with its error, so one bad run never keeps the other ranks
+waiting.
 
 >>> from fxlab.verification.sweep import parse_sweep
 >>> runs = parse_sweep('''
@@ -52,7 +53,6 @@ fxlab.errors.VerifyError: <sweep>: run 1: unknown option 'retrain_epoch' (closes
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import inspect
 import json
@@ -60,7 +60,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -344,43 +344,32 @@ def ranks_from_env(env: Any = None) -> Ranks:
     return Ranks(rank, world, local)
 
 
-@contextlib.contextmanager
-def _process_group(timeout: datetime.timedelta) -> Iterator[tuple[Ranks, str | None]]:
-    """(this process's ranks, the device its runs default to); a process group joined or made (and
-    destroyed at the end) when torchrun started several processes."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():  # the caller's group: use it, leave it
-        yield Ranks(dist.get_rank(), dist.get_world_size(), ranks_from_env().local_rank), None
-        return
-    ranks = ranks_from_env()
-    if not ranks.distributed:
-        yield ranks, None
-        return
-    if not dist.is_available():
-        raise VerifyError("WORLD_SIZE > 1 but this torch has no torch.distributed")
-    device = None
-    if torch.cuda.is_available():
-        index = ranks.local_rank % torch.cuda.device_count()
-        torch.cuda.set_device(index)
-        device, backend = f"cuda:{index}", "nccl"
-    else:
-        backend = "gloo"
-    dist.init_process_group(backend, timeout=timeout)
-    log.info("rank %d of %d (%s)", ranks.rank, ranks.world_size, backend)
-    try:
-        yield ranks, device
-    finally:
-        dist.destroy_process_group()
+def _rank_device(ranks: Ranks) -> str | None:
+    """The device this rank's runs default to: ``cuda:LOCAL_RANK`` under torchrun with CUDA (made
+    current, as NCCL needs), else None (``verify``'s default)."""
+    if not ranks.distributed or not torch.cuda.is_available():
+        return None
+    index = ranks.local_rank % torch.cuda.device_count()
+    torch.cuda.set_device(index)
+    return f"cuda:{index}"
 
 
-def _gather(rows: list[SweepRow], ranks: Ranks) -> list[SweepRow]:
-    """Every rank's rows on every rank, in file order."""
+def _gather(rows: list[SweepRow], ranks: Ranks, timeout: datetime.timedelta) -> list[SweepRow]:
+    """Every rank's rows on every rank, in file order: a process group (gloo on CPU, NCCL with CUDA)
+    made for this gather alone, then destroyed."""
     if ranks.distributed:
         import torch.distributed as dist
 
-        gathered: list[Any] = [None] * ranks.world_size
-        dist.all_gather_object(gathered, [r.to_dict() for r in rows])
+        if not dist.is_available():
+            raise VerifyError("WORLD_SIZE > 1 but this torch has no torch.distributed")
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend, timeout=timeout)
+        log.info("rank %d of %d: gathering the rows (%s)", ranks.rank, ranks.world_size, backend)
+        try:
+            gathered: list[Any] = [None] * ranks.world_size
+            dist.all_gather_object(gathered, [r.to_dict() for r in rows])
+        finally:
+            dist.destroy_process_group()
         rows = [SweepRow(**d) for part in gathered for d in part]
     return sorted(rows, key=lambda r: r.index)
 
@@ -394,20 +383,30 @@ def run_sweep(
 ) -> SweepReport:
     """Verify every run and return the merged ``SweepReport`` (rows in file order).
 
-    One process: every run, in order, rank 0. Under torchrun (``WORLD_SIZE`` > 1) or in a process group
-    the caller made: this rank's share (entries ``rank``, ``rank + N``, …), then every rank's rows
-    gathered on every rank. ``on_result(row, total)`` is called as each of this rank's runs ends
-    (the command prints a progress line with it). ``timeout``: how long ranks wait for each other.
+    One process: every run, in order, rank 0. Under torchrun (``RANK``, ``WORLD_SIZE`` > 1 in the
+    environment): this rank's share (entries ``rank``, ``rank + N``, …) alone, then a process group is
+    made to gather every rank's rows on every rank, and destroyed. No group exists while the runs run:
+    ``fxlab.train.fit`` would otherwise retrain each run's model as DistributedDataParallel across the
+    ranks, which run different models. So a process group made beforehand is refused.
+    ``on_result(row, total)`` is called as each of this rank's runs ends (the command prints a progress
+    line with it). ``timeout``: how long a rank waits for the others to finish their share.
     """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        raise VerifyError("run_sweep makes its own process group once every rank's runs are done, but one is "
+                          "already initialised (retraining would run across the ranks): call it before "
+                          "init_process_group, or destroy the group first")
     start = time.perf_counter()
-    with _process_group(timeout) as (ranks, device):
-        rows = []
-        for run in runs[ranks.rank :: ranks.world_size]:
-            row = run_one(run, rank=ranks.rank, device=device, progress=progress)
-            rows.append(row)
-            if on_result is not None:
-                on_result(row, len(runs))
-        merged = _gather(rows, ranks)
+    ranks = ranks_from_env()
+    device = _rank_device(ranks)
+    rows = []
+    for run in runs[ranks.rank :: ranks.world_size]:
+        row = run_one(run, rank=ranks.rank, device=device, progress=progress)
+        rows.append(row)
+        if on_result is not None:
+            on_result(row, len(runs))
+    merged = _gather(rows, ranks, timeout)
     return SweepReport(rows=merged, world_size=ranks.world_size, seconds=time.perf_counter() - start)
 
 

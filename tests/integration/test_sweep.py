@@ -219,11 +219,13 @@ def test_a_run_that_cannot_run_is_a_row_and_the_others_still_run(model_file, tmp
 
 
 def test_torchrun_shards_the_runs_over_two_processes(model_file, mnist_root, tmp_path) -> None:
-    """Three runs on 2 CPU processes (gloo): rank 0 runs 1 and 3, rank 1 runs 2 (which fails); rank 0
-    prints and writes the merged report once, and torchrun fails because rank 0 exits 1."""
-    runs = (entry(str(model_file), "fuse-linear-relu")
+    """Four runs on 2 CPU processes (gloo): rank 0 runs 1 and 3, rank 1 runs 2 (which fails) and 4; runs 1
+    and 4 retrain (each rank on its own, not as DDP across ranks holding different models); rank 0 prints
+    and writes the merged report once, and torchrun fails because rank 0 exits 1."""
+    runs = (entry(str(model_file), "insert-activation{after=layer2 fn=gelu},fuse-linear-relu", retrain_epochs=0.02)
             + entry(str(model_file), "insert-activation{after=layer1 fn=sigmoid}")
-            + entry(str(model_file), "quantize-linear{mode=dynamic}"))
+            + entry(str(model_file), "quantize-linear{mode=dynamic}")
+            + entry(str(model_file), "insert-relu{after=layer3}", retrain_epochs=0.02))
     path = write(tmp_path, runs)
     out = tmp_path / "merged.json"
     env = dict(os.environ, FXLAB_DATA=str(mnist_root), OMP_NUM_THREADS="1")
@@ -234,12 +236,15 @@ def test_torchrun_shards_the_runs_over_two_processes(model_file, mnist_root, tmp
     assert proc.returncode == 1, proc.stdout + proc.stderr
     report = json.loads(out.read_text())
     assert report["world_size"] == 2 and report["ok"] is False
-    assert [(r["index"], r["rank"], r["ok"]) for r in report["runs"]] == [(1, 0, True), (2, 1, False), (3, 0, True)]
-    assert all(r["report"]["format"] == "fxlab.verify/1" and r["error"] is None for r in report["runs"])
+    assert [(r["index"], r["rank"], r["ok"], r["error"]) for r in report["runs"]] == [
+        (1, 0, True, None), (2, 1, False, None), (3, 0, True, None), (4, 1, True, None)]
+    assert all(r["report"]["format"] == "fxlab.verify/1" for r in report["runs"])
     assert report["runs"][1]["report"]["steps"][0]["pass"] == "insert-activation{after=layer1 fn=sigmoid}"
+    for row in (report["runs"][0], report["runs"][3]):  # retrained, on one rank
+        assert row["report"]["steps"][0]["retrained_accuracy"] is not None, row["report"]["steps"][0]["reason"]
     assert proc.stdout.count(f"wrote {out}") == 1 and proc.stdout.count("run    model") == 1
-    assert "FAIL: 1 of 3 runs failed (run 2) (2 processes" in proc.stdout
-    assert "rank 1: run 2/3" in proc.stderr and "rank 0: run 3/3" in proc.stderr
+    assert "FAIL: 1 of 4 runs failed (run 2) (2 processes" in proc.stdout
+    assert "rank 1: run 2/4" in proc.stderr and "rank 1: run 4/4" in proc.stderr and "rank 0: run 3/4" in proc.stderr
     assert re.search(r"exitcode\s*:\s*1\b", proc.stderr)  # the root cause is rank 0's verdict, not a stopped worker
 
 
