@@ -248,6 +248,28 @@ def test_torchrun_shards_the_runs_over_two_processes(model_file, mnist_root, tmp
     assert re.search(r"exitcode\s*:\s*1\b", proc.stderr)  # the root cause is rank 0's verdict, not a stopped worker
 
 
+def test_torchrun_with_a_bad_file_exits_on_every_rank_before_any_group(tmp_path) -> None:
+    path = write(tmp_path, entry("mymodule", "dce") + entry("mymodule", "dce", retrain_epoch=0))
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "fxlab.verify", "--sweep", str(path)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode != 0 and proc.stdout == ""
+    line = f"error: {path}: run 2: unknown option 'retrain_epoch' (closest: retrain_epochs)"
+    assert proc.stderr.count(line) == 2, proc.stderr  # each rank says it, neither waits for the other
+    assert "[rank0]" not in proc.stderr and "[rank1]" not in proc.stderr  # no worker traceback
+
+
+def test_a_process_group_made_beforehand_is_refused(monkeypatch, no_verify) -> None:
+    import torch.distributed as dist
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    with pytest.raises(VerifyError, match="call it before init_process_group"):
+        sweep.run_sweep(parse_sweep(entry("mymodule", "dce")))
+    assert no_verify == []
+
+
 def test_library_sweep_in_one_process(model_file, tmp_path) -> None:
     runs = parse_sweep(CHEAP + entry(str(model_file), "dce") + entry(str(model_file), "cse"), base=tmp_path)
     report = sweep.run_sweep(runs)
