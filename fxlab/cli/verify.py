@@ -12,7 +12,6 @@ from ..errors import UsageError, VerifyError, did_you_mean
 from ..models import names
 from ..pipeline import as_passes
 from ..verification import verify
-from ..verification.sweep import load_sweep
 from .runner import add_model_options, parser
 
 
@@ -104,7 +103,7 @@ def load_model(ns: argparse.Namespace) -> object:
 
 
 def main(argv: Sequence[str]) -> int:
-    """``python -m fxlab.verify (FILE | --model NAME) --passes PIPELINE [options]``."""
+    """``python -m fxlab.verify (FILE | --model NAME) --passes PIPELINE [options]``, or ``--sweep SWEEP.toml``."""
     p = _parser()
     ns = p.parse_args(argv)
     if ns.sweep is not None:
@@ -141,7 +140,7 @@ def sweep_main(p: argparse.ArgumentParser, ns: argparse.Namespace, argv: Sequenc
     could stop rank 0 before it wrote the report).
     """
     from ..models import names
-    from ..verification.sweep import options, ranks_from_env, run_sweep
+    from ..verification.sweep import load_sweep, options, ranks_from_env, run_sweep
 
     rank = ranks_from_env().rank
     if ns.file is not None:
