@@ -26,8 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     add_model_options(p, f"built-in model ({', '.join(names())}): trained with its default recipe (cached); "
                          "with FILE, the architecture for the file's weights (also package.module:Class or "
                          "path/to/file.py:Class, your own class)")
-    p.add_argument("--passes", required=True, metavar="PIPELINE",
-                   help='pipeline text, e.g. "insert-relu{after=layer3},fuse-linear-relu"')
+    p.add_argument("--passes", metavar="PIPELINE",
+                   help='pipeline text, e.g. "insert-relu{after=layer3},fuse-linear-relu" (required without --sweep)')
     p.add_argument("--data", metavar="DIR", help="MNIST root (default: $FXLAB_DATA, else the user cache; fetched if absent)")
     p.add_argument("--retrain-epochs", type=float, default=1.0, metavar="N",
                    help="fine-tuning epochs after each function-changing step (fractions allowed; default 1)")
@@ -37,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", metavar="D", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--seed", type=int, default=0, help="seed of the retraining batch order (default 0)")
     p.add_argument("--json", metavar="OUT", help="write the report as JSON")
+    p.add_argument("--sweep", metavar="SWEEP.toml",
+                   help="verify every [[run]] of a TOML file (each run: verify's options, e.g. model, passes, "
+                        "retrain_epochs; [defaults] for all) and print one table; under torchrun the runs are "
+                        "sharded over the processes and rank 0 prints and writes --json")
     p.add_argument("--plot", metavar="OUT", help="write accuracy per step and retraining curves as PNG (matplotlib)")
     p.add_argument("--html", metavar="OUT", help="write the report as one self-contained HTML page (graphs, diffs, charts)")
     p.add_argument("--trust", action="store_true", help="allow loading a pickled whole module (runs code from the file)")
@@ -48,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _check(ns: argparse.Namespace) -> None:
     """Everything that can be said about the arguments before MNIST is read or anything trained."""
+    if ns.passes is None:
+        raise UsageError("python -m fxlab.verify: the following arguments are required: --passes "
+                         "(or --sweep FILE for many runs)")
     if ns.file is None and ns.model is None:
         raise UsageError("python -m fxlab.verify: give a model FILE or --model NAME")
     if ns.retrain_epochs < 0:
@@ -73,6 +80,15 @@ def _check(ns: argparse.Namespace) -> None:
         resolve_device(ns.device)
 
 
+def _note_training(name: str) -> None:
+    """Say on stderr that the built-in model ``name`` is trained first (minutes) when no checkpoint is cached."""
+    from ..train import checkpoint_path, recipe_for
+
+    if not checkpoint_path(name).is_file():
+        print(f"training {name} with its default recipe ({recipe_for(name).epochs} epochs) once; "
+              f"the checkpoint is cached at {checkpoint_path(name)}", file=sys.stderr, flush=True)
+
+
 def load_model(ns: argparse.Namespace) -> object:
     """The model the arguments name: a file loaded now (a file that cannot be read is said before any
     work), or a built-in model name (its checkpoint trained first if none is cached, which is said)."""
@@ -82,17 +98,16 @@ def load_model(ns: argparse.Namespace) -> object:
         from ..serialization import load_file
 
         return load_file(ns.file, trust=ns.trust, model=ns.model, model_args=parse_model_args(ns.model_args)).model
-    from ..train import checkpoint_path, recipe_for
-
-    if not checkpoint_path(ns.model).is_file():
-        print(f"training {ns.model} with its default recipe ({recipe_for(ns.model).epochs} epochs) once; "
-              f"the checkpoint is cached at {checkpoint_path(ns.model)}", file=sys.stderr, flush=True)
+    _note_training(ns.model)
     return ns.model
 
 
 def main(argv: Sequence[str]) -> int:
-    """``python -m fxlab.verify (FILE | --model NAME) --passes PIPELINE [options]``."""
-    ns = _parser().parse_args(argv)
+    """``python -m fxlab.verify (FILE | --model NAME) --passes PIPELINE [options]``, or ``--sweep SWEEP.toml``."""
+    p = _parser()
+    ns = p.parse_args(argv)
+    if ns.sweep is not None:
+        return sweep_main(p, ns, argv)
     _check(ns)
     pipeline = as_passes(ns.passes)  # a bad pipeline is reported before any training
     model = load_model(ns)
@@ -109,3 +124,52 @@ def main(argv: Sequence[str]) -> int:
     if ns.html:
         print(f"wrote {report.write_html(ns.html)}")
     return 0 if report.ok else 1
+
+
+#: The options that go with --sweep; every other one belongs in the sweep file.
+_SWEEP_OPTIONS = ("sweep", "json", "debug", "verbose", "help")
+
+
+def sweep_main(p: argparse.ArgumentParser, ns: argparse.Namespace, argv: Sequence[str]) -> int:
+    """``python -m fxlab.verify --sweep SWEEP.toml [--json OUT]``, also under ``torchrun``.
+
+    Every rank reads and checks the file before the process group is made (a bad file: every rank
+    says so in one line and exits 2). Rank 0 prints the merged table, writes ``--json`` and exits 0
+    when every run's contracts hold, 1 when one fails, 2 when a run could not run; the other ranks
+    exit 0 once their share is handed over (torchrun stops every worker as soon as one fails, which
+    could stop rank 0 before it wrote the report).
+    """
+    from ..models import names
+    from ..verification.sweep import load_sweep, options, ranks_from_env, run_sweep
+
+    rank = ranks_from_env().rank
+    if ns.file is not None:
+        raise UsageError(f"python -m fxlab.verify: --sweep takes its models from the file, not {ns.file}")
+    given = [s for a in p._actions if a.dest not in _SWEEP_OPTIONS for s in a.option_strings
+             if any(t == s or t.startswith(s + "=") for t in argv)]
+    if given:
+        key = given[0].lstrip("-").replace("-", "_")
+        hint = (f"every run's options are in the sweep file: put {key} = ... in a [[run]] or in [defaults]"
+                if key in options() and key != "nodes" else "a sweep prints one table and writes --json only")
+        raise UsageError(f"python -m fxlab.verify: {given[0]} does not go with --sweep ({hint})")
+    if ns.json:
+        check_output(ns.json)
+    runs = load_sweep(ns.sweep)
+    if rank == 0:
+        for name in dict.fromkeys(r.options["model"] for r in runs if r.options["model"] in names()):
+            _note_training(name)
+
+    def done(row, total: int) -> None:
+        who = f"rank {row.rank}: " if ranks_from_env().distributed else ""
+        what = "ok" if row.ok else f"error: {row.error}" if row.error else "FAIL"
+        print(f"{who}run {row.index}/{total} {row.model} {row.passes}: {what} ({row.seconds:.1f}s)",
+              file=sys.stderr, flush=True)
+
+    report = run_sweep(runs, progress=sys.stderr.isatty() and not ranks_from_env().distributed, on_result=done)
+    if rank == 0:
+        print(report.text())
+        if ns.json:
+            report.write_json(ns.json)
+            print(f"\nwrote {ns.json}")
+        return 2 if report.errors else 0 if report.ok else 1
+    return 0

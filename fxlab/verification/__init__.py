@@ -44,7 +44,8 @@ contract, and the first of its rewrites that does, in a logarithmic number of ve
 The package: :mod:`~fxlab.verification.run` (the algorithm), :mod:`~fxlab.verification.contracts`
 (one check per pass kind, registered by kind), :mod:`~fxlab.verification.report` (``Report``,
 ``Step``, ``Baseline``: table, diffs, JSON), :mod:`~fxlab.verification.plot` (matplotlib),
-:mod:`~fxlab.verification.models` (which model to check) and :mod:`~fxlab.verification.retrain`.
+:mod:`~fxlab.verification.models` (which model to check) and :mod:`~fxlab.verification.retrain`;
+:mod:`~fxlab.verification.sweep` runs many verifications from a TOML file, sharded over torchrun's ranks.
 """
 
 from __future__ import annotations

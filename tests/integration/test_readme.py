@@ -88,6 +88,10 @@ COMMANDS: dict[str, tuple[list[str] | None, str, str]] = {
         [*MAIN_JOB_RUN[0], "--html", "report.html"], MAIN_JOB_RUN[1], "wrote report.html"),
     "python -m fxlab.show simplenn --passes fold-batchnorm,remove-dropout,fuse-linear-relu --html pipeline.html": (
         None, "", "# simplenn: seed model with random weights; after fold-batchnorm,remove-dropout,fuse-linear-relu"),
+    "python -m fxlab.verify --sweep examples/sweep.toml --json sweep.json": (
+        ["--sweep", "sweep.toml", "--json", "sweep.json"],
+        "examples/sweep.toml's runs on a trained state dict with 0.1 retraining epoch (see readme_dir), as MAIN_JOB_RUN",
+        "ok: all 3 runs hold (1 process"),
 }
 
 #: fxlab commands named in the README's prose (not in a shell block) that are cheap enough to run too.
@@ -123,6 +127,10 @@ def readme_dir(tmp_path_factory, trained, mnist_root) -> Path:
     torch.save(state, d / "model.pth")
     torch.save(state, d / "model_state_dict.pth")
     torch.save(trained["mymodule"].state_dict(), d / TRAINED_FILE)
+    sweep = (README.parent / "examples" / "sweep.toml").read_text(encoding="utf-8")
+    sweep = sweep.replace('model = "mymodule"', f'model = "{TRAINED_FILE}"')
+    (d / "sweep.toml").write_text(sweep.replace("retrain_epochs = 1\n", 'retrain_epochs = 0.1\ndevice = "cpu"\n'),
+                                  encoding="utf-8")
     return d
 
 
