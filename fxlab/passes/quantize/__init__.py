@@ -80,7 +80,8 @@ class QuantizeLinear(Pass):
     on evaluation ``data`` (``fxlab.data.load()``'s MNIST or an MNIST root; ``fxlab.verify``
     supplies it) it ranks the Linears by the accuracy lost with each one alone quantized and keeps
     the most sensitive in float until the drop is within ``max_drop``, which is then the budget
-    (:mod:`.sensitivity`).
+    (:mod:`.sensitivity`); it measures on the whole MNIST test split, or on its first
+    ``eval_images`` images.
 
     >>> import fxlab, torch
     >>> from fxlab.models import build
@@ -106,6 +107,7 @@ class QuantizeLinear(Pass):
     exclude: Selector | None = None
     calibration: Any = field(default=None, repr=False, compare=False)
     max_drop: float | None = None
+    eval_images: int | None = None
     data: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -114,7 +116,7 @@ class QuantizeLinear(Pass):
                 f"quantize-linear: unknown mode {self.mode!r}{did_you_mean(str(self.mode), MODES)}; "
                 f"modes: {', '.join(MODES)}"
             )
-        check_max_drop(self.name, self.max_drop)
+        check_max_drop(self.name, self.max_drop, self.eval_images)
 
     @property
     def budget(self) -> float:  # type: ignore[override]

@@ -111,6 +111,7 @@ class QuantizeConv(Pass):
     targets: Selector | None = None
     exclude: Selector | None = None
     max_drop: float | None = None
+    eval_images: int | None = None
     data: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -120,7 +121,7 @@ class QuantizeConv(Pass):
                 f"quantize-conv: unknown mode {self.mode!r}{hint}{did_you_mean(str(self.mode), CONV_MODES)}; "
                 f"modes: {', '.join(CONV_MODES)}"
             )
-        check_max_drop(self.name, self.max_drop)
+        check_max_drop(self.name, self.max_drop, self.eval_images)
 
     @property
     def budget(self) -> float:  # type: ignore[override]

@@ -4,8 +4,10 @@
 (``data=``: what ``fxlab.data.load()`` returns, or an MNIST root; ``fxlab.verify`` and its command
 line supply it) before they quantize:
 
-1. the float model's accuracy on the MNIST test split (all 10 000 images: the images
-   ``fxlab.verify`` measures the drop on) and its outputs on the first ``ERROR_IMAGES`` of them;
+1. the float model's accuracy on the MNIST test split (all 10 000 images, the images
+   ``fxlab.verify`` measures the drop on; ``eval_images=N``: the first N, cheaper for models whose
+   quantized layers are slow, such as int8 convs on a CPU) and its outputs on the first
+   ``ERROR_IMAGES`` of them;
 2. for each layer the pass would quantize, a copy with only that layer quantized: its accuracy and
    its output error (relative L2 distance from the float outputs);
 3. the ranking: lowest accuracy first, the larger output error first among equal accuracies;
@@ -45,9 +47,10 @@ ERROR_IMAGES = 1000
 Quantize = Callable[[fx.GraphModule, list[fx.Node]], fx.GraphModule]
 
 
-def evaluation_data(data: Any, device: torch.device, label: str) -> Any:
+def evaluation_data(data: Any, device: torch.device, label: str, images: int | None = None) -> Any:
     """``data`` as ``fxlab.data.MNIST`` on ``device``: a loaded MNIST, or an MNIST root (read, never
-    fetched). ``None`` raises ``PassError`` saying how to supply it."""
+    fetched), with only its first ``images`` test images when given. ``None`` raises ``PassError``
+    saying how to supply it."""
     from ... import data as mnist_data
 
     if data is None:
@@ -56,20 +59,30 @@ def evaluation_data(data: Any, device: torch.device, label: str) -> Any:
             f"root directory), or run the pipeline under fxlab.verify / python -m fxlab.verify, which supply MNIST"
         )
     if isinstance(data, mnist_data.MNIST):
-        return mnist_data.as_mnist(data, device)
-    if isinstance(data, (str, os.PathLike)):
-        return mnist_data.load(data, device=device, download=False)
-    raise PassError(f"{label}: data must be what fxlab.data.load() returns or an MNIST root directory, "
-                    f"got {type(data).__name__}")
+        mnist = mnist_data.as_mnist(data, device)
+    elif isinstance(data, (str, os.PathLike)):
+        mnist = mnist_data.load(data, device=device, download=False)
+    else:
+        raise PassError(f"{label}: data must be what fxlab.data.load() returns or an MNIST root directory, "
+                        f"got {type(data).__name__}")
+    if images is None or images >= len(mnist.test):
+        return mnist
+    test = mnist_data.Split(mnist.test.pixels[:images], mnist.test.labels[:images])
+    return dataclasses.replace(mnist, test=test)
 
 
-def check_max_drop(label: str, max_drop: Any) -> None:
-    """``max_drop`` is None or a number of accuracy points ≥ 0; else ``PassError``."""
-    if max_drop is None:
-        return
-    if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or not max_drop >= 0:
+def check_max_drop(label: str, max_drop: Any, eval_images: Any = None) -> None:
+    """``max_drop`` is None or a number of accuracy points ≥ 0, ``eval_images`` None or a count
+    ≥ 1; else ``PassError``."""
+    if max_drop is not None and (isinstance(max_drop, bool) or not isinstance(max_drop, (int, float))
+                                 or not max_drop >= 0):
         raise PassError(f"{label}: max_drop must be a number of accuracy points ≥ 0 (e.g. max_drop=0.5), "
                         f"got {max_drop!r}")
+    if eval_images is not None and (isinstance(eval_images, bool) or not isinstance(eval_images, int)
+                                    or eval_images < 1):
+        raise PassError(f"{label}: eval_images must be a number of test images ≥ 1, got {eval_images!r}")
+    if eval_images is not None and max_drop is None:
+        raise PassError(f"{label}: eval_images is the evaluation set of max_drop; give max_drop too, or drop it")
 
 
 def kept_reason(max_drop: float, alone: float) -> str:
@@ -85,9 +98,11 @@ def keep_in_float(
     max_drop: float,
     data: Any,
     label: str,
+    eval_images: int | None = None,
 ) -> tuple[list[list[fx.Node]], dict[str, Any]]:
     """The units (the nodes of one module each) to keep in float so that quantizing the others
-    costs at most ``max_drop`` accuracy points on ``data``, and what was measured.
+    costs at most ``max_drop`` accuracy points on ``data`` (its test split, or its first
+    ``eval_images`` test images), and what was measured.
 
     ``gm`` is left as it is: every trial quantizes a copy with ``quantize``. The measurement is a
     dict: ``max_drop``, ``images``, ``float_accuracy``, ``accuracy`` and ``drop`` of the result,
@@ -96,7 +111,7 @@ def keep_in_float(
     """
     from ...train import evaluate
 
-    mnist = evaluation_data(data, model_device(gm), label)
+    mnist = evaluation_data(data, model_device(gm), label, eval_images)
     images = mnist.test.images[:ERROR_IMAGES]
     base = evaluate(gm, mnist).accuracy
     reference = _outputs(gm, images)
@@ -154,7 +169,8 @@ def within_max_drop(p: Any, gm: fx.GraphModule, nodes: list[fx.Node], quantize: 
     units: dict[str, list[fx.Node]] = {}
     for node in nodes:
         units.setdefault(str(node.target), []).append(node)
-    kept_units, measured = keep_in_float(gm, list(units.values()), quantize, p.max_drop, p.data, p.label())
+    kept_units, measured = keep_in_float(gm, list(units.values()), quantize, p.max_drop, p.data, p.label(),
+                                         p.eval_images)
     changes = {row["node"]: row["change"] for row in measured["ranking"]}
     kept = set()
     for unit in kept_units:
@@ -173,4 +189,4 @@ def _replay(p: Any, paths: list[str]) -> str:
         given = [] if exclude is None else list(exclude) if isinstance(exclude, (list, tuple)) else [exclude]
         merged = [*given, *paths]
         exclude = merged[0] if len(merged) == 1 else merged
-    return str(dataclasses.replace(p, max_drop=None, data=None, exclude=exclude))
+    return str(dataclasses.replace(p, max_drop=None, eval_images=None, data=None, exclude=exclude))
