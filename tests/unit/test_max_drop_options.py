@@ -102,3 +102,27 @@ def test_sensitivity_line_in_the_table() -> None:
     assert table.splitlines()[-2] == "quantize-linear: layer1: kept in float32 by max_drop=0.5 (alone: -86.30 points)"
     assert table.splitlines()[-1] == ("quantize-linear: max_drop=0.5 on 10000 images: ranking layer1 -86.30 (kept), "
                                       "layer3 -0.04; 97.90% → 97.86% (drop 0.04)")
+
+
+def test_a_measuring_pass_records_its_sensitivity_and_replay_text() -> None:
+    """``sites.measured``: apply keeps the measurement on the record and the replay text as the pipeline."""
+    from dataclasses import dataclass
+
+    from fxlab.pipeline import Pass, sites
+
+    @dataclass
+    class Measuring(Pass):
+        name = "measuring-test-pass"
+        kind = "exact"
+
+        def call(self, gm):
+            sites.looked(gm)
+            sites.measured(gm, {"max_drop": 1.0, "ranking": []}, "dce")
+            return gm
+
+    gm = fxlab.apply(build("mymodule").eval(), [Measuring()])
+    record = fxlab.records(gm)[-1]
+    assert record.sensitivity == {"max_drop": 1.0, "ranking": []}
+    assert gm.meta["fxlab.pipeline"] == "dce"
+    gm = fxlab.apply(gm, "dce")  # the next pass measured nothing
+    assert fxlab.records(gm)[-1].sensitivity is None and gm.meta["fxlab.pipeline"] == "dce,dce"
