@@ -17,7 +17,14 @@ line supply it) before they quantize:
 Accuracy comes from :func:`fxlab.train.evaluate`, data from :mod:`fxlab.data`; this is the only
 quantization module that touches either. The pass records the kept layers as skipped sites
 (``kept in float32 by max_drop=0.5 (alone: -86.30 points)``) and the whole measurement as its
-record's ``sensitivity`` (:func:`fxlab.pipeline.sites.measured`).
+record's ``sensitivity`` (:func:`fxlab.pipeline.sites.measured`)::
+
+    >>> import fxlab
+    >>> from fxlab.data import load
+    >>> from fxlab.passes import QuantizeLinear
+    >>> gm = fxlab.apply(model, [QuantizeLinear(mode="dynamic", max_drop=0.5, data=load())])  # doctest: +SKIP
+    >>> print(fxlab.records(gm).sensitivity())                                                # doctest: +SKIP
+    quantize-linear: max_drop=0.5 on 10000 images: ranking layer1 -83.86 (kept), layer3 +0.00, layer2 +0.03; 94.18% → 94.17% (drop 0.01)
 """
 
 from __future__ import annotations
