@@ -28,7 +28,8 @@ class PassRecord:
 
     ``rewritten`` lists the nodes the pass rewrote and ``skipped`` the ``(node, reason)`` it left
     alone, as the pass reported them (:mod:`fxlab.pipeline.sites`); both are ``None`` for a pass
-    that reports no sites (its sites are unknown).
+    that reports no sites (its sites are unknown). ``sensitivity`` is what a pass that chooses its
+    sites by measuring (``quantize-linear{max_drop=...}``) measured, else ``None``.
     """
 
     name: str
@@ -44,6 +45,7 @@ class PassRecord:
     diff: GraphDiff | None = field(default=None, repr=False, compare=False)  # the graph diff of this pass
     rewritten: list[str] | None = None
     skipped: list[tuple[str, str]] | None = None
+    sensitivity: dict[str, Any] | None = None
 
     def sites_text(self) -> str:
         """``"2 rewritten, 1 left alone"``, or ``"unknown"`` for a pass that reports no sites."""
@@ -67,12 +69,24 @@ class PassRecords(list):
         from tabulate import tabulate
 
         text = tabulate([r.row() for r in self], headers=RECORD_HEADERS, tablefmt=fmt)
-        alone = self.left_alone()
-        return text + ("\n" + alone if alone else "")
+        notes = "\n".join(t for t in (self.left_alone(), self.sensitivity()) if t)
+        return text + ("\n" + notes if notes else "")
 
     def left_alone(self) -> str:
         """One line per site a pass left alone: ``pass: node: reason``."""
         return "\n".join(f"{r.name}: {node}: {reason}" for r in self for node, reason in (r.skipped or []))
+
+    def sensitivity(self) -> str:
+        """One line per pass that measured to choose its sites: the ranking and the resulting drop."""
+        return "\n".join(f"{r.name}: {sensitivity_text(r.sensitivity)}" for r in self if r.sensitivity)
+
+
+def sensitivity_text(s: dict[str, Any]) -> str:
+    """``max_drop=0.5 on 10000 images: ranking layer1 -86.30 (kept), layer3 -0.04, layer2 -0.01;
+    97.90% → 97.86% (drop 0.04)``: a ``PassRecord.sensitivity`` in one line."""
+    ranking = ", ".join(f"{r['node']} {r['change']:+.2f}{' (kept)' if r['kept'] else ''}" for r in s["ranking"])
+    return (f"max_drop={s['max_drop']:g} on {s['images']} images: ranking {ranking or '(no layer)'}; "
+            f"{s['float_accuracy']:.2f}% → {s['accuracy']:.2f}% (drop {s['drop']:.2f})")
 
 
 def records(gm: fx.GraphModule) -> PassRecords:
@@ -113,11 +127,13 @@ def apply(
         gm = trace(model if inplace else copy.deepcopy(model))
     history = PassRecords(gm.meta.get("fxlab.records", []))
     base = gm.meta.get("fxlab.pipeline", "")
+    texts = []
     for p in pipeline:
         snapshot = _snapshot(gm) if inplace else None
         before, before_origins = signatures(gm), origin_map(gm)
         marks = before_pass(gm)
         sites.take(gm)  # whatever an earlier run left: this pass reports afresh
+        sites.take_measured(gm)
         sites.set_limit(gm, limit)
         start = time.perf_counter()
         try:
@@ -134,16 +150,17 @@ def apply(
             raise PassError(f"pass {p.label()!r} failed: {type(exc).__name__}: {exc}") from exc
         seconds = time.perf_counter() - start
         rewritten, skipped = sites.take(new)
+        sensitivity, replay = sites.take_measured(new)
         sites.set_limit(new, None)
         track(marks, new, p.label())
         diff = diff_signatures(before, signatures(new), before_origins, origin_map(new))
         history.append(PassRecord(p.label(), p.kind, seconds, len(before), len(diff.after),
                                   len(diff.added), len(diff.removed), len(diff.changed), str(p),
-                                  len(diff.replaced), diff, rewritten, skipped))
+                                  len(diff.replaced), diff, rewritten, skipped, sensitivity))
+        texts.append(str(p) if replay is None else replay)
         log.info("%s: %s in %.1f ms", p.label(), diff.summary(), seconds * 1000)
         gm = new
     gm.meta["fxlab.records"] = history
-    texts = [str(p) for p in pipeline]
     gm.meta["fxlab.pipeline"] = ",".join(t for t in [base, *texts] if t)
     _call_directly(gm)
     return gm

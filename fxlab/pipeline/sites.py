@@ -13,6 +13,10 @@ A pass that looked and found nothing to do reports that with :func:`looked`.
 Before each rewrite a pass asks :func:`allow`; ``fxlab.apply(..., limit=N)`` lets each pass
 rewrite at most ``N`` sites (in its stable order), like LLVM's ``-opt-bisect-limit``, which is
 how bisection finds the one rewrite that breaks a contract.
+
+A pass that chooses its sites by measuring on data (``quantize-linear{max_drop=...}``) reports what
+it measured with :func:`measured`, and the pipeline text that does the same without the data; the
+record keeps the measurement (``PassRecord.sensitivity``) and the result's pipeline the text.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch.fx as fx
 
 _KEY = "fxlab.sites"
 _LIMIT = "fxlab.limit"
+_MEASURED = "fxlab.measured"
 
 
 def _sites(gm: fx.GraphModule) -> dict[str, Any]:
@@ -69,3 +74,15 @@ def take(gm: fx.GraphModule) -> tuple[list[str] | None, list[tuple[str, str]] | 
     if found is None:
         return None, None
     return list(found["rewritten"]), list(found["skipped"])
+
+
+def measured(gm: fx.GraphModule, sensitivity: dict[str, Any], replay: str) -> None:
+    """Record what the pass measured to choose its sites (``sensitivity``: plain data), and
+    ``replay``: pipeline text doing the same without the data ("" for nothing), which the result
+    records as the pass's pipeline so that a saved model rebuilds without it."""
+    gm.meta[_MEASURED] = (sensitivity, replay)
+
+
+def take_measured(gm: fx.GraphModule) -> tuple[dict[str, Any] | None, str | None]:
+    """(sensitivity, replay) recorded on ``gm`` since the last call, and forget them; (None, None) if none."""
+    return gm.meta.pop(_MEASURED, (None, None))

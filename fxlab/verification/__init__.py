@@ -13,7 +13,8 @@ promise of its ``kind``:
   (``quantize-linear{mode=static}`` from pipeline text) is calibrated on MNIST training images;
   after a pass whose class sets ``calibrates = True`` (it leaves observers in the graph), the same
   training batches run through the new model before the next step, and the step's own checks run
-  on a copy so that its observers never see test images;
+  on a copy so that its observers never see test images. A pass with an empty ``data`` option
+  (``quantize-linear{mode=dynamic max_drop=0.5}``) gets the run's MNIST as its evaluation data;
 - ``changes``: the model is fine-tuned ``retrain_epochs`` epochs (``fxlab.train.fit``) and its
   recovered accuracy (``retrained_accuracy``) must be within ``floor`` points (default 1) of the
   baseline. Retraining changes the weights: later steps start from the retrained model.
@@ -54,7 +55,7 @@ from .bisection import BisectResult, bisect, verification_bound
 from .contracts import CONTRACTS, Settings, StepCheck, Verdict, contract_for, register_contract
 from .report import JSON_FORMAT, Baseline, Report, Step
 from .retrain import RETRAIN_BATCH, RETRAIN_LR, retrain_plan
-from .run import CALIBRATION_BATCH, CHECK_IMAGES, calibrate, compare, verify, with_calibration
+from .run import CALIBRATION_BATCH, CHECK_IMAGES, calibrate, compare, verify, with_calibration, with_data
 
 __all__ = [
     "CALIBRATION_BATCH",
@@ -79,4 +80,5 @@ __all__ = [
     "verification_bound",
     "verify",
     "with_calibration",
+    "with_data",
 ]

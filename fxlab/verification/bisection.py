@@ -44,7 +44,7 @@ from ..pipeline import Pass, PassRecord, apply, records
 from ..pipeline.base import KINDS
 from .contracts import declared_budget
 from .report import Step
-from .run import _calibrates, _Run, calibrate, prepare, with_calibration
+from .run import _calibrates, _Run, calibrate, prepare, with_calibration, with_data
 
 __all__ = ["BisectResult", "bisect", "verification_bound"]
 
@@ -228,7 +228,7 @@ def _apply_all(run: _Run, model: fx.GraphModule, passes: list[Pass]) -> tuple[fx
     t0 = time.perf_counter()
     gm = model
     for p in passes:
-        p = with_calibration(p, run.calibration)
+        p = with_data(with_calibration(p, run.calibration), run.mnist)
         gm = apply(gm, [p])
         gm.to(run.device).eval()
         if _calibrates(p):

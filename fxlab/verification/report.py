@@ -15,6 +15,7 @@ import torch.fx as fx
 
 from .._util import write_atomic
 from ..core import GraphDiff
+from ..pipeline.execute import sensitivity_text
 
 __all__ = ["JSON_FORMAT", "Baseline", "Report", "Step"]
 
@@ -91,6 +92,8 @@ class Step:
     #: the pass's site records (``PassRecord.rewritten`` / ``.skipped``); None: the pass reports no sites
     rewritten: list[str] | None = None
     skipped: list[tuple[str, str]] | None = None
+    #: what a pass that chooses its sites by measuring measured (``PassRecord.sensitivity``), else None
+    sensitivity: dict[str, Any] | None = None
     # the graphs before and after the step, for the HTML report (not in the JSON)
     graph_before: fx.GraphModule | None = field(default=None, repr=False, compare=False)
     graph_after: fx.GraphModule | None = field(default=None, repr=False, compare=False)
@@ -121,6 +124,8 @@ class Step:
             return "sites: unknown (the pass reports no site records)"
         lines = [f"rewrote: {', '.join(self.rewritten) or '(nothing)'}"]
         lines += [f"left alone: {node}: {reason}" for node, reason in self.skipped or []]
+        if self.sensitivity:
+            lines.append(f"sensitivity: {sensitivity_text(self.sensitivity)}")
         return "\n".join(lines)
 
     def nodes_text(self) -> str:
@@ -179,6 +184,7 @@ class Step:
             "first_divergence": self.first_divergence,
             "rewritten": list(self.rewritten) if self.rewritten is not None else None,
             "skipped": [[n, r] for n, r in self.skipped] if self.skipped is not None else None,
+            "sensitivity": _plain(self.sensitivity),
             "seconds": self.seconds,
             "pass_seconds": self.pass_seconds,
             "diff": {"added": self.diff.added, "removed": self.diff.removed, "changed": self.diff.changed,
@@ -334,6 +340,15 @@ def _num(value: float | None) -> float | None:
     if value is None or not math.isfinite(value):
         return None
     return float(value)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` (dicts, lists, numbers) with every float through :func:`_num`, for JSON."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return _num(value) if isinstance(value, float) else value
 
 
 def _fmt_db(value: float | None) -> str:

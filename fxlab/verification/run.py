@@ -266,7 +266,7 @@ class _Run:
             reason=verdict.reason, retrain_history=verdict.history, nonfinite_outputs=nonfinite,
             nodes=[r.to_dict() for r in nodes] if nodes is not None else None,
             first_divergence=(first_divergence(nodes, p.kind, self.settings.tolerance) if nodes is not None else None),
-            rewritten=record.rewritten, skipped=record.skipped,
+            rewritten=record.rewritten, skipped=record.skipped, sensitivity=record.sensitivity,
         )
         log.info("step %d %s (%s): %s", index, step.pass_text, step.kind, step.verdict)
         model = probe if verdict.outputs is not None else new
@@ -275,7 +275,7 @@ class _Run:
 
     def _apply(self, p: Pass, limit: int | None = None) -> tuple[fx.GraphModule, PassRecord]:
         """(model after ``p``, the record ``apply`` kept of it); calibrated if ``p`` asks."""
-        p = with_calibration(p, self.calibration)
+        p = with_data(with_calibration(p, self.calibration), self.mnist)
         new = apply(self.current, [p], limit=limit)
         record = records(new)[-1]
         new.to(self.device).eval()
@@ -301,6 +301,16 @@ def with_calibration(p: Pass, batches: Any) -> Pass:
     calibration = batches()
     log.info("calibrating %s on %d MNIST training images", p.label(), sum(b.shape[0] for b in calibration))
     return dataclasses.replace(p, calibration=calibration)
+
+
+def with_data(p: Pass, mnist: Any) -> Pass:
+    """``p`` with its ``data`` option (evaluation data, e.g. ``quantize-linear{max_drop=...}``'s) set
+    to ``mnist`` when it has that option and it is empty; other passes are returned as they are."""
+    if not dataclasses.is_dataclass(p) or getattr(p, "data", "absent") is not None:
+        return p
+    if "data" not in {f.name for f in dataclasses.fields(p)}:
+        return p
+    return dataclasses.replace(p, data=mnist)
 
 
 def calibrate(gm: nn.Module, batches: Iterable[torch.Tensor]) -> None:

@@ -40,6 +40,7 @@ from .convert import convert_observed
 from .handlers import Handler, quantize_linears, register_handler, swap_linears  # noqa: F401
 from .prepare import check_one_call_each, insert_observers
 from .report import report_left_alone
+from .sensitivity import check_max_drop, within_max_drop
 from .conv import CONV_MODES, ConvHandler, QuantizeConv, register_conv_handler  # noqa: E402
 
 __all__ = [
@@ -75,7 +76,12 @@ class QuantizeLinear(Pass):
     ``calibration`` (static mode) is an iterable of input batches, or of ``(inputs, labels)``:
     static mode is then ``quantize-prepare``, those batches, ``quantize-convert`` in one call.
     The accuracy ``budget`` depends on the mode: 0.3 points for int8 dynamic / weight-only, 0.5
-    for static, 0.1 for bf16 / fp16.
+    for static, 0.1 for bf16 / fp16. ``max_drop`` (accuracy points) makes the pass accuracy-aware:
+    on evaluation ``data`` (``fxlab.data.load()``'s MNIST or an MNIST root; ``fxlab.verify``
+    supplies it) it ranks the Linears by the accuracy lost with each one alone quantized and keeps
+    the most sensitive in float until the drop is within ``max_drop``, which is then the budget
+    (:mod:`.sensitivity`); it measures on the whole MNIST test split, or on its first
+    ``eval_images`` images.
 
     >>> import fxlab, torch
     >>> from fxlab.models import build
@@ -100,6 +106,9 @@ class QuantizeLinear(Pass):
     targets: Selector | None = None
     exclude: Selector | None = None
     calibration: Any = field(default=None, repr=False, compare=False)
+    max_drop: float | None = None
+    eval_images: int | None = None
+    data: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.mode, str) or self.mode not in MODES:
@@ -107,11 +116,12 @@ class QuantizeLinear(Pass):
                 f"quantize-linear: unknown mode {self.mode!r}{did_you_mean(str(self.mode), MODES)}; "
                 f"modes: {', '.join(MODES)}"
             )
+        check_max_drop(self.name, self.max_drop, self.eval_images)
 
     @property
     def budget(self) -> float:  # type: ignore[override]
-        """The accuracy drop (points) this pass may cost: the mode's budget."""
-        return MODES[self.mode].budget
+        """The accuracy drop (points) this pass may cost: ``max_drop`` when set, else the mode's budget."""
+        return MODES[self.mode].budget if self.max_drop is None else self.max_drop
 
     @property
     def config(self) -> QuantConfig:
@@ -119,10 +129,10 @@ class QuantizeLinear(Pass):
         return MODES[self.mode]
 
     def options(self) -> dict[str, Any]:
-        """Options as pipeline text knows them: calibration data is an input, not part of the
-        pipeline, and a selector left at None means the default (every Linear; exclude nothing)."""
+        """Options as pipeline text knows them: calibration and evaluation data are inputs, not part
+        of the pipeline, and a selector left at None means the default (every Linear; exclude nothing)."""
         options = super().options()
-        del options["calibration"]
+        del options["calibration"], options["data"]
         return _selectors_set(options)
 
     def calibrated(self, batches: Any) -> QuantizeLinear:
@@ -133,8 +143,12 @@ class QuantizeLinear(Pass):
 
     def call(self, gm: fx.GraphModule) -> fx.GraphModule:
         nodes, excluded = select_linears(gm, self.targets, self.exclude)
-        if nodes:
-            gm = quantize_linears(gm, nodes, self.config, self.calibration)
+        chosen, calibration = nodes, self.calibration
+        if nodes and self.max_drop is not None:
+            calibration = None if calibration is None else list(calibration)  # every trial calibrates
+            chosen = within_max_drop(self, gm, nodes, lambda g, ns: quantize_linears(g, ns, self.config, calibration))
+        if chosen:
+            gm = quantize_linears(gm, chosen, self.config, calibration)
         report_left_alone(gm, self.name, nodes, excluded, self.exclude, quantizes=_is_linear, targets=self.targets)
         return gm
 

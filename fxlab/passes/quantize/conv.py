@@ -13,7 +13,7 @@ conv handler and a name in ``CONV_MODES``::
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import fx, nn
@@ -34,6 +34,7 @@ from ...pipeline import Pass, register_pass, sites
 from .._rewrite import require_finite, require_values
 from .configs import MODES, HalfConfig, Int8DynamicConfig, Int8WeightOnlyConfig, QuantConfig
 from .report import report_left_alone
+from .sensitivity import check_max_drop, within_max_drop
 
 __all__ = ["CONV_MODES", "ConvHandler", "QuantizeConv", "register_conv_handler"]
 
@@ -91,6 +92,7 @@ class QuantizeConv(Pass):
     (half weights); the budgets are quantize-linear's (0.3 points int8, 0.1 half). ``targets``
     selects the convs (default: all), ``exclude`` keeps some in float. A grouped conv, or one
     whose padding the int8 path cannot express, is left in float32 and reported as skipped.
+    ``max_drop`` and ``data`` keep the most sensitive convs in float, as in quantize-linear.
 
     >>> import fxlab, torch
     >>> model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(),
@@ -108,6 +110,9 @@ class QuantizeConv(Pass):
     mode: str
     targets: Selector | None = None
     exclude: Selector | None = None
+    max_drop: float | None = None
+    eval_images: int | None = None
+    data: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.mode, str) or self.mode not in CONV_MODES:
@@ -116,11 +121,13 @@ class QuantizeConv(Pass):
                 f"quantize-conv: unknown mode {self.mode!r}{hint}{did_you_mean(str(self.mode), CONV_MODES)}; "
                 f"modes: {', '.join(CONV_MODES)}"
             )
+        check_max_drop(self.name, self.max_drop, self.eval_images)
 
     @property
     def budget(self) -> float:  # type: ignore[override]
-        """The accuracy drop (points) this pass may cost: the mode's budget (as quantize-linear's)."""
-        return CONV_MODES[self.mode].budget
+        """The accuracy drop (points) this pass may cost: ``max_drop`` when set, else the mode's budget
+        (as quantize-linear's)."""
+        return CONV_MODES[self.mode].budget if self.max_drop is None else self.max_drop
 
     @property
     def config(self) -> QuantConfig:
@@ -128,8 +135,10 @@ class QuantizeConv(Pass):
         return CONV_MODES[self.mode]
 
     def options(self) -> dict[str, Any]:
-        """Options as pipeline text knows them (a selector left at None is the default)."""
-        return {k: v for k, v in super().options().items() if not (k in ("targets", "exclude") and v is None)}
+        """Options as pipeline text knows them (a selector left at None is the default; evaluation
+        data is an input, not part of the pipeline)."""
+        return {k: v for k, v in super().options().items()
+                if k != "data" and not (k in ("targets", "exclude") and v is None)}
 
     def call(self, gm: fx.GraphModule) -> fx.GraphModule:
         nodes, excluded = self._select(gm)
@@ -142,7 +151,10 @@ class QuantizeConv(Pass):
         modules = [(str(n.target), gm.get_submodule(str(n.target))) for n in chosen]
         require_values(self.name, modules)
         require_finite(self.name, modules)
-        quantize_convs(gm, chosen, self.config)
+        quantized = chosen
+        if chosen and self.max_drop is not None:
+            quantized = within_max_drop(self, gm, chosen, lambda g, ns: quantize_convs(g, ns, self.config))
+        quantize_convs(gm, quantized, self.config)
         report_left_alone(gm, self.name, chosen, excluded, self.exclude, refused,
                           quantizes=is_float_conv, targets=self.targets)
         return gm
