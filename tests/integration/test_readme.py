@@ -88,6 +88,11 @@ COMMANDS: dict[str, tuple[list[str] | None, str, str]] = {
         [*MAIN_JOB_RUN[0], "--html", "report.html"], MAIN_JOB_RUN[1], "wrote report.html"),
     "python -m fxlab.show simplenn --passes fold-batchnorm,remove-dropout,fuse-linear-relu --html pipeline.html": (
         None, "", "# simplenn: seed model with random weights; after fold-batchnorm,remove-dropout,fuse-linear-relu"),
+    "python -m fxlab.show mymodule --passes 'quantize-linear{mode=int4 group_size=64}'": (
+        None, "", "layer1: Int4WeightOnlyLinear(784→128, group=64)"),
+    "python -m fxlab.verify --model mymodule --passes 'quantize-linear{mode=int8-int4}' --no-diff": (
+        [TRAINED_FILE, "--passes", "quantize-linear{mode=int8-int4}", "--no-diff", "--data", "{data}", "--device",
+         "cpu"], MAIN_JOB_RUN[1], "ok: accuracy drop"),
 }
 
 #: fxlab commands named in the README's prose (not in a shell block) that are cheap enough to run too.

@@ -23,6 +23,7 @@ batches through the prepared model, ``quantize-convert`` turns the observed rang
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -32,10 +33,22 @@ from torch import fx, nn
 from ...core import Selector, describe_selector, module_text, select, target_name
 from ...errors import PassError, did_you_mean
 from ...nn.fused import LinearReLU
+from ...nn.lowbit import GROUP_SIZES, Float8WeightLinear, Int2WeightOnlyLinear, Int4WeightOnlyLinear
 from ...nn.quantized import HalfLinear, Int8DynamicLinear, Int8StaticLinear, Int8WeightOnlyLinear
 from ...pipeline import Pass, register_pass
 from .._rewrite import require_finite, require_values
-from .configs import MODES, HalfConfig, Int8DynamicConfig, Int8StaticConfig, Int8WeightOnlyConfig, QuantConfig
+from .configs import (
+    MODES,
+    Float8WeightConfig,
+    HalfConfig,
+    Int2WeightOnlyConfig,
+    Int4WeightOnlyConfig,
+    Int8DynamicConfig,
+    Int8Int4Config,
+    Int8StaticConfig,
+    Int8WeightOnlyConfig,
+    QuantConfig,
+)
 from .convert import convert_observed
 from .handlers import Handler, quantize_linears, register_handler, swap_linears  # noqa: F401
 from .prepare import check_one_call_each, insert_observers
@@ -45,7 +58,12 @@ from .conv import CONV_MODES, ConvHandler, QuantizeConv, register_conv_handler  
 __all__ = [
     "CONV_MODES",
     "ConvHandler",
+    "Float8WeightConfig",
+    "GROUPED_MODES",
     "HalfConfig",
+    "Int2WeightOnlyConfig",
+    "Int4WeightOnlyConfig",
+    "Int8Int4Config",
     "Int8DynamicConfig",
     "Int8StaticConfig",
     "Int8WeightOnlyConfig",
@@ -60,6 +78,10 @@ __all__ = [
 ]
 
 
+#: The modes whose weights are quantized in groups: the modes ``group_size`` applies to.
+GROUPED_MODES = tuple(m for m, c in MODES.items() if any(f.name == "group_size" for f in dataclasses.fields(c)))
+
+
 def _selectors_set(options: dict[str, Any]) -> dict[str, Any]:
     """Options without ``targets`` / ``exclude`` left at None (the default: every Linear; exclude nothing)."""
     return {k: v for k, v in options.items() if not (k in ("targets", "exclude") and v is None)}
@@ -68,14 +90,15 @@ def _selectors_set(options: dict[str, Any]) -> dict[str, Any]:
 @register_pass
 @dataclass
 class QuantizeLinear(Pass):
-    """Swap nn.Linear (and fused LinearReLU) modules for quantized ones: int8 or half precision.
+    """Swap nn.Linear (and fused LinearReLU) modules for quantized ones: int8, int4, ternary, fp8 or half.
 
-    ``mode`` is one of ``dynamic``, ``weight-only``, ``bf16``, ``fp16``, ``static`` (see ``MODES``);
+    ``mode`` is one of ``dynamic``, ``weight-only``, ``bf16``, ``fp16``, ``static``, ``int4``,
+    ``int8-int4``, ``fp8``, ``int2`` (see ``MODES``); ``group_size`` (32, 64, 128 or None: per
+    output channel; default 32) is the int4 modes' scale group;
     ``targets`` selects the Linears (default: all), ``exclude`` keeps some in float;
     ``calibration`` (static mode) is an iterable of input batches, or of ``(inputs, labels)``:
     static mode is then ``quantize-prepare``, those batches, ``quantize-convert`` in one call.
-    The accuracy ``budget`` depends on the mode: 0.3 points for int8 dynamic / weight-only, 0.5
-    for static, 0.1 for bf16 / fp16.
+    The accuracy ``budget`` depends on the mode (``MODES[mode].budget``; README, "Quantization").
 
     >>> import fxlab, torch
     >>> from fxlab.models import build
@@ -87,6 +110,8 @@ class QuantizeLinear(Pass):
     >>> x = torch.randn(64, 1, 28, 28)
     >>> bool((gm(x) - model(x)).abs().max() < 0.1)
     True
+    >>> fxlab.apply(model, "quantize-linear{mode=int4 group_size=64}").layer1
+    Int4WeightOnlyLinear(784→128, group=64)
     >>> calib = [torch.randn(64, 1, 28, 28) for _ in range(4)]
     >>> gm = fxlab.apply(model, [QuantizeLinear(mode="static", calibration=calib)])
     >>> print(fxlab.format_graph(gm).splitlines()[2])
@@ -100,6 +125,7 @@ class QuantizeLinear(Pass):
     targets: Selector | None = None
     exclude: Selector | None = None
     calibration: Any = field(default=None, repr=False, compare=False)
+    group_size: int | None = 32
 
     def __post_init__(self) -> None:
         if not isinstance(self.mode, str) or self.mode not in MODES:
@@ -107,6 +133,11 @@ class QuantizeLinear(Pass):
                 f"quantize-linear: unknown mode {self.mode!r}{did_you_mean(str(self.mode), MODES)}; "
                 f"modes: {', '.join(MODES)}"
             )
+        if self.group_size not in GROUP_SIZES or isinstance(self.group_size, bool):
+            raise PassError(f"quantize-linear: group_size={self.group_size!r}: give 32, 64, 128 or none (per channel)")
+        if self.group_size != 32 and self.mode not in GROUPED_MODES:
+            raise PassError(f"quantize-linear: group_size applies to the int4 modes ({', '.join(GROUPED_MODES)}), "
+                            f"not to mode={self.mode}: leave it out")
 
     @property
     def budget(self) -> float:  # type: ignore[override]
@@ -115,8 +146,11 @@ class QuantizeLinear(Pass):
 
     @property
     def config(self) -> QuantConfig:
-        """The config of this pass's mode."""
-        return MODES[self.mode]
+        """The config of this pass's mode (with this pass's ``group_size`` for the int4 modes)."""
+        config = MODES[self.mode]
+        if self.mode in GROUPED_MODES:
+            config = dataclasses.replace(config, group_size=self.group_size)
+        return config
 
     def options(self) -> dict[str, Any]:
         """Options as pipeline text knows them: calibration data is an input, not part of the
@@ -308,7 +342,8 @@ def _no_linear_reason(gm: fx.GraphModule) -> str | None:
     done = [
         f"{path} ({type(m).__name__})"
         for path, m in gm.named_modules()
-        if isinstance(m, (Int8DynamicLinear, Int8WeightOnlyLinear, Int8StaticLinear, HalfLinear))
+        if isinstance(m, (Int8DynamicLinear, Int8WeightOnlyLinear, Int8StaticLinear, HalfLinear, Int4WeightOnlyLinear,
+                          Int2WeightOnlyLinear, Float8WeightLinear))
     ]
     if done:
         return (
