@@ -315,3 +315,56 @@ def test_bench_lowbit_suite_times_every_path_and_compares_them() -> None:
             assert r["max_rel_diff_kernel_paths"] < 1e-5
     assert "kernel weight + F.linear" in lowbit_tables(result)
     assert result["targets"][0]["target"] == "low-bit Linears faster than unpack + F.linear"
+
+
+# -- quantization-aware training: the fake-quantized forward is the target module's ----------------
+
+from fxlab.passes import QuantizeLinear  # noqa: E402
+from fxlab.passes.quantize import MODES, FakeQuantLinear  # noqa: E402
+
+QAT_CASES = [("int4", 32), ("int4", None), ("int8-int4", 64), ("int2", 32), ("fp8", 32), ("dynamic", 32),
+             ("weight-only", 32)]
+
+
+@pytest.mark.parametrize("mode, group", QAT_CASES)
+@pytest.mark.parametrize("relu", [False, True])
+def test_fake_quantized_forward_is_the_converted_modules(mode: str, group: int | None, relu: bool) -> None:
+    torch.manual_seed(3)
+    linear = torch.nn.Linear(784, 128)
+    if relu:
+        linear = LinearReLU.from_linear(linear)
+    p = QuantizeLinear(mode=mode, group_size=group if mode in ("int4", "int8-int4") else 32)
+    fake = FakeQuantLinear.wrap(linear, p.config)
+    converted = fxlab.apply(torch.nn.Sequential(linear), [p]).get_submodule("0")
+    x = torch.randn(64, 784)
+    with torch.no_grad(), kernels.disabled():
+        expected = converted(x)
+    y = fake(x)
+    assert y.requires_grad
+    assert float((y.detach() - expected).abs().max()) <= 1e-5 * float(expected.abs().max())
+
+
+def test_fake_quantized_backward_is_straight_through() -> None:
+    torch.manual_seed(4)
+    linear = torch.nn.Linear(40, 8)
+    fake = FakeQuantLinear.wrap(linear, MODES["int2"])
+    x = torch.randn(16, 40, requires_grad=True)
+    g = torch.randn(16, 8)
+    fake(x).backward(g)
+    w_q = fake_quantize_weight(linear.weight.detach(), "int2")
+    assert torch.allclose(linear.weight.grad, g.t() @ x.detach(), atol=1e-5)  # d/dw as if rounding were identity
+    assert torch.allclose(x.grad, g @ w_q, atol=1e-5)  # the input's gradient sees the quantized weight
+    assert linear.bias.grad is not None
+
+
+def test_qat_options_round_trip_and_are_checked() -> None:
+    p = fxlab.parse_pipeline("quantize-linear{mode=int4 group_size=none qat_epochs=0.5}")[0]
+    assert p.qat_epochs == 0.5 and "data" not in p.options()
+    assert fxlab.format_pipeline([p]) == "quantize-linear{mode=int4 group_size=none qat_epochs=0.5}"
+    with pytest.raises(PassError, match="qat_epochs=-1: give a number of epochs ≥ 0"):
+        QuantizeLinear(mode="int4", qat_epochs=-1)
+    for mode in ("static", "bf16"):
+        with pytest.raises(PassError, match=f"mode={mode} is not trained through"):
+            QuantizeLinear(mode=mode, qat_epochs=1)
+    with pytest.raises(PassError, match="needs MNIST training data"):
+        fxlab.apply(build("mymodule").eval(), "quantize-linear{mode=int2 qat_epochs=1}")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -51,6 +52,7 @@ from .configs import (
 )
 from .convert import convert_observed
 from .handlers import Handler, quantize_linears, register_handler, swap_linears  # noqa: F401
+from .qat import FakeQuantLinear, has_fake_quant, register_fake_quant, train_quantized
 from .prepare import check_one_call_each, insert_observers
 from .report import report_left_alone
 from .conv import CONV_MODES, ConvHandler, QuantizeConv, register_conv_handler  # noqa: E402
@@ -58,6 +60,7 @@ from .conv import CONV_MODES, ConvHandler, QuantizeConv, register_conv_handler  
 __all__ = [
     "CONV_MODES",
     "ConvHandler",
+    "FakeQuantLinear",
     "Float8WeightConfig",
     "GROUPED_MODES",
     "HalfConfig",
@@ -72,12 +75,16 @@ __all__ = [
     "QuantizeConvert",
     "QuantizeLinear",
     "QuantizePrepare",
+    "QAT_MODES",
     "quantize_linears",
     "register_conv_handler",
+    "register_fake_quant",
     "register_handler",
 ]
 
 
+#: The modes quantization-aware training (``qat_epochs``) applies to: those with a fake quantizer.
+QAT_MODES = tuple(m for m, c in MODES.items() if has_fake_quant(c))
 #: The modes whose weights are quantized in groups: the modes ``group_size`` applies to.
 GROUPED_MODES = tuple(m for m, c in MODES.items() if any(f.name == "group_size" for f in dataclasses.fields(c)))
 
@@ -98,6 +105,10 @@ class QuantizeLinear(Pass):
     ``targets`` selects the Linears (default: all), ``exclude`` keeps some in float;
     ``calibration`` (static mode) is an iterable of input batches, or of ``(inputs, labels)``:
     static mode is then ``quantize-prepare``, those batches, ``quantize-convert`` in one call.
+    ``qat_epochs`` (modes ``QAT_MODES``: all but static, bf16, fp16; default 0) fine-tunes the model for that many MNIST
+    epochs with the selected Linears computing through the mode's quantizer (straight-through
+    gradients), then converts (:mod:`.qat`); ``data`` is the training data then (what
+    ``fxlab.data.load()`` returns, or an MNIST root; ``fxlab.verify`` supplies it).
     The accuracy ``budget`` depends on the mode (``MODES[mode].budget``; README, "Quantization").
 
     >>> import fxlab, torch
@@ -126,6 +137,8 @@ class QuantizeLinear(Pass):
     exclude: Selector | None = None
     calibration: Any = field(default=None, repr=False, compare=False)
     group_size: int | None = 32
+    qat_epochs: float = 0
+    data: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.mode, str) or self.mode not in MODES:
@@ -138,6 +151,12 @@ class QuantizeLinear(Pass):
         if self.group_size != 32 and self.mode not in GROUPED_MODES:
             raise PassError(f"quantize-linear: group_size applies to the int4 modes ({', '.join(GROUPED_MODES)}), "
                             f"not to mode={self.mode}: leave it out")
+        epochs = self.qat_epochs
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or not math.isfinite(epochs) or epochs < 0:
+            raise PassError(f"quantize-linear: qat_epochs={epochs!r}: give a number of epochs ≥ 0 (fractions allowed)")
+        if epochs > 0 and self.mode not in QAT_MODES:
+            raise PassError(f"quantize-linear: mode={self.mode} is not trained through (qat_epochs): "
+                            f"quantization-aware training applies to {', '.join(QAT_MODES)}")
 
     @property
     def budget(self) -> float:  # type: ignore[override]
@@ -156,8 +175,14 @@ class QuantizeLinear(Pass):
         """Options as pipeline text knows them: calibration data is an input, not part of the
         pipeline, and a selector left at None means the default (every Linear; exclude nothing)."""
         options = super().options()
-        del options["calibration"]
+        del options["calibration"], options["data"]
         return _selectors_set(options)
+
+    def with_data(self, data: Any) -> QuantizeLinear:
+        """A copy of this pass with ``data=data`` (quantization-aware training's MNIST; same pipeline text)."""
+        other = copy.copy(self)
+        other.data = data
+        return other
 
     def calibrated(self, batches: Any) -> QuantizeLinear:
         """A copy of this pass with ``calibration=batches`` (same options, same pipeline text)."""
@@ -167,6 +192,14 @@ class QuantizeLinear(Pass):
 
     def call(self, gm: fx.GraphModule) -> fx.GraphModule:
         nodes, excluded = select_linears(gm, self.targets, self.exclude)
+        if nodes and self.qat_epochs > 0:
+            if self.data is None:
+                raise PassError(
+                    f"quantize-linear: qat_epochs={self.qat_epochs:g} needs MNIST training data: give "
+                    "QuantizeLinear(..., data=fxlab.data.load()) (or an MNIST root), or run the pipeline "
+                    "through fxlab.verify, which supplies it"
+                )
+            gm = train_quantized(gm, nodes, self.config, self.qat_epochs, self.data)
         if nodes:
             gm = quantize_linears(gm, nodes, self.config, self.calibration)
         report_left_alone(gm, self.name, nodes, excluded, self.exclude, quantizes=_is_linear, targets=self.targets)
