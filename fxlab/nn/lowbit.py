@@ -121,8 +121,13 @@ def unpack(packed: Tensor, k: int, bits: int) -> Tensor:
     [[-8, 7, 1]]
     """
     per = _per_byte(bits)
-    shifts = torch.arange(per, device=packed.device, dtype=torch.uint8).reshape(1, per, 1) * bits
-    codes = (packed.unsqueeze(1) >> shifts) & ((1 << bits) - 1)
+    if graph_capture():  # floor division and remainder: exporters (ONNX) have no shifts or masks on bytes
+        steps = torch.tensor([1 << (p * bits) for p in range(per)], device=packed.device, dtype=torch.int32)
+        codes = torch.remainder(torch.div(packed.to(torch.int32).unsqueeze(1), steps.reshape(1, per, 1),
+                                          rounding_mode="floor"), 1 << bits)
+    else:
+        shifts = torch.arange(per, device=packed.device, dtype=torch.uint8).reshape(1, per, 1) * bits
+        codes = (packed.unsqueeze(1) >> shifts) & ((1 << bits) - 1)
     return codes.reshape(packed.shape[0], -1)[:, :k].to(torch.int8) - (1 << (bits - 1))
 
 

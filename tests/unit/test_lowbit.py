@@ -368,3 +368,11 @@ def test_qat_options_round_trip_and_are_checked() -> None:
             QuantizeLinear(mode=mode, qat_epochs=1)
     with pytest.raises(PassError, match="needs MNIST training data"):
         fxlab.apply(build("mymodule").eval(), "quantize-linear{mode=int2 qat_epochs=1}")
+
+
+@pytest.mark.parametrize("mode", ["int4", "int8-int4", "int2", "fp8"])
+def test_onnx_export_is_checked_against_onnxruntime(mode: str, tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    gm = fxlab.apply(build("neuralnetwork").eval(), f"quantize-linear{{mode={mode}}}")
+    path = fxlab.export_onnx(gm, tmp_path / "m.onnx")  # runs it with onnxruntime: within 1e-4 of PyTorch
+    assert path.stat().st_size > 0 and not list(tmp_path.glob("*.tmp*"))
