@@ -376,3 +376,16 @@ def test_onnx_export_is_checked_against_onnxruntime(mode: str, tmp_path) -> None
     gm = fxlab.apply(build("neuralnetwork").eval(), f"quantize-linear{{mode={mode}}}")
     path = fxlab.export_onnx(gm, tmp_path / "m.onnx")  # runs it with onnxruntime: within 1e-4 of PyTorch
     assert path.stat().st_size > 0 and not list(tmp_path.glob("*.tmp*"))
+
+
+def test_verify_qat_setting_reaches_the_passes_that_train() -> None:
+    from fxlab.passes import FuseLinearReLU
+    from fxlab.verification.run import with_qat
+
+    assert with_qat(QuantizeLinear(mode="int4"), 0.5).qat_epochs == 0.5
+    assert with_qat(QuantizeLinear(mode="int4", qat_epochs=2), 0.5).qat_epochs == 2  # its own setting wins
+    assert with_qat(QuantizeLinear(mode="static"), 0.5).qat_epochs == 0  # calibrated: not trained
+    assert with_qat(QuantizeLinear(mode="fp16"), 0.5).qat_epochs == 0
+    assert with_qat(QuantizeLinear(mode="int4"), 0).qat_epochs == 0
+    fuse = FuseLinearReLU()
+    assert with_qat(fuse, 1) is fuse
