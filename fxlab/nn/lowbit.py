@@ -450,9 +450,15 @@ def _scaled_mm_ok(device: torch.device) -> bool:
     return hasattr(torch, "_scaled_mm") and torch.cuda.get_device_capability(device) >= (8, 9)
 
 
-@functools.cache
+_WARNED: set[str] = set()
+
+
 def _warn_scaled_mm(exc: BaseException) -> None:
-    log.warning("fp8: torch._scaled_mm failed (%s); widening the weights instead", exc)
+    """Log once per kind of failure that ``torch._scaled_mm`` failed and the weights are widened instead."""
+    key = f"{type(exc).__name__}: {str(exc)[:200]}"
+    if key not in _WARNED:
+        _WARNED.add(key)
+        log.warning("fp8: torch._scaled_mm failed (%s); widening the weights instead", key)
 
 
 def _scaled_mm_linear(x: Tensor, w8: Tensor, w_scale: Tensor, bias: Tensor | None) -> Tensor:

@@ -203,6 +203,26 @@ def test_fp8_on_cpu_is_the_widened_weight_times_scale_then_f_linear(relu: bool) 
     assert float((m.dequantized_weight() - w).abs().max()) <= float(w.abs().max()) / 16
 
 
+def test_fp8_scaled_mm_arithmetic_on_cpu() -> None:
+    """The CUDA path's function (per-row e4m3 activations, zero padding of K and N to multiples of 16,
+    row-wise scales, bfloat16 out) run through torch's CPU ``_scaled_mm``: it computes the per-row
+    e4m3 activations times the e4m3 weights, to bfloat16 rounding. (The module itself widens on CPU.)"""
+    from fxlab.nn.lowbit import FP8_MAX, _scaled_mm_linear
+
+    for k, n in [(784, 10), (50, 7), (64, 32)]:
+        m, _ = _module(Float8WeightLinear, None, k, n)
+        x = torch.randn(5, k)
+        try:
+            y = _scaled_mm_linear(x, m.weight, m.weight_scale, m.bias)
+        except (RuntimeError, NotImplementedError) as exc:  # pragma: no cover - a torch without CPU fp8 GEMMs
+            pytest.skip(f"torch._scaled_mm does not run on this CPU: {exc}")
+        s_x = x.abs().amax(dim=1, keepdim=True) / FP8_MAX
+        x8 = (x / s_x).to(torch.float8_e4m3fn).float() * s_x
+        expected = F.linear(x8, m.dequantized_weight(), m.bias)
+        assert y.shape == (5, n) and y.dtype == torch.float32
+        assert float((y - expected).abs().max()) <= 2 ** -7 * float(expected.abs().max()) * 2
+
+
 @pytest.mark.skipif(not (torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)),
                     reason="the fp8 torch._scaled_mm path needs a CUDA GPU of compute capability ≥ 8.9")
 def test_fp8_scaled_mm_on_cuda_is_near_the_widened_weights() -> None:  # pragma: no cover - GPU only
