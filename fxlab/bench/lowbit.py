@@ -97,10 +97,10 @@ def lowbit_suite(cfg: Config) -> dict[str, Any]:
                              row["candidates"]["fxlab"]["speedup_vs_unpack"] or float("nan"))
     wins = [r["candidates"]["fxlab"]["speedup_vs_unpack"] for r in rows]
     ok = all(w is not None and w > 1.0 for w in wins)
-    worst = min((w for w in wins if w is not None), default=float("nan"))
+    worst = min((w for w in wins if w is not None), default=None)
     targets = [Target("low-bit Linears faster than unpack + F.linear", "int4, int8-int4, int2 at batch 1 and 256",
-                      worst, "> 1.00× (every row)", ok,
-                      f"worst {worst:.2f}× over {len(rows)} rows")]
+                      worst, "> 1.00× (every row)", ok if worst is not None else None,
+                      f"worst {worst:.2f}× over {len(rows)} rows" if worst is not None else "not measured")]
     return {"rows": rows, "method": "each packed module's paths timed side by side in interleaved rounds (median); "
                                     "speed-up = unpack + F.linear time / candidate time",
             "targets": [t.to_json() for t in targets]}

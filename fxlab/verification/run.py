@@ -75,7 +75,7 @@ def verify(
     - ``nodes``: compare every node with its counterpart before the pass (``Step.nodes``,
       ``Step.first_divergence``; see :mod:`fxlab.verification.nodes`).
     - ``qat_epochs``: quantization-aware training for every approximate step that offers it
-      (``quantize-linear``, every mode but static): that many MNIST epochs through the quantizer
+      (``quantize-linear`` in the modes of ``QAT_MODES``: all but static, bf16, fp16): that many MNIST epochs through the quantizer
       before converting; the step then reports the plain conversion's accuracy too (``Step.qat``).
       A pass with its own ``qat_epochs`` trains so anyway (on this MNIST).
 
@@ -289,7 +289,8 @@ class _Run:
         epochs = getattr(p, "qat_epochs", 0)
         if not epochs:
             return None
-        plain = apply(self.current, [dataclasses.replace(p, qat_epochs=0, data=None)])
+        untrained = {"qat_epochs": 0, **({"data": None} if hasattr(p, "data") else {})}
+        plain = apply(self.current, [dataclasses.replace(p, **untrained)])
         plain.to(self.device).eval()
         plain_accuracy = evaluate(plain, self.mnist, device=self.device).accuracy
         lost = self.reference - plain_accuracy
