@@ -84,3 +84,15 @@ def test_verify_cli_qat_epochs(trained, mnist_root, tmp_path) -> None:
     bad = subprocess.run([sys.executable, "-m", "fxlab.verify", str(path), "--passes", "quantize-linear{mode=int4}",
                           "--qat-epochs", "-1"], capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "--qat-epochs must be a number ≥ 0" in bad.stderr
+
+
+def test_a_qat_model_saves_and_loads_with_its_trained_weights(trained, mnist, tmp_path) -> None:
+    gm = fxlab.apply(trained["neuralnetwork"], [QuantizeLinear(mode="int4", group_size=64, qat_epochs=0.05, data=mnist)])
+    plain = fxlab.apply(trained["neuralnetwork"], [QuantizeLinear(mode="int4", group_size=64)])
+    assert not torch.equal(gm.fc1.weight_packed, plain.fc1.weight_packed)  # training moved the weights
+    path = tmp_path / "qat.fxlab"
+    fxlab.save(gm, path)
+    back = fxlab.load(path)  # rebuilt without training, then the saved (trained) state dict
+    x = mnist.test.images[:64]
+    with torch.no_grad():
+        assert torch.equal(back(x), gm(x))
