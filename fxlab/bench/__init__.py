@@ -1,8 +1,8 @@
 """Benchmarks: where fxlab stands against torch.fx, torch.ao and the seeds' own loops.
 
-    python -m fxlab.bench [--suite inference|passes|training|explain] [--quick] [--json out.json]
+    python -m fxlab.bench [--suite inference|passes|training|explain|lowbit] [--quick] [--json out.json]
 
-Four suites, each timed side by side in one run (these machines are shared and noisy, so the
+Five suites, each timed side by side in one run (these machines are shared and noisy, so the
 figures that matter are ratios measured together):
 
 - ``inference``: every seed model before and after fxlab's standard pipelines (fusion; fusion then
@@ -16,6 +16,9 @@ figures that matter are ratios measured together):
   (torchvision ToTensor + Normalize through a DataLoader of batch 64, Adam), test accuracy reached.
 - ``explain``: ``fxlab.bisect``'s verifications on pipelines of 4, 16 and 64 steps (logarithmic), and
   the overhead of per-node numerics on a verification step (``explain.py``).
+- ``lowbit``: the packed int4 / int8-int4 / ternary Linears' CPU paths (fused Numba kernel, kernel-written
+  float weight + ``F.linear``) against unpacking the weight to float32 in torch ops + ``F.linear``, at
+  batch 1 and 256 (``lowbit.py``).
 
 Modules: ``harness`` (interleaved side-by-side timing), ``memory`` (peak tensor bytes, RSS,
 state-dict size), ``environment``, the suites ``inference``, ``passes`` and ``training``, ``seeds``
@@ -48,6 +51,7 @@ from .environment import environment
 from .explain import explain_suite, explain_tables
 from .harness import Timing, compare
 from .inference import GemmFloor, Variant, fusion_passes, inference_suite, inference_variants
+from .lowbit import lowbit_suite, lowbit_tables
 from .memory import peak_tensor_bytes, state_dict_bytes, training_rss
 from .passes import ao_fuse_fx, deep_mlp, hand_fuse_linear_relu, hand_insert_relu, hand_trace, passes_suite
 from .report import load_result, machine, report, targets_table, write_json_atomic
@@ -58,12 +62,13 @@ from .training import training_suite
 __all__ = [
     "QUANT_MODES", "SUITES", "Config", "GemmFloor", "Target", "Timing", "Variant", "ao_fuse_fx", "compare",
     "deep_mlp", "environment", "explain_suite", "explain_tables", "fusion_passes", "hand_fuse_linear_relu", "hand_insert_relu", "hand_trace",
-    "inference_suite", "inference_variants", "load_result", "machine", "passes_suite", "peak_tensor_bytes",
+    "inference_suite", "inference_variants", "load_result", "lowbit_suite", "lowbit_tables", "machine", "passes_suite",
+    "peak_tensor_bytes",
     "report", "run_benchmarks", "seed_epoch", "seed_evaluate", "seed_loaders", "state_dict_bytes",
     "targets_table", "training_rss", "training_suite", "write_json_atomic",
 ]
 
-SUITES = ("inference", "passes", "training", "explain")
+SUITES = ("inference", "passes", "training", "explain", "lowbit")
 
 
 @dataclass
@@ -136,6 +141,8 @@ def run_benchmarks(cfg: Config, suites: Sequence[str]) -> dict[str, Any]:
         result["training"] = training_suite(cfg, device)
     if "explain" in suites:
         result["explain"] = explain_suite(cfg)
+    if "lowbit" in suites:
+        result["lowbit"] = lowbit_suite(cfg)
     result["seconds"] = time.perf_counter() - started
     if hasattr(os, "getloadavg"):
         result["environment"]["load_average_at_end"] = os.getloadavg()

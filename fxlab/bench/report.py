@@ -13,6 +13,7 @@ from tabulate import tabulate
 from .._util import write_atomic
 from ..errors import UsageError
 from .explain import explain_tables
+from .lowbit import lowbit_tables
 from .targets import TARGET_HEADERS, Target
 
 
@@ -195,7 +196,7 @@ def report(result: dict[str, Any], fmt: str = "simple") -> str:
     """The report: the machine, each suite's tables, the targets (``fmt="github"``: Markdown)."""
     parts = [machine(result)]
     for suite, tables in (("inference", inference_tables), ("passes", passes_tables), ("training", training_tables),
-                          ("explain", explain_tables)):
+                          ("explain", explain_tables), ("lowbit", lowbit_tables)):
         if suite in result:
             if fmt != "simple":
                 parts.append(f"**{suite}** — {result[suite].get('method', '')}")

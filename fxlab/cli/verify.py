@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="DIR", help="MNIST root (default: $FXLAB_DATA, else the user cache; fetched if absent)")
     p.add_argument("--retrain-epochs", type=float, default=1.0, metavar="N",
                    help="fine-tuning epochs after each function-changing step (fractions allowed; default 1)")
+    p.add_argument("--qat-epochs", type=float, default=0.0, metavar="E",
+                   help="quantization-aware training: fine-tune each quantize-linear step through its quantizer for "
+                        "E MNIST epochs before converting; the report shows plain vs QAT accuracy (default 0: off)")
     p.add_argument("--tolerance", type=float, default=1e-4, metavar="X", help="max abs diff allowed to exact passes (default 1e-4)")
     p.add_argument("--floor", type=float, default=1.0, metavar="POINTS",
                    help="accuracy points below baseline a retrained step may end (default 1)")
@@ -59,6 +62,8 @@ def _check(ns: argparse.Namespace) -> None:
         raise UsageError("python -m fxlab.verify: give a model FILE or --model NAME")
     if ns.retrain_epochs < 0:
         raise UsageError("python -m fxlab.verify: --retrain-epochs must be ≥ 0")
+    if not ns.qat_epochs >= 0 or ns.qat_epochs == float("inf"):
+        raise UsageError("python -m fxlab.verify: --qat-epochs must be a number ≥ 0")
     for out in (ns.json, ns.plot, ns.html):
         if out:
             check_output(out)
@@ -113,7 +118,7 @@ def main(argv: Sequence[str]) -> int:
     model = load_model(ns)
     report = verify(model, pipeline, data=ns.data, retrain_epochs=ns.retrain_epochs, device=ns.device,
                     tolerance=ns.tolerance, floor=ns.floor, seed=ns.seed, progress=sys.stderr.isatty(),
-                    name=ns.file if ns.file is not None else ns.model)
+                    name=ns.file if ns.file is not None else ns.model, qat_epochs=ns.qat_epochs)
     print(report.text(diffs=not ns.no_diff, nodes=ns.nodes))
     if ns.json:
         report.write_json(ns.json)

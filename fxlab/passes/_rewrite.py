@@ -185,7 +185,11 @@ def require_values(label: str, modules: list[tuple[str, nn.Module]]) -> None:
 
 def nonfinite_counts(t: torch.Tensor) -> str | None:
     """``"3 NaN values"``, ``"1 inf value"``, ``"2 NaN and 1 inf values"``, or ``None`` when all are finite."""
-    if not t.is_floating_point() or t.is_meta or bool(torch.isfinite(t).all()):
+    if not t.is_floating_point() or t.is_meta:
+        return None
+    if t.element_size() == 1:  # float8: torch has no isfinite for it
+        t = t.float()
+    if bool(torch.isfinite(t).all()):
         return None
     nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
     parts = ([f"{nan} NaN"] if nan else []) + ([f"{inf} inf"] if inf else [])

@@ -142,7 +142,7 @@ def load_file(
 def _warn_non_finite(p: Path, model: nn.Module) -> None:
     """A warning (logged, not raised: such a model can still be looked at) naming the NaN/inf tensors."""
     bad = [k for k, v in model.state_dict().items()
-           if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+           if v.is_floating_point() and not bool(torch.isfinite(v if v.element_size() > 1 else v.float()).all())]
     if bad:
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
         log.warning("%s: %s hold%s NaN or inf values; the model's outputs will be NaN/inf", p,

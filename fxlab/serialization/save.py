@@ -31,13 +31,16 @@ _PathLike = str | os.PathLike[str]
 
 
 def _apply_one(model: nn.Module, p: Any, batch: torch.Tensor) -> fx.GraphModule:
-    """Apply pass ``p`` (with ``batch`` as its calibration when it takes one and has none); feed
-    ``batch`` through the result when the pass leaves observers to calibrate."""
+    """Apply pass ``p`` (with ``batch`` as its calibration when it takes one and has none; without
+    quantization-aware training, whose result the state dict holds); feed ``batch`` through the
+    result when the pass leaves observers to calibrate."""
     from ..pipeline import apply
 
     if dataclasses.is_dataclass(p) and any(f.name == "calibration" for f in dataclasses.fields(p)):
         if getattr(p, "calibration", None) is None:
             p = dataclasses.replace(p, calibration=[batch])
+    if dataclasses.is_dataclass(p) and getattr(p, "qat_epochs", 0):  # the saved state dict holds the trained weights
+        p = dataclasses.replace(p, qat_epochs=0)
     gm = apply(model, [p], inplace=True)
     if type(p).calibrates:
         with torch.no_grad(), eval_mode(gm):

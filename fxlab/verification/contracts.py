@@ -36,6 +36,7 @@ class Settings:
     retrain_lr: float = 1e-3
     seed: int = 0
     progress: bool = False
+    qat_epochs: float = 0  # quantization-aware training of every approximate step that offers it
 
 
 @dataclass

@@ -94,6 +94,9 @@ class Step:
     skipped: list[tuple[str, str]] | None = None
     #: what a pass that chooses its sites by measuring measured (``PassRecord.sensitivity``), else None
     sensitivity: dict[str, Any] | None = None
+    #: quantization-aware training of this step (``{"epochs", "plain_accuracy", "qat_accuracy", "budget",
+    #: "recovered"}``: accuracy of the plain conversion, after QAT, the share of the lost points won back); None: none
+    qat: dict[str, Any] | None = None
     # the graphs before and after the step, for the HTML report (not in the JSON)
     graph_before: fx.GraphModule | None = field(default=None, repr=False, compare=False)
     graph_after: fx.GraphModule | None = field(default=None, repr=False, compare=False)
@@ -185,6 +188,7 @@ class Step:
             "rewritten": list(self.rewritten) if self.rewritten is not None else None,
             "skipped": [[n, r] for n, r in self.skipped] if self.skipped is not None else None,
             "sensitivity": _plain(self.sensitivity),
+            "qat": {k: _num(v) if isinstance(v, float) else v for k, v in self.qat.items()} if self.qat else None,
             "seconds": self.seconds,
             "pass_seconds": self.pass_seconds,
             "diff": {"added": self.diff.added, "removed": self.diff.removed, "changed": self.diff.changed,
@@ -236,6 +240,20 @@ class Report:
         rows += [_row(s) for s in self.steps]
         return tabulate(rows, headers=_TABLE_HEADERS, tablefmt=tablefmt, disable_numparse=True)
 
+    def qat_text(self) -> str:
+        """One line per step trained through its quantizer: plain conversion, after QAT, budget ("" if none)."""
+        lines = []
+        for s in self.steps:
+            q = s.qat
+            if not q:
+                continue
+            won = f", {100 * q['recovered']:.0f}% of the lost points won back" if q.get("recovered") is not None else ""
+            budget = f"budget {q['budget']:g}" if q.get("budget") is not None else "no budget"
+            lines.append(f"step {s.index} {s.pass_text}: plain conversion {q['plain_accuracy']:.2f}%, after "
+                         f"{q['epochs']:g} QAT epoch(s) {q['qat_accuracy']:.2f}% (start {s.reference_accuracy:.2f}%, "
+                         f"{budget}){won}")
+        return ("quantization-aware training:\n" + "\n".join(lines)) if lines else ""
+
     def nodes_text(self) -> str:
         """The per-node table of every step, in order."""
         return "\n\n".join(s.nodes_text() for s in self.steps)
@@ -268,6 +286,9 @@ class Report:
             f"epoch(s), floor baseline − {self.floor:g}"
         )
         parts = [header, self.table(), self.summary()]
+        qat = self.qat_text()
+        if qat:
+            parts.append(qat)
         if nodes:
             parts.append(self.nodes_text())
         if diffs:

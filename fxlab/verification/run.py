@@ -17,8 +17,8 @@ import torch.fx as fx
 from torch import nn
 
 from .._util import eval_mode, first_line, model_device, resolve_device
-from ..core import GraphDiff, trace
-from ..errors import UsageError, VerifyError
+from ..core import trace
+from ..errors import FxlabError, UsageError, VerifyError
 from ..passes._rewrite import nonfinite_counts
 from ..pipeline import Pass, PassRecord, apply, as_passes, records
 from .contracts import Settings, StepCheck, contract_for
@@ -56,6 +56,7 @@ def verify(
     progress: bool = False,
     name: str | None = None,
     nodes: bool = True,
+    qat_epochs: float = 0,
 ) -> Report:
     """Apply ``passes`` to ``model`` one at a time and check each pass's contract on MNIST.
 
@@ -73,6 +74,10 @@ def verify(
     - ``name``: what the report calls the model (default: the seed name, the file, or the class).
     - ``nodes``: compare every node with its counterpart before the pass (``Step.nodes``,
       ``Step.first_divergence``; see :mod:`fxlab.verification.nodes`).
+    - ``qat_epochs``: quantization-aware training for every approximate step that offers it
+      (``quantize-linear`` in the modes of ``QAT_MODES``: all but static, bf16, fp16): that many MNIST epochs through the quantizer
+      before converting; the step then reports the plain conversion's accuracy too (``Step.qat``).
+      A pass with its own ``qat_epochs`` trains so anyway (on this MNIST).
 
     Returns a ``Report``; a contract that fails makes ``report.ok`` False (it does not raise). Bad
     input (no such model, a pipeline that does not parse or a pass that cannot apply) raises an
@@ -82,7 +87,7 @@ def verify(
     run, pipeline, model_name = prepare(
         model, passes, data=data, retrain_epochs=retrain_epochs, device=device, tolerance=tolerance, floor=floor,
         check_images=check_images, retrain_lr=retrain_lr, seed=seed, trust=trust, architecture=architecture,
-        progress=progress, name=name, nodes=nodes)
+        progress=progress, name=name, nodes=nodes, qat_epochs=qat_epochs)
     log.info("baseline of %s on %s: %.2f%% (loss %.4f)", model_name, run.device, run.baseline.accuracy,
              run.baseline.loss)
     steps = [run.step(index, p) for index, p in enumerate(pipeline, 1)]
@@ -97,7 +102,7 @@ def prepare(model: Any, passes: Any, *, data: Any = None, retrain_epochs: float 
             device: str | torch.device | None = None, tolerance: float = 1e-4, floor: float = 1.0,
             check_images: int = CHECK_IMAGES, retrain_lr: float = RETRAIN_LR, seed: int = 0, trust: bool = False,
             architecture: str | None = None, progress: bool = False, name: str | None = None,
-            nodes: bool = True) -> tuple[_Run, list[Pass], str]:
+            nodes: bool = True, qat_epochs: float = 0) -> tuple[_Run, list[Pass], str]:
     """What ``verify`` (and ``bisect``) start from: (the run at the input model, the passes, the model's name).
 
     Arguments as ``verify``'s; bad input raises ``FxlabError`` before anything is checked.
@@ -105,7 +110,7 @@ def prepare(model: Any, passes: Any, *, data: Any = None, retrain_epochs: float 
     from .. import data as mnist_data
 
     dev = _device(device)
-    settings = _settings(tolerance, floor, retrain_epochs, retrain_lr, seed, progress)
+    settings = _settings(tolerance, floor, retrain_epochs, retrain_lr, seed, progress, qat_epochs)
     pipeline = as_passes(passes)
     if not pipeline:
         raise VerifyError("empty pipeline: name at least one pass")
@@ -170,14 +175,16 @@ def _device(device: str | torch.device | None) -> torch.device:
 
 
 def _settings(tolerance: float, floor: float, retrain_epochs: float, retrain_lr: float, seed: int,
-              progress: bool) -> Settings:
+              progress: bool, qat_epochs: float = 0) -> Settings:
     """The contracts' settings, checked."""
     if retrain_epochs < 0 or not math.isfinite(retrain_epochs):
         raise VerifyError(f"retrain_epochs must be ≥ 0, got {retrain_epochs}")
+    if qat_epochs < 0 or not math.isfinite(qat_epochs):
+        raise VerifyError(f"qat_epochs must be ≥ 0, got {qat_epochs}")
     if tolerance < 0 or floor < 0:
         raise VerifyError("tolerance and floor must be ≥ 0")
     return Settings(tolerance=tolerance, floor=floor, retrain_epochs=retrain_epochs, retrain_lr=retrain_lr,
-                    seed=seed, progress=progress)
+                    seed=seed, progress=progress, qat_epochs=qat_epochs)
 
 
 @dataclass
@@ -222,6 +229,7 @@ class _Run:
 
     def step(self, index: int, p: Pass) -> Step:
         """Apply ``p`` to the current model, check its contract, and make the result current."""
+        p = with_qat(p, self.settings.qat_epochs)
         step, model, outputs = self.check(index, p, *self._apply(p))
         self.current, self.outputs, self.reference = model, outputs, step.final_accuracy
         self._observed = _calibrates(p)
@@ -267,14 +275,32 @@ class _Run:
             nodes=[r.to_dict() for r in nodes] if nodes is not None else None,
             first_divergence=(first_divergence(nodes, p.kind, self.settings.tolerance) if nodes is not None else None),
             rewritten=record.rewritten, skipped=record.skipped, sensitivity=record.sensitivity,
+            qat=self._qat(p, ev.accuracy, verdict.budget),
         )
         log.info("step %d %s (%s): %s", index, step.pass_text, step.kind, step.verdict)
         model = probe if verdict.outputs is not None else new
         step.graph_before, step.graph_after = self.current, model  # for the HTML report
         return step, model, (verdict.outputs if verdict.outputs is not None else after)
 
+    def _qat(self, p: Pass, accuracy: float, budget: float | None) -> dict[str, Any] | None:
+        """For a step that trained through its quantizer: the plain conversion's accuracy (the same
+        pass without training, applied to the same model), the accuracy after QAT, and the budget."""
+        from ..train import evaluate
+
+        epochs = getattr(p, "qat_epochs", 0)
+        if not epochs:
+            return None
+        untrained = {"qat_epochs": 0, **({"data": None} if hasattr(p, "data") else {})}
+        plain = apply(self.current, [dataclasses.replace(p, **untrained)])
+        plain.to(self.device).eval()
+        plain_accuracy = evaluate(plain, self.mnist, device=self.device).accuracy
+        lost = self.reference - plain_accuracy
+        return {"epochs": epochs, "plain_accuracy": plain_accuracy, "qat_accuracy": accuracy, "budget": budget,
+                "recovered": (accuracy - plain_accuracy) / lost if lost > 0 else None}
+
     def _apply(self, p: Pass, limit: int | None = None) -> tuple[fx.GraphModule, PassRecord]:
-        """(model after ``p``, the record ``apply`` kept of it); calibrated if ``p`` asks."""
+        """(model after ``p``, the record ``apply`` kept of it); calibrated if ``p`` asks; MNIST as
+        its data if it takes data (evaluation for ``max_drop``, training for ``qat_epochs``)."""
         p = with_data(with_calibration(p, self.calibration), self.mnist)
         new = apply(self.current, [p], limit=limit)
         record = records(new)[-1]
@@ -311,6 +337,18 @@ def with_data(p: Pass, mnist: Any) -> Pass:
     if "data" not in {f.name for f in dataclasses.fields(p)}:
         return p
     return dataclasses.replace(p, data=mnist)
+
+
+def with_qat(p: Pass, epochs: float) -> Pass:
+    """``p`` with ``qat_epochs=epochs`` when ``epochs`` > 0 and ``p`` is an approximate pass with a
+    ``qat_epochs`` option left at 0 that takes it for its mode (``quantize-linear`` but static);
+    other passes as they are."""
+    if not epochs or p.kind != "approximate" or not dataclasses.is_dataclass(p) or getattr(p, "qat_epochs", None) != 0:
+        return p
+    try:
+        return dataclasses.replace(p, qat_epochs=epochs)
+    except FxlabError:  # a mode that is calibrated, not trained (quantize-linear{mode=static})
+        return p
 
 
 def calibrate(gm: nn.Module, batches: Iterable[torch.Tensor]) -> None:

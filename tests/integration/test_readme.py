@@ -92,6 +92,11 @@ COMMANDS: dict[str, tuple[list[str] | None, str, str]] = {
         ["--sweep", "sweep.toml", "--json", "sweep.json"],
         "examples/sweep.toml's runs on a trained state dict with 0.1 retraining epoch (see readme_dir), as MAIN_JOB_RUN",
         "ok: all 3 runs hold (1 process"),
+    "python -m fxlab.show mymodule --passes 'quantize-linear{mode=int4 group_size=64}'": (
+        None, "", "layer1: Int4WeightOnlyLinear(784→128, group=64)"),
+    "python -m fxlab.verify --model mymodule --passes 'quantize-linear{mode=int8-int4}' --no-diff": (
+        [TRAINED_FILE, "--passes", "quantize-linear{mode=int8-int4}", "--no-diff", "--data", "{data}", "--device",
+         "cpu"], MAIN_JOB_RUN[1], "ok: accuracy drop"),
 }
 
 #: fxlab commands named in the README's prose (not in a shell block) that are cheap enough to run too.

@@ -23,6 +23,8 @@ batches through the prepared model, ``quantize-convert`` turns the observed rang
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -32,12 +34,25 @@ from torch import fx, nn
 from ...core import Selector, describe_selector, module_text, select, target_name
 from ...errors import PassError, did_you_mean
 from ...nn.fused import LinearReLU
+from ...nn.lowbit import GROUP_SIZES, Float8WeightLinear, Int2WeightOnlyLinear, Int4WeightOnlyLinear
 from ...nn.quantized import HalfLinear, Int8DynamicLinear, Int8StaticLinear, Int8WeightOnlyLinear
 from ...pipeline import Pass, register_pass
 from .._rewrite import require_finite, require_values
-from .configs import MODES, HalfConfig, Int8DynamicConfig, Int8StaticConfig, Int8WeightOnlyConfig, QuantConfig
+from .configs import (
+    MODES,
+    Float8WeightConfig,
+    HalfConfig,
+    Int2WeightOnlyConfig,
+    Int4WeightOnlyConfig,
+    Int8DynamicConfig,
+    Int8Int4Config,
+    Int8StaticConfig,
+    Int8WeightOnlyConfig,
+    QuantConfig,
+)
 from .convert import convert_observed
 from .handlers import Handler, quantize_linears, register_handler, swap_linears  # noqa: F401
+from .qat import FakeQuantLinear, has_fake_quant, register_fake_quant, train_quantized
 from .prepare import check_one_call_each, insert_observers
 from .report import report_left_alone
 from .sensitivity import check_max_drop, within_max_drop
@@ -46,7 +61,13 @@ from .conv import CONV_MODES, ConvHandler, QuantizeConv, register_conv_handler  
 __all__ = [
     "CONV_MODES",
     "ConvHandler",
+    "FakeQuantLinear",
+    "Float8WeightConfig",
+    "GROUPED_MODES",
     "HalfConfig",
+    "Int2WeightOnlyConfig",
+    "Int4WeightOnlyConfig",
+    "Int8Int4Config",
     "Int8DynamicConfig",
     "Int8StaticConfig",
     "Int8WeightOnlyConfig",
@@ -55,10 +76,18 @@ __all__ = [
     "QuantizeConvert",
     "QuantizeLinear",
     "QuantizePrepare",
+    "QAT_MODES",
     "quantize_linears",
     "register_conv_handler",
+    "register_fake_quant",
     "register_handler",
 ]
+
+
+#: The modes quantization-aware training (``qat_epochs``) applies to: those with a fake quantizer.
+QAT_MODES = tuple(m for m, c in MODES.items() if has_fake_quant(c))
+#: The modes whose weights are quantized in groups: the modes ``group_size`` applies to.
+GROUPED_MODES = tuple(m for m, c in MODES.items() if any(f.name == "group_size" for f in dataclasses.fields(c)))
 
 
 def _selectors_set(options: dict[str, Any]) -> dict[str, Any]:
@@ -69,19 +98,25 @@ def _selectors_set(options: dict[str, Any]) -> dict[str, Any]:
 @register_pass
 @dataclass
 class QuantizeLinear(Pass):
-    """Swap nn.Linear (and fused LinearReLU) modules for quantized ones: int8 or half precision.
+    """Swap nn.Linear (and fused LinearReLU) modules for quantized ones: int8, int4, ternary, fp8 or half.
 
-    ``mode`` is one of ``dynamic``, ``weight-only``, ``bf16``, ``fp16``, ``static`` (see ``MODES``);
+    ``mode`` is one of ``dynamic``, ``weight-only``, ``bf16``, ``fp16``, ``static``, ``int4``,
+    ``int8-int4``, ``fp8``, ``int2`` (see ``MODES``); ``group_size`` (32, 64, 128 or None: per
+    output channel; default 32) is the int4 modes' scale group;
     ``targets`` selects the Linears (default: all), ``exclude`` keeps some in float;
     ``calibration`` (static mode) is an iterable of input batches, or of ``(inputs, labels)``:
     static mode is then ``quantize-prepare``, those batches, ``quantize-convert`` in one call.
-    The accuracy ``budget`` depends on the mode: 0.3 points for int8 dynamic / weight-only, 0.5
-    for static, 0.1 for bf16 / fp16. ``max_drop`` (accuracy points) makes the pass accuracy-aware:
+    ``qat_epochs`` (modes ``QAT_MODES``: all but static, bf16, fp16; default 0) fine-tunes the model for that many MNIST
+    epochs with the selected Linears computing through the mode's quantizer (straight-through
+    gradients), then converts (:mod:`.qat`); ``data`` is the training data then (what
+    ``fxlab.data.load()`` returns, or an MNIST root; ``fxlab.verify`` supplies it).
+    The accuracy ``budget`` depends on the mode (``MODES[mode].budget``; README, "Quantization").
+    ``max_drop`` (accuracy points) makes the pass accuracy-aware:
     on evaluation ``data`` (``fxlab.data.load()``'s MNIST or an MNIST root; ``fxlab.verify``
     supplies it) it ranks the Linears by the accuracy lost with each one alone quantized and keeps
     the most sensitive in float until the drop is within ``max_drop``, which is then the budget
     (:mod:`.sensitivity`); it measures on the whole MNIST test split, or on its first
-    ``eval_images`` images.
+    ``eval_images`` images. With both, the Linears ``max_drop`` chose are the ones trained through.
 
     >>> import fxlab, torch
     >>> from fxlab.models import build
@@ -93,6 +128,8 @@ class QuantizeLinear(Pass):
     >>> x = torch.randn(64, 1, 28, 28)
     >>> bool((gm(x) - model(x)).abs().max() < 0.1)
     True
+    >>> fxlab.apply(model, "quantize-linear{mode=int4 group_size=64}").layer1
+    Int4WeightOnlyLinear(784→128, group=64)
     >>> calib = [torch.randn(64, 1, 28, 28) for _ in range(4)]
     >>> gm = fxlab.apply(model, [QuantizeLinear(mode="static", calibration=calib)])
     >>> print(fxlab.format_graph(gm).splitlines()[2])
@@ -108,6 +145,8 @@ class QuantizeLinear(Pass):
     calibration: Any = field(default=None, repr=False, compare=False)
     max_drop: float | None = None
     eval_images: int | None = None
+    group_size: int | None = 32
+    qat_epochs: float = 0
     data: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -117,6 +156,17 @@ class QuantizeLinear(Pass):
                 f"modes: {', '.join(MODES)}"
             )
         check_max_drop(self.name, self.max_drop, self.eval_images)
+        if self.group_size not in GROUP_SIZES or isinstance(self.group_size, bool):
+            raise PassError(f"quantize-linear: group_size={self.group_size!r}: give 32, 64, 128 or none (per channel)")
+        if self.group_size != 32 and self.mode not in GROUPED_MODES:
+            raise PassError(f"quantize-linear: group_size applies to the int4 modes ({', '.join(GROUPED_MODES)}), "
+                            f"not to mode={self.mode}: leave it out")
+        epochs = self.qat_epochs
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or not math.isfinite(epochs) or epochs < 0:
+            raise PassError(f"quantize-linear: qat_epochs={epochs!r}: give a number of epochs ≥ 0 (fractions allowed)")
+        if epochs > 0 and self.mode not in QAT_MODES:
+            raise PassError(f"quantize-linear: mode={self.mode} is not trained through (qat_epochs): "
+                            f"quantization-aware training applies to {', '.join(QAT_MODES)}")
 
     @property
     def budget(self) -> float:  # type: ignore[override]
@@ -125,8 +175,11 @@ class QuantizeLinear(Pass):
 
     @property
     def config(self) -> QuantConfig:
-        """The config of this pass's mode."""
-        return MODES[self.mode]
+        """The config of this pass's mode (with this pass's ``group_size`` for the int4 modes)."""
+        config = MODES[self.mode]
+        if self.mode in GROUPED_MODES:
+            config = dataclasses.replace(config, group_size=self.group_size)
+        return config
 
     def options(self) -> dict[str, Any]:
         """Options as pipeline text knows them: calibration and evaluation data are inputs, not part
@@ -134,6 +187,12 @@ class QuantizeLinear(Pass):
         options = super().options()
         del options["calibration"], options["data"]
         return _selectors_set(options)
+
+    def with_data(self, data: Any) -> QuantizeLinear:
+        """A copy of this pass with ``data=data`` (quantization-aware training's MNIST; same pipeline text)."""
+        other = copy.copy(self)
+        other.data = data
+        return other
 
     def calibrated(self, batches: Any) -> QuantizeLinear:
         """A copy of this pass with ``calibration=batches`` (same options, same pipeline text)."""
@@ -147,6 +206,14 @@ class QuantizeLinear(Pass):
         if nodes and self.max_drop is not None:
             calibration = None if calibration is None else list(calibration)  # every trial calibrates
             chosen = within_max_drop(self, gm, nodes, lambda g, ns: quantize_linears(g, ns, self.config, calibration))
+        if chosen and self.qat_epochs > 0:
+            if self.data is None:
+                raise PassError(
+                    f"quantize-linear: qat_epochs={self.qat_epochs:g} needs MNIST training data: give "
+                    "QuantizeLinear(..., data=fxlab.data.load()) (or an MNIST root), or run the pipeline "
+                    "through fxlab.verify, which supplies it"
+                )
+            gm = train_quantized(gm, chosen, self.config, self.qat_epochs, self.data)
         if chosen:
             gm = quantize_linears(gm, chosen, self.config, calibration)
         report_left_alone(gm, self.name, nodes, excluded, self.exclude, quantizes=_is_linear, targets=self.targets)
@@ -322,7 +389,8 @@ def _no_linear_reason(gm: fx.GraphModule) -> str | None:
     done = [
         f"{path} ({type(m).__name__})"
         for path, m in gm.named_modules()
-        if isinstance(m, (Int8DynamicLinear, Int8WeightOnlyLinear, Int8StaticLinear, HalfLinear))
+        if isinstance(m, (Int8DynamicLinear, Int8WeightOnlyLinear, Int8StaticLinear, HalfLinear, Int4WeightOnlyLinear,
+                          Int2WeightOnlyLinear, Float8WeightLinear))
     ]
     if done:
         return (

@@ -14,7 +14,11 @@ from typing import ClassVar
 import torch
 
 __all__ = [
+    "Float8WeightConfig",
     "HalfConfig",
+    "Int2WeightOnlyConfig",
+    "Int4WeightOnlyConfig",
+    "Int8Int4Config",
     "Int8DynamicConfig",
     "Int8StaticConfig",
     "Int8WeightOnlyConfig",
@@ -59,6 +63,38 @@ class Int8StaticConfig(QuantConfig):
     budget: ClassVar[float] = 0.5
 
 
+@dataclass(frozen=True)
+class Int4WeightOnlyConfig(QuantConfig):
+    """int4 weights, two a byte, symmetric scales per group of ``group_size`` inputs (``None``:
+    per output channel); activations stay float."""
+
+    budget: ClassVar[float] = 0.5
+    group_size: int | None = 32
+
+
+@dataclass(frozen=True)
+class Int8Int4Config(QuantConfig):
+    """int8 activations per row at run time × int4 group-wise weights (as ``Int4WeightOnlyConfig``)."""
+
+    budget: ClassVar[float] = 0.5
+    group_size: int | None = 32
+
+
+@dataclass(frozen=True)
+class Float8WeightConfig(QuantConfig):
+    """float8 e4m3 weights, one scale per output channel; activations float (e4m3 on CUDA ≥ sm89)."""
+
+    budget: ClassVar[float] = 0.1
+
+
+@dataclass(frozen=True)
+class Int2WeightOnlyConfig(QuantConfig):
+    """Ternary weights {-1, 0, 1} (2 bits), one scale per output channel: a stress mode whose
+    accuracy visibly drops; its large budget only catches a broken model (QAT wins accuracy back)."""
+
+    budget: ClassVar[float] = 25.0
+
+
 #: Mode name (as in ``QuantizeLinear(mode=...)`` and pipeline text) → its config.
 MODES: dict[str, QuantConfig] = {
     "dynamic": Int8DynamicConfig(),
@@ -66,4 +102,8 @@ MODES: dict[str, QuantConfig] = {
     "bf16": HalfConfig(torch.bfloat16),
     "fp16": HalfConfig(torch.float16),
     "static": Int8StaticConfig(),
+    "int4": Int4WeightOnlyConfig(),
+    "int8-int4": Int8Int4Config(),
+    "fp8": Float8WeightConfig(),
+    "int2": Int2WeightOnlyConfig(),
 }

@@ -15,9 +15,20 @@ from torch import fx, nn
 from ..._util import set_submodule
 from ...errors import PassError
 from ...nn.fused import LinearReLU
+from ...nn.lowbit import Float8WeightLinear, Int2WeightOnlyLinear, Int4WeightOnlyLinear, Int8Int4Linear
 from ...nn.quantized import HalfLinear, Int8DynamicLinear, Int8WeightOnlyLinear
 from ...pipeline import sites
-from .configs import HalfConfig, Int8DynamicConfig, Int8StaticConfig, Int8WeightOnlyConfig, QuantConfig
+from .configs import (
+    Float8WeightConfig,
+    HalfConfig,
+    Int2WeightOnlyConfig,
+    Int4WeightOnlyConfig,
+    Int8DynamicConfig,
+    Int8Int4Config,
+    Int8StaticConfig,
+    Int8WeightOnlyConfig,
+    QuantConfig,
+)
 from .convert import convert_observed, observed_sites
 from .prepare import calibrate, check_one_call_each, insert_observers
 
@@ -100,3 +111,27 @@ def _static(gm: fx.GraphModule, nodes: list[fx.Node], config: Int8StaticConfig, 
         if not (gm.get_submodule(str(before.target)).seen and gm.get_submodule(str(after.target)).seen):
             raise PassError(f"quantize-linear: calibration never reached {node.target}; check the calibration batches")
     return convert_observed(gm, label="quantize-linear", report=False)
+
+
+@register_handler(Int4WeightOnlyConfig)
+def _int4(gm: fx.GraphModule, nodes: list[fx.Node], config: Int4WeightOnlyConfig, calibration: Any) -> fx.GraphModule:
+    return swap_linears(
+        gm, nodes, lambda linear, relu: Int4WeightOnlyLinear.from_float(linear, relu=relu, group_size=config.group_size)
+    )
+
+
+@register_handler(Int8Int4Config)
+def _int8_int4(gm: fx.GraphModule, nodes: list[fx.Node], config: Int8Int4Config, calibration: Any) -> fx.GraphModule:
+    return swap_linears(
+        gm, nodes, lambda linear, relu: Int8Int4Linear.from_float(linear, relu=relu, group_size=config.group_size)
+    )
+
+
+@register_handler(Float8WeightConfig)
+def _fp8(gm: fx.GraphModule, nodes: list[fx.Node], config: Float8WeightConfig, calibration: Any) -> fx.GraphModule:
+    return swap_linears(gm, nodes, lambda linear, relu: Float8WeightLinear.from_float(linear, relu=relu))
+
+
+@register_handler(Int2WeightOnlyConfig)
+def _int2(gm: fx.GraphModule, nodes: list[fx.Node], config: Int2WeightOnlyConfig, calibration: Any) -> fx.GraphModule:
+    return swap_linears(gm, nodes, lambda linear, relu: Int2WeightOnlyLinear.from_float(linear, relu=relu))
