@@ -53,6 +53,7 @@ from .passes import ao_fuse_fx, deep_mlp, hand_fuse_linear_relu, hand_insert_rel
 from .report import load_result, machine, report, targets_table, write_json_atomic
 from .seeds import seed_epoch, seed_evaluate, seed_loaders
 from .targets import QUANT_MODES, Target
+from .torchao import torchao_suite, torchao_tables
 from .training import training_suite
 
 __all__ = [
@@ -61,9 +62,10 @@ __all__ = [
     "inference_suite", "inference_variants", "load_result", "machine", "passes_suite", "peak_tensor_bytes",
     "report", "run_benchmarks", "seed_epoch", "seed_evaluate", "seed_loaders", "state_dict_bytes",
     "targets_table", "training_rss", "training_suite", "write_json_atomic",
+    "torchao_suite", "torchao_tables",
 ]
 
-SUITES = ("inference", "passes", "training", "explain")
+SUITES = ("inference", "passes", "training", "explain", "torchao")
 
 
 @dataclass
@@ -136,6 +138,8 @@ def run_benchmarks(cfg: Config, suites: Sequence[str]) -> dict[str, Any]:
         result["training"] = training_suite(cfg, device)
     if "explain" in suites:
         result["explain"] = explain_suite(cfg)
+    if "torchao" in suites:
+        result["torchao"] = torchao_suite(cfg, device)
     result["seconds"] = time.perf_counter() - started
     if hasattr(os, "getloadavg"):
         result["environment"]["load_average_at_end"] = os.getloadavg()
