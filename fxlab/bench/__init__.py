@@ -1,8 +1,8 @@
 """Benchmarks: where fxlab stands against torch.fx, torch.ao and the seeds' own loops.
 
-    python -m fxlab.bench [--suite inference|passes|training|explain] [--quick] [--json out.json]
+    python -m fxlab.bench [--suite inference|passes|training|explain|torchao] [--quick] [--json out.json]
 
-Four suites, each timed side by side in one run (these machines are shared and noisy, so the
+The suites, each timed side by side in one run (these machines are shared and noisy, so the
 figures that matter are ratios measured together):
 
 - ``inference``: every seed model before and after fxlab's standard pipelines (fusion; fusion then
@@ -16,6 +16,9 @@ figures that matter are ratios measured together):
   (torchvision ToTensor + Normalize through a DataLoader of batch 64, Adam), test accuracy reached.
 - ``explain``: ``fxlab.bisect``'s verifications on pipelines of 4, 16 and 64 steps (logarithmic), and
   the overhead of per-node numerics on a verification step (``explain.py``).
+- ``torchao``: each fxlab quantization mode next to torchao's nearest config on the trained seed
+  models: MNIST test accuracy, state-dict bytes, latency at batch 1 and 256 (``torchao.py``; needs
+  the optional ``torchao``, ``pip install 'fxlab[bench]'``: without it the suite says it was not run).
 
 Modules: ``harness`` (interleaved side-by-side timing), ``memory`` (peak tensor bytes, RSS,
 state-dict size), ``environment``, the suites ``inference``, ``passes`` and ``training``, ``seeds``

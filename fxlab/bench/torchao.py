@@ -61,10 +61,11 @@ METHOD = (
 
 @dataclass(frozen=True)
 class Attempt:
-    """One torchao config to try: its text, how to build it, the dtype the model must be in (None: float32)."""
+    """One torchao config to try: its text (``{g}``: the group size), how to build it for a group size
+    (``make(torchao.quantization, g)``), the dtype the model must be in (None: float32)."""
 
     text: str
-    make: Callable[[ModuleType], Any]
+    make: Callable[[ModuleType, int], Any]
     dtype: torch.dtype | None = None
 
 
@@ -72,14 +73,15 @@ class Attempt:
 class Pair:
     """An fxlab mode and torchao's nearest config(s), tried in order until one runs.
 
-    ``configs(group_size)`` gives the attempts; ``qat``: both sides fine-tune (fxlab ``qat_epochs``,
+    ``grouped``: the configs take a group size (per Linear, see :func:`torchao_group_sizes`);
+    ``qat``: both sides fine-tune (fxlab ``qat_epochs``,
     torchao ``QATConfig`` prepare / fit / convert); ``latency_target``: the int8 / int4 speed target
     applies.
     """
 
     label: str
     mode: str
-    configs: Callable[[int], list[Attempt]]
+    configs: tuple[Attempt, ...]
     grouped: bool = False
     qat: bool = False
     latency_target: bool = False
@@ -108,49 +110,43 @@ def _int8_intx(q: ModuleType, group_size: int) -> Any:
                    weight_granularity=PerGroup(group_size))
 
 
-def _int4_attempts(g: int) -> list[Attempt]:
-    return [
-        Attempt(f"Int4WeightOnlyConfig(group_size={g})", lambda q: _config(q, "Int4WeightOnlyConfig", group_size=g)),
-        Attempt(f"Int4WeightOnlyConfig(group_size={g}, int4_packing_format='tile_packed_to_4d'), bf16 model",
-                lambda q: _config(q, "Int4WeightOnlyConfig", group_size=g, int4_packing_format="tile_packed_to_4d"),
-                torch.bfloat16),
-    ]
+def _int2(q: ModuleType, group_size: int) -> Any:
+    from torchao.quantization.granularity import PerGroup
+
+    return _config(q, "IntxWeightOnlyConfig", weight_dtype=torch.int2, granularity=PerGroup(group_size))
 
 
-def _int8_int4_attempts(g: int) -> list[Attempt]:
-    """``Int8DynamicActivationInt4WeightConfig`` where torchao still has it, else its successor (torchao 0.18
-    has only this one) ``Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4)``."""
-    return [
-        Attempt(f"Int8DynamicActivationInt4WeightConfig(group_size={g})",
-                lambda q: _config(q, "Int8DynamicActivationInt4WeightConfig", group_size=g)),
-        Attempt(f"Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, group_size={g})",
-                lambda q: _int8_intx(q, g)),
-    ]
-
-
-def _int2_attempts(g: int) -> list[Attempt]:
-    def make(q: ModuleType) -> Any:
-        from torchao.quantization.granularity import PerGroup
-
-        return _config(q, "IntxWeightOnlyConfig", weight_dtype=torch.int2, granularity=PerGroup(g))
-
-    return [Attempt(f"IntxWeightOnlyConfig(weight_dtype=torch.int2, group_size={g})", make)]
+INT4_ATTEMPTS = (
+    Attempt("Int4WeightOnlyConfig(group_size={g})", lambda q, g: _config(q, "Int4WeightOnlyConfig", group_size=g)),
+    # torchao's CUDA int4 layout (tinygemm) takes bf16 weights
+    Attempt("Int4WeightOnlyConfig(group_size={g}, int4_packing_format='tile_packed_to_4d'), bf16 model",
+            lambda q, g: _config(q, "Int4WeightOnlyConfig", group_size=g, int4_packing_format="tile_packed_to_4d"),
+            torch.bfloat16),
+)
+#: ``Int8DynamicActivationInt4WeightConfig`` where torchao still has it, else its successor (torchao 0.18 has only
+#: this one) ``Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4)``.
+INT8_INT4_ATTEMPTS = (
+    Attempt("Int8DynamicActivationInt4WeightConfig(group_size={g})",
+            lambda q, g: _config(q, "Int8DynamicActivationInt4WeightConfig", group_size=g)),
+    Attempt("Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, group_size={g})", _int8_intx),
+)
 
 
 #: fxlab mode ↔ torchao's nearest config. A mode missing from this fxlab's ``MODES`` is reported as
 #: "not in this fxlab"; the pair is measured as soon as the mode exists.
 PAIRS: tuple[Pair, ...] = (
-    Pair("dynamic", "dynamic", lambda g: [Attempt("Int8DynamicActivationInt8WeightConfig()",
-                                                  lambda q: _config(q, "Int8DynamicActivationInt8WeightConfig"))],
+    Pair("dynamic", "dynamic", (Attempt("Int8DynamicActivationInt8WeightConfig()",
+                                        lambda q, g: _config(q, "Int8DynamicActivationInt8WeightConfig")),),
          latency_target=True),
-    Pair("weight-only", "weight-only", lambda g: [Attempt("Int8WeightOnlyConfig()",
-                                                          lambda q: _config(q, "Int8WeightOnlyConfig"))],
+    Pair("weight-only", "weight-only", (Attempt("Int8WeightOnlyConfig()",
+                                                lambda q, g: _config(q, "Int8WeightOnlyConfig")),),
          latency_target=True),
-    Pair("int4", "int4", _int4_attempts, grouped=True, latency_target=True),
-    Pair("int8-int4", "int8-int4", _int8_int4_attempts, grouped=True, latency_target=True),
-    Pair("fp8", "fp8", lambda g: [Attempt("Float8WeightOnlyConfig()", lambda q: _config(q, "Float8WeightOnlyConfig"))]),
-    Pair("int2", "int2", _int2_attempts, grouped=True),
-    Pair("int8-int4 + QAT", "int8-int4", _int8_int4_attempts, grouped=True, qat=True),
+    Pair("int4", "int4", INT4_ATTEMPTS, grouped=True, latency_target=True),
+    Pair("int8-int4", "int8-int4", INT8_INT4_ATTEMPTS, grouped=True, latency_target=True),
+    Pair("fp8", "fp8", (Attempt("Float8WeightOnlyConfig()", lambda q, g: _config(q, "Float8WeightOnlyConfig")),)),
+    Pair("int2", "int2", (Attempt("IntxWeightOnlyConfig(weight_dtype=torch.int2, group_size={g})", _int2),),
+         grouped=True),
+    Pair("int8-int4 + QAT", "int8-int4", INT8_INT4_ATTEMPTS, grouped=True, qat=True),
 )
 
 
@@ -201,38 +197,54 @@ def _left_float(model: nn.Module) -> int:
     return sum(type(m.weight) in (torch.Tensor, nn.Parameter) for m in model.modules() if isinstance(m, nn.Linear))
 
 
-def _torchao_qat(q: ModuleType, model: nn.Module, config: Any, data: Any, device: torch.device,
-                 epochs: int) -> nn.Module:
+def _quantize(q: ModuleType, model: nn.Module, configs: list[tuple[Any, set[str] | None]], wrap: Any = None) -> None:
+    """``quantize_`` each config on its Linears (``None``: every Linear); ``wrap``: QAT's ``QATConfig`` step."""
+    for config, names in configs:
+        if wrap is not None:
+            config = wrap(config)
+        if names is None:
+            q.quantize_(model, config)
+        else:
+            q.quantize_(model, config, filter_fn=lambda m, fqn, names=names: isinstance(m, nn.Linear) and fqn in names)
+
+
+def _torchao_qat(q: ModuleType, model: nn.Module, configs: list[tuple[Any, set[str] | None]], data: Any,
+                 device: torch.device, epochs: int) -> nn.Module:
     """torchao's QAT: ``QATConfig(config, step="prepare")``, fine-tune with fxlab.train.fit, then convert."""
     from torchao.quantization.qat import QATConfig
 
     from ..train import fit, recipe_for
 
     recipe = recipe_for("mymodule")
-    q.quantize_(model, QATConfig(config, step="prepare"))
+    _quantize(q, model, configs, lambda c: QATConfig(c, step="prepare"))
     fit(model, data, epochs=epochs, lr=recipe.lr / 10, batch_size=recipe.batch_size, schedule="cosine",
         seed=recipe.seed, device=device, progress=False, evaluate_each_epoch=False)
-    q.quantize_(model, QATConfig(config, step="convert"))
+    _quantize(q, model, configs, lambda c: QATConfig(c, step="convert"))
     return model.eval()
 
 
-def _torchao_side(q: ModuleType, pair: Pair, model: nn.Module, group_size: int, data: Any, device: torch.device,
-                  probe: torch.Tensor) -> dict[str, Any]:
-    """Quantize a copy of ``model`` with the pair's first config that builds and runs on ``device``."""
+def _torchao_side(q: ModuleType, pair: Pair, model: nn.Module, groups: dict[str, int] | None, data: Any,
+                  device: torch.device, probe: torch.Tensor) -> dict[str, Any]:
+    """Quantize a copy of ``model`` with the pair's first config that builds and runs on ``device``;
+    ``groups``: each Linear's group size (grouped configs), one ``quantize_`` per distinct size."""
+    by_size = {g: {n for n, s in groups.items() if s == g} for g in dict.fromkeys(groups.values())} if groups else {}
+    sizes = "/".join(str(g) for g in (groups or {}).values())
     errors = []
-    for attempt in pair.configs(group_size):
-        text = f"QATConfig({attempt.text})" if pair.qat else attempt.text
+    for attempt in pair.configs:
+        text = attempt.text.format(g=sizes)
+        text = f"QATConfig({text})" if pair.qat else text
         start = time.perf_counter()
         try:
             with _quiet():
-                config = attempt.make(q)
+                configs = ([(attempt.make(q, g), names) for g, names in by_size.items()] if by_size
+                           else [(attempt.make(q, 0), None)])
                 m = copy.deepcopy(model).to(device)
                 if attempt.dtype is not None:
                     m = m.to(attempt.dtype)
                 if pair.qat:
-                    m = _torchao_qat(q, m, config, data, device, QAT_EPOCHS)
+                    m = _torchao_qat(q, m, configs, data, device, QAT_EPOCHS)
                 else:
-                    q.quantize_(m, config)
+                    _quantize(q, m, configs)
                 left = _left_float(m)
                 module = _CastIO(m, attempt.dtype).eval() if attempt.dtype is not None else m.eval()
                 with torch.inference_mode():
@@ -244,6 +256,7 @@ def _torchao_side(q: ModuleType, pair: Pair, model: nn.Module, group_size: int, 
                 "build_s": time.perf_counter() - start}
     # the first config this torchao has, and its error (a config that is not there says only that)
     text, error, _ = next((e for e in errors if not e[2]), errors[0])
+    text = text.format(g=sizes)
     return {"status": f"not supported on {device.type} ({error})", "config": text,
             "tried": [f"{t}: {e}" for t, e, _ in errors]}
 
@@ -288,18 +301,16 @@ def _fxlab_side(pair: Pair, model: nn.Module, data: Any, device: torch.device,
     return {"status": "ok", "pipeline": pipeline, "module": module, "build_s": time.perf_counter() - start}, group_size
 
 
-def torchao_group_size(model: nn.Module, wanted: int) -> int:
-    """The largest power of two ≤ ``wanted`` that divides every Linear's in-features (torchao's grouped
-    configs need whole groups: 784 inputs take 16, not 32).
+def torchao_group_sizes(model: nn.Module, wanted: int) -> dict[str, int]:
+    """Each Linear's group size for torchao: the largest divisor of its in-features ≤ ``wanted`` (torchao's
+    grouped configs need whole groups: 784 inputs take 28, not 32; its int4 config skips such a Linear
+    silently, its intx configs refuse it).
 
-    >>> torchao_group_size(nn.Sequential(nn.Linear(784, 128), nn.Linear(128, 10)), 32)
-    16
+    >>> torchao_group_sizes(nn.Sequential(nn.Linear(784, 128), nn.Linear(128, 50), nn.Linear(50, 10)), 32)
+    {'0': 28, '1': 32, '2': 25}
     """
-    sizes = [m.in_features for m in model.modules() if isinstance(m, nn.Linear)]
-    g = 1
-    while g * 2 <= wanted and all(s % (g * 2) == 0 for s in sizes):
-        g *= 2
-    return g
+    return {name: max(g for g in range(1, min(wanted, m.in_features) + 1) if m.in_features % g == 0)
+            for name, m in model.named_modules() if isinstance(m, nn.Linear)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -359,12 +370,12 @@ def _measure_model(q: ModuleType, name: str, data: Any, images: torch.Tensor, cf
         log.info("bench torchao: %s on %s: %s", name, device, pair.label)
         torch.manual_seed(0)
         fx_side, wanted = _fxlab_side(pair, model, data, device, probe)
-        group_size = torchao_group_size(model, wanted) if pair.grouped else None
-        ao_side = _torchao_side(q, pair, model, group_size or wanted, data, device, probe)
+        groups = torchao_group_sizes(model, wanted) if pair.grouped else None
+        ao_side = _torchao_side(q, pair, model, groups, data, device, probe)
         for side in (fx_side, ao_side):
             _side_figures(side, data, device)
         row = {"model": name, "device": str(device), "pair": pair.label, "mode": pair.mode, "qat": pair.qat,
-               "fxlab": fx_side, "torchao": ao_side, "group_size": group_size, "fxlab_group_size": wanted
+               "fxlab": fx_side, "torchao": ao_side, "group_sizes": groups, "fxlab_group_size": wanted
                if pair.grouped else None}
         if fx_side.get("status") == "ok":
             candidates[f"fxlab {pair.label}"] = fx_side["module"]

@@ -41,16 +41,18 @@ def test_import_torchao_names_what_failed() -> None:
 
 
 @pytest.mark.parametrize(("features", "wanted", "expected"), [
-    ((784, 128, 64), 32, 16),
-    ((128, 64), 32, 32),
-    ((128, 64), 128, 64),
-    ((784,), 128, 16),
-    ((30,), 32, 2),
+    ((784, 128, 64), 32, (28, 32, 32)),
+    ((128, 50), 32, (32, 25)),
+    ((128, 64), 128, (128, 64)),
+    ((31,), 16, (1,)),
 ])
-def test_torchao_group_size_divides_every_linear(features: tuple[int, ...], wanted: int, expected: int) -> None:
+def test_torchao_group_sizes_divide_each_linear(features: tuple[int, ...], wanted: int,
+                                                 expected: tuple[int, ...]) -> None:
     model = nn.Sequential(*[nn.Linear(f, 8) for f in features])
-    g = ao.torchao_group_size(model, wanted)
-    assert g == expected and all(f % g == 0 for f in features)
+    groups = ao.torchao_group_sizes(model, wanted)
+    assert list(groups) == [str(i) for i in range(len(features))]
+    assert tuple(groups.values()) == expected
+    assert all(f % g == 0 and g <= wanted for f, g in zip(features, groups.values()))
 
 
 def test_pairs_cover_the_modes_and_qat() -> None:
