@@ -129,7 +129,8 @@ def run_benchmarks(cfg: Config, suites: Sequence[str]) -> dict[str, Any]:
     result: dict[str, Any] = {
         "environment": environment(device),
         "config": {k: v for k, v in cfg.__dict__.items()},
-        "command": "python -m fxlab.bench" + (" --quick" if cfg.quick else ""),
+        "command": "python -m fxlab.bench" + (" --quick" if cfg.quick else "")
+                   + "".join(f" --suite {s}" for s in suites if set(suites) != set(SUITES)),
     }
     started = time.perf_counter()
     torch.set_grad_enabled(True)
