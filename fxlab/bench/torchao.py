@@ -512,8 +512,8 @@ def torchao_tables(result: dict[str, Any], fmt: str = "simple") -> str:
 
     if result.get("status") != "ok":
         return f"torchao comparison: {result.get('status', 'not run')}"
-    headers = ["model", "fxlab mode", "torchao config", "accuracy % fxlab | torchao", "state dict fxlab | torchao",
-               *[h for b in result["batches"] for h in (f"batch {b}: ms fxlab | torchao", "fxlab speed-up")]]
+    headers = ["model", "fxlab mode", "torchao config", "accuracy % fxlab / torchao", "state dict fxlab / torchao",
+               *[h for b in result["batches"] for h in (f"batch {b}: ms fxlab / torchao", "fxlab speed-up")]]
     parts, notes = [], {}
     for dev in result["devices"]:
         table = []
@@ -527,12 +527,12 @@ def torchao_tables(result: dict[str, Any], fmt: str = "simple") -> str:
                     why = f"fxlab: {fx['status']}" if not _ok(fx) else ""
                     why += ("; " if why and not _ok(ao) else "") + (f"torchao: {ao['status']}" if not _ok(ao) else "")
                     notes[(r["pair"], why)] = None
-                cells += [f"{_acc(fx)} | {_acc(ao)}",
-                          f"{_bytes(fx.get('state_dict_bytes'))} | {_bytes(ao.get('state_dict_bytes'))}"]
+                cells += [f"{_acc(fx)} / {_acc(ao)}",
+                          f"{_bytes(fx.get('state_dict_bytes'))} / {_bytes(ao.get('state_dict_bytes'))}"]
                 for b in result["batches"]:
                     lat = r["latency"][str(b)]
                     s = lat["fxlab_speedup"]
-                    cells += [f"{_ms(lat['fxlab'])} | {_ms(lat['torchao'])}", "—" if s is None else f"{s:.2f}×"]
+                    cells += [f"{_ms(lat['fxlab'])} / {_ms(lat['torchao'])}", "—" if s is None else f"{s:.2f}×"]
                 table.append(cells)
         parts.append(f"fxlab vs torchao {result['torchao']} on {dev}:\n\n"
                      + tabulate(table, headers=headers, tablefmt=fmt, disable_numparse=True))
