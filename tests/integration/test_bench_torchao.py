@@ -89,3 +89,25 @@ def test_targets_and_tables(suite: dict[str, Any]) -> None:
     text = ao.torchao_tables(suite)
     assert f"fxlab vs torchao {suite['torchao']} on cpu" in text
     assert "Int8DynamicActivationInt8WeightConfig()" in text and "Int8WeightOnlyConfig()" in text
+
+
+def test_torchao_side_groups_per_linear() -> None:
+    """Each Linear gets whole groups (784 → 28, 50 → 25), none is left float; a config that cannot run says why."""
+    from fxlab.models import build
+
+    q, _ = ao.import_torchao()
+    assert q is not None
+    model = build("neuralnetwork").eval()
+    probe = torch.randn(2, 1, 28, 28)
+    groups = ao.torchao_group_sizes(model, 32)
+    assert groups == {"fc1": 28, "fc2": 25}
+    pair = next(p for p in ao.PAIRS if p.label == "int8-int4")
+    side = ao._torchao_side(q, pair, model, groups, None, torch.device("cpu"), probe)
+    assert side["status"] == "ok", side
+    assert side["config"].endswith("group_size=28/25)") and side["left_float"] == 0
+    with torch.inference_mode():
+        assert (side["module"](probe) - model(probe)).abs().max() < 0.5
+    int4 = next(p for p in ao.PAIRS if p.label == "int4")
+    side = ao._torchao_side(q, int4, model, groups, None, torch.device("cpu"), probe)
+    if side["status"] != "ok":  # torchao 0.18 on CPU: no int4 layout runs
+        assert side["status"].startswith("not supported on cpu (") and len(side["tried"]) == len(int4.configs)

@@ -80,3 +80,26 @@ def test_targets_take_the_worst_model_and_say_why_not() -> None:
     assert int4.met is None and "torchao: not supported on cpu (X)" in int4.note
     assert targets[("fp8 accuracy vs torchao", "cpu")].met is True  # equal accuracy counts as at least as accurate
     assert ("fp8 latency vs torchao", "cpu") not in targets  # the latency target is for int8 / int4 modes
+
+
+def test_fxlab_side_of_a_pair() -> None:
+    """A mode this fxlab has is built (fusion, then quantize-linear); one it lacks says so."""
+    from fxlab.models import build
+
+    model = build("mymodule").eval()
+    probe = torch.randn(4, 1, 28, 28)
+    side, group = ao._fxlab_side(ao.Pair("dynamic", "dynamic", ()), model, None, torch.device("cpu"), probe)
+    assert side["status"] == "ok" and "quantize-linear{mode=dynamic}" in side["pipeline"]
+    assert group == ao.DEFAULT_GROUP_SIZE
+    with torch.no_grad():
+        assert (side["module"](probe) - model(probe)).abs().max() < 0.1
+    side, _ = ao._fxlab_side(ao.Pair("x", "no-such-mode", ()), model, None, torch.device("cpu"), probe)
+    assert side["status"] == "not in this fxlab" and "module" not in side
+    # QAT: measured where quantize-linear takes qat_epochs, reported as missing where it does not
+    import dataclasses
+
+    from fxlab.passes.quantize import QuantizeLinear
+
+    if "qat_epochs" not in {f.name for f in dataclasses.fields(QuantizeLinear)}:
+        side, _ = ao._fxlab_side(ao.Pair("q", "dynamic", (), qat=True), model, None, torch.device("cpu"), probe)
+        assert side["status"] == "not in this fxlab (no qat_epochs option)"
