@@ -210,12 +210,13 @@ def _quantize(q: ModuleType, model: nn.Module, configs: list[tuple[Any, set[str]
 
 def _torchao_qat(q: ModuleType, model: nn.Module, configs: list[tuple[Any, set[str] | None]], data: Any,
                  device: torch.device, epochs: int) -> nn.Module:
-    """torchao's QAT: ``QATConfig(config, step="prepare")``, fine-tune with fxlab.train.fit, then convert."""
+    """torchao's QAT: ``QATConfig(config, step="prepare")``, ``epochs`` of fxlab.train.fit (a tenth of the default
+    recipe's peak learning rate, cosine schedule), then ``step="convert"``."""
     from torchao.quantization.qat import QATConfig
 
-    from ..train import fit, recipe_for
+    from ..train import DEFAULT_RECIPE as recipe
+    from ..train import fit
 
-    recipe = recipe_for("mymodule")
     _quantize(q, model, configs, lambda c: QATConfig(c, step="prepare"))
     fit(model, data, epochs=epochs, lr=recipe.lr / 10, batch_size=recipe.batch_size, schedule="cosine",
         seed=recipe.seed, device=device, progress=False, evaluate_each_epoch=False)
