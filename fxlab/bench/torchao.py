@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .harness import Timing, compare, describe
+from .harness import Timing, compare, describe, ratio
 from .memory import state_dict_bytes
 from .targets import Target, at_least
 
@@ -390,7 +390,7 @@ def _measure_model(q: ModuleType, name: str, data: Any, images: torch.Tensor, cf
         for b, t in timings.items():
             fx_t, ao_t = t.get(f"fxlab {row['pair']}"), t.get(f"torchao {row['pair']}")
             row["latency"][str(b)] = {"fxlab": _timing(fx_t), "torchao": _timing(ao_t),
-                                      "fxlab_speedup": _speedup(ao_t, fx_t)}
+                                      "fxlab_speedup": ratio(ao_t, fx_t)}
         row["fxlab"], row["torchao"] = _public(row["fxlab"]), _public(row["torchao"])
     return _public(base), rows
 
@@ -399,12 +399,6 @@ def _timing(t: Timing | str | None) -> dict[str, Any] | None:
     if isinstance(t, Timing):
         return {"status": "ok", **t.to_json()}
     return None if t is None else {"status": t}
-
-
-def _speedup(slow: Timing | str | None, fast: Timing | str | None) -> float | None:
-    if isinstance(slow, Timing) and isinstance(fast, Timing) and fast.median > 0:
-        return slow.median / fast.median
-    return None
 
 
 def _devices(device: torch.device) -> list[torch.device]:
