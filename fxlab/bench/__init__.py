@@ -1,8 +1,8 @@
 """Benchmarks: where fxlab stands against torch.fx, torch.ao and the seeds' own loops.
 
-    python -m fxlab.bench [--suite inference|passes|training|explain|lowbit] [--quick] [--json out.json]
+    python -m fxlab.bench [--suite inference|passes|training|explain|lowbit|torchao] [--quick] [--json out.json]
 
-Five suites, each timed side by side in one run (these machines are shared and noisy, so the
+The suites, each timed side by side in one run (these machines are shared and noisy, so the
 figures that matter are ratios measured together):
 
 - ``inference``: every seed model before and after fxlab's standard pipelines (fusion; fusion then
@@ -19,6 +19,9 @@ figures that matter are ratios measured together):
 - ``lowbit``: the packed int4 / int8-int4 / ternary Linears' CPU paths (fused Numba kernel, kernel-written
   float weight + ``F.linear``) against unpacking the weight to float32 in torch ops + ``F.linear``, at
   batch 1 and 256 (``lowbit.py``).
+- ``torchao``: each fxlab quantization mode next to torchao's nearest config on the trained seed
+  models: MNIST test accuracy, state-dict bytes, latency at batch 1 and 256 (``torchao.py``; needs
+  the optional ``torchao``, ``pip install 'fxlab[bench]'``: without it the suite says it was not run).
 
 Modules: ``harness`` (interleaved side-by-side timing), ``memory`` (peak tensor bytes, RSS,
 state-dict size), ``environment``, the suites ``inference``, ``passes`` and ``training``, ``seeds``
@@ -57,6 +60,7 @@ from .passes import ao_fuse_fx, deep_mlp, hand_fuse_linear_relu, hand_insert_rel
 from .report import load_result, machine, report, targets_table, write_json_atomic
 from .seeds import seed_epoch, seed_evaluate, seed_loaders
 from .targets import QUANT_MODES, Target
+from .torchao import torchao_suite, torchao_tables
 from .training import training_suite
 
 __all__ = [
@@ -66,9 +70,10 @@ __all__ = [
     "peak_tensor_bytes",
     "report", "run_benchmarks", "seed_epoch", "seed_evaluate", "seed_loaders", "state_dict_bytes",
     "targets_table", "training_rss", "training_suite", "write_json_atomic",
+    "torchao_suite", "torchao_tables",
 ]
 
-SUITES = ("inference", "passes", "training", "explain", "lowbit")
+SUITES = ("inference", "passes", "training", "explain", "lowbit", "torchao")
 
 
 @dataclass
@@ -129,7 +134,8 @@ def run_benchmarks(cfg: Config, suites: Sequence[str]) -> dict[str, Any]:
     result: dict[str, Any] = {
         "environment": environment(device),
         "config": {k: v for k, v in cfg.__dict__.items()},
-        "command": "python -m fxlab.bench" + (" --quick" if cfg.quick else ""),
+        "command": "python -m fxlab.bench" + (" --quick" if cfg.quick else "")
+                   + "".join(f" --suite {s}" for s in suites if set(suites) != set(SUITES)),
     }
     started = time.perf_counter()
     torch.set_grad_enabled(True)
@@ -143,6 +149,8 @@ def run_benchmarks(cfg: Config, suites: Sequence[str]) -> dict[str, Any]:
         result["explain"] = explain_suite(cfg)
     if "lowbit" in suites:
         result["lowbit"] = lowbit_suite(cfg)
+    if "torchao" in suites:
+        result["torchao"] = torchao_suite(cfg, device)
     result["seconds"] = time.perf_counter() - started
     if hasattr(os, "getloadavg"):
         result["environment"]["load_average_at_end"] = os.getloadavg()

@@ -15,6 +15,7 @@ from ..errors import UsageError
 from .explain import explain_tables
 from .lowbit import lowbit_tables
 from .targets import TARGET_HEADERS, Target
+from .torchao import torchao_tables
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
@@ -196,7 +197,7 @@ def report(result: dict[str, Any], fmt: str = "simple") -> str:
     """The report: the machine, each suite's tables, the targets (``fmt="github"``: Markdown)."""
     parts = [machine(result)]
     for suite, tables in (("inference", inference_tables), ("passes", passes_tables), ("training", training_tables),
-                          ("explain", explain_tables), ("lowbit", lowbit_tables)):
+                          ("explain", explain_tables), ("lowbit", lowbit_tables), ("torchao", torchao_tables)):
         if suite in result:
             if fmt != "simple":
                 parts.append(f"**{suite}** — {result[suite].get('method', '')}")
