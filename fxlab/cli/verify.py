@@ -31,9 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="DIR", help="MNIST root (default: $FXLAB_DATA, else the user cache; fetched if absent)")
     p.add_argument("--retrain-epochs", type=float, default=1.0, metavar="N",
                    help="fine-tuning epochs after each function-changing step (fractions allowed; default 1)")
-    p.add_argument("--qat-epochs", type=float, default=0.0, metavar="E",
+    p.add_argument("--qat-epochs", type=float, default=None, metavar="E",
                    help="quantization-aware training: fine-tune each quantize-linear step through its quantizer for "
-                        "E MNIST epochs before converting; the report shows plain vs QAT accuracy (default 0: off)")
+                        "E MNIST epochs before converting; the report shows plain vs QAT accuracy (default: 1 epoch for a step that misses its budget, and only then; 0: never)")
     p.add_argument("--tolerance", type=float, default=1e-4, metavar="X", help="max abs diff allowed to exact passes (default 1e-4)")
     p.add_argument("--floor", type=float, default=1.0, metavar="POINTS",
                    help="accuracy points below baseline a retrained step may end (default 1)")
@@ -62,7 +62,7 @@ def _check(ns: argparse.Namespace) -> None:
         raise UsageError("python -m fxlab.verify: give a model FILE or --model NAME")
     if ns.retrain_epochs < 0:
         raise UsageError("python -m fxlab.verify: --retrain-epochs must be ≥ 0")
-    if not ns.qat_epochs >= 0 or ns.qat_epochs == float("inf"):
+    if ns.qat_epochs is not None and (not ns.qat_epochs >= 0 or ns.qat_epochs == float("inf")):
         raise UsageError("python -m fxlab.verify: --qat-epochs must be a number ≥ 0")
     for out in (ns.json, ns.plot, ns.html):
         if out:

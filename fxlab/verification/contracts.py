@@ -36,7 +36,9 @@ class Settings:
     retrain_lr: float = 1e-3
     seed: int = 0
     progress: bool = False
-    qat_epochs: float = 0  # quantization-aware training of every approximate step that offers it
+    # quantization-aware training of every approximate step that offers it; None: of a step that misses
+    # its budget only (AUTO_QAT_EPOCHS), 0: never
+    qat_epochs: float | None = None
 
 
 @dataclass

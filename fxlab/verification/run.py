@@ -39,6 +39,10 @@ CHECK_IMAGES = 1000
 CALIBRATION_BATCH = 256
 
 
+#: QAT epochs of an approximate step that misses its budget when ``qat_epochs`` is left at None.
+AUTO_QAT_EPOCHS = 1
+
+
 def verify(
     model: nn.Module | str | os.PathLike[str],
     passes: str | Pass | Iterable[Pass],
@@ -56,7 +60,7 @@ def verify(
     progress: bool = False,
     name: str | None = None,
     nodes: bool = True,
-    qat_epochs: float = 0,
+    qat_epochs: float | None = None,
 ) -> Report:
     """Apply ``passes`` to ``model`` one at a time and check each pass's contract on MNIST.
 
@@ -77,7 +81,9 @@ def verify(
     - ``qat_epochs``: quantization-aware training for every approximate step that offers it
       (``quantize-linear`` in the modes of ``QAT_MODES``: all but static, bf16, fp16): that many MNIST epochs through the quantizer
       before converting; the step then reports the plain conversion's accuracy too (``Step.qat``).
-      A pass with its own ``qat_epochs`` trains so anyway (on this MNIST).
+      A pass with its own ``qat_epochs`` trains so anyway (on this MNIST). ``None`` (the default):
+      only a step that misses its budget is done again with ``AUTO_QAT_EPOCHS`` of QAT, and that
+      attempt is the step; ``0``: never.
 
     Returns a ``Report``; a contract that fails makes ``report.ok`` False (it does not raise). Bad
     input (no such model, a pipeline that does not parse or a pass that cannot apply) raises an
@@ -102,7 +108,7 @@ def prepare(model: Any, passes: Any, *, data: Any = None, retrain_epochs: float 
             device: str | torch.device | None = None, tolerance: float = 1e-4, floor: float = 1.0,
             check_images: int = CHECK_IMAGES, retrain_lr: float = RETRAIN_LR, seed: int = 0, trust: bool = False,
             architecture: str | None = None, progress: bool = False, name: str | None = None,
-            nodes: bool = True, qat_epochs: float = 0) -> tuple[_Run, list[Pass], str]:
+            nodes: bool = True, qat_epochs: float | None = None) -> tuple[_Run, list[Pass], str]:
     """What ``verify`` (and ``bisect``) start from: (the run at the input model, the passes, the model's name).
 
     Arguments as ``verify``'s; bad input raises ``FxlabError`` before anything is checked.
@@ -175,11 +181,11 @@ def _device(device: str | torch.device | None) -> torch.device:
 
 
 def _settings(tolerance: float, floor: float, retrain_epochs: float, retrain_lr: float, seed: int,
-              progress: bool, qat_epochs: float = 0) -> Settings:
+              progress: bool, qat_epochs: float | None = None) -> Settings:
     """The contracts' settings, checked."""
     if retrain_epochs < 0 or not math.isfinite(retrain_epochs):
         raise VerifyError(f"retrain_epochs must be ≥ 0, got {retrain_epochs}")
-    if qat_epochs < 0 or not math.isfinite(qat_epochs):
+    if qat_epochs is not None and (qat_epochs < 0 or not math.isfinite(qat_epochs)):
         raise VerifyError(f"qat_epochs must be ≥ 0, got {qat_epochs}")
     if tolerance < 0 or floor < 0:
         raise VerifyError("tolerance and floor must be ≥ 0")
@@ -229,8 +235,14 @@ class _Run:
 
     def step(self, index: int, p: Pass) -> Step:
         """Apply ``p`` to the current model, check its contract, and make the result current."""
-        p = with_qat(p, self.settings.qat_epochs)
+        epochs = self.settings.qat_epochs
+        p = with_qat(p, epochs or 0)
         step, model, outputs = self.check(index, p, *self._apply(p))
+        retry = with_qat(p, AUTO_QAT_EPOCHS) if epochs is None and not step.ok else p
+        if retry is not p:  # an approximate step that missed its budget: once more, trained through its quantizer
+            log.info("step %d %s missed its budget: again with %g QAT epoch(s)", index, p, AUTO_QAT_EPOCHS)
+            p = retry
+            step, model, outputs = self.check(index, p, *self._apply(p))
         self.current, self.outputs, self.reference = model, outputs, step.final_accuracy
         self._observed = _calibrates(p)
         return step

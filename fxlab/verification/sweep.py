@@ -97,7 +97,7 @@ _NOT_OPTIONS = frozenset({"progress"})
 _TYPES: dict[str, type] = {
     "model": str, "passes": str, "data": str, "device": str, "architecture": str, "name": str,
     "retrain_epochs": float, "tolerance": float, "floor": float, "retrain_lr": float,
-    "check_images": int, "seed": int, "trust": bool, "nodes": bool,
+    "check_images": int, "seed": int, "trust": bool, "nodes": bool, "qat_epochs": float,
 }
 
 _TABLE_HEADERS = ["run", "model", "passes", "rank", "baseline", "final", "worst step", "ok"]

@@ -157,3 +157,18 @@ def test_quantize_conv_max_drop_keeps_exactly_conv2(lenet_outlier, mnist) -> Non
     assert s["float_accuracy"] - min(r["accuracy"] for r in s["ranking"]) > MAX_DROP and s["drop"] <= MAX_DROP
     assert type(gm.conv2) is nn.Conv2d and type(gm.conv1) is not nn.Conv2d
     assert gm.meta["fxlab.pipeline"] == "quantize-conv{mode=dynamic exclude=conv2}"
+
+
+def test_verify_retries_a_step_that_misses_its_budget_through_qat(outlier, mnist) -> None:
+    """By default an approximate step that misses its budget is done again with one epoch of
+    quantization-aware training, and that attempt is the step, its plain conversion reported beside it;
+    ``qat_epochs=0`` never trains."""
+    plain = fxlab.verify(outlier, "quantize-linear{mode=dynamic}", data=mnist, device="cpu", qat_epochs=0, nodes=False)
+    assert not plain.ok and plain.steps[0].qat is None
+    assert plain.steps[0].pass_text == "quantize-linear{mode=dynamic}"
+    report = fxlab.verify(outlier, "quantize-linear{mode=dynamic}", data=mnist, device="cpu", nodes=False)
+    step = report.steps[0]
+    assert step.pass_text == "quantize-linear{mode=dynamic qat_epochs=1}"
+    assert step.qat is not None and step.qat["epochs"] == 1
+    assert step.qat["plain_accuracy"] == pytest.approx(plain.steps[0].accuracy)
+    assert step.qat["qat_accuracy"] == step.accuracy
