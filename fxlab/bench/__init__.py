@@ -90,6 +90,7 @@ class Config:
     test_limit: int | None = None
     train_rounds: int = 3
     recipe: bool = True  # also train mymodule with fxlab's default recipe and report accuracy
+    recipe_seeds: tuple[int, ...] = (0, 1, 2)  # one default-recipe run per seed
     memory_probe: bool = True  # peak RSS of a training subprocess
     probe_steps: int | None = None  # optimizer steps of that subprocess (None: one full epoch)
 

@@ -160,8 +160,14 @@ def training_tables(result: dict[str, Any], fmt: str = "simple") -> str:
     notes = []
     if result.get("recipe"):
         r = result["recipe"]
-        epochs = r.get("recipe", {}).get("epochs", "?")
-        notes.append(f"fxlab's default recipe ({epochs} epochs): {r['accuracy']:.2f}% test accuracy in {r['seconds']:.0f} s")
+        rec = r.get("recipe", {})
+        epochs = rec.get("epochs", "?")
+        for run in r.get("runs") or [r]:  # results saved before the per-seed runs hold one run
+            seed = run.get("seed", rec.get("seed", "?"))
+            more = (f" ({run['seeds_epochs']:.2f} epochs of the seeds' loop timed next to it)"
+                    if "seeds_epochs" in run else "")
+            notes.append(f"fxlab's default recipe ({epochs} epochs, batch {rec.get('batch_size', '?')}), seed {seed}: "
+                         f"{run['accuracy']:.2f}% test accuracy in {run['seconds']:.1f} s{more}")
     if result.get("memory", {}).get("peak_rss_bytes"):
         notes.append(f"peak memory training mymodule on CPU: {result['memory']['peak_rss_bytes'] / 2**20:.0f} MB "
                      f"({result['memory'].get('what', '')})")

@@ -13,18 +13,33 @@ import torch
 
 @dataclass(frozen=True)
 class Recipe:
-    """How a model is trained: Adam + cross-entropy, one-cycle LR schedule peaking at ``lr``."""
+    """How a model is trained: Adam + cross-entropy (with ``label_smoothing``), one-cycle LR schedule
+    peaking at ``lr``.
 
-    epochs: int = 8
-    lr: float = 3e-3
-    batch_size: int = 128
+    The defaults are the fastest recipe measured to take `mymodule` from random weights to ≥ 98 %
+    test accuracy with seeds 0, 1 and 2 (``python -m fxlab.bench --suite training`` times it): 6 epochs
+    of 235 steps at batch 256, where the previous default (8 epochs at batch 128, no smoothing) took
+    about twice the time for the same accuracy.
+    """
+
+    epochs: int = 6
+    lr: float = 4e-3
+    batch_size: int = 256
     schedule: str = "onecycle"  # "onecycle", "cosine" or "constant"
     weight_decay: float = 0.0
     seed: int = 0
+    label_smoothing: float = 0.1
 
     def key(self) -> str:
-        """A short stable hash of the recipe (for checkpoint cache names)."""
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        """A short stable hash of the recipe (for checkpoint cache names).
+
+        ``label_smoothing`` (added later) is hashed only when it is not 0, so the recipes written
+        before it keep their keys and cached checkpoints.
+        """
+        fields = dataclasses.asdict(self)
+        if not fields["label_smoothing"]:
+            del fields["label_smoothing"]
+        text = json.dumps(fields, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
@@ -34,8 +49,8 @@ DEFAULT_RECIPE = Recipe()
 #: Per-model default recipes (``pretrained``, ``python -m fxlab.train --model NAME`` without flags);
 #: a model not listed here trains with ``DEFAULT_RECIPE``.
 RECIPES: dict[str, Recipe] = {
-    "mnist-cnn": Recipe(epochs=4, lr=2e-3),
-    "lenet5": Recipe(epochs=6, lr=3e-3),
+    "mnist-cnn": Recipe(epochs=4, lr=2e-3, batch_size=128, label_smoothing=0.0),
+    "lenet5": Recipe(epochs=6, lr=3e-3, batch_size=128, label_smoothing=0.0),
 }
 
 
