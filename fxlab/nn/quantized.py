@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from ..core import LeafModule
 from . import kernels
+from .kernels import choice
 from .fused import linear_flops
 
 __all__ = [
@@ -105,6 +106,11 @@ def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
     k = kernels.for_tensor(x) if x.dtype == torch.float32 else None
     if k is not None:
         return kernels.quantize_rows(k, x, _EPS)
+    return _quantize_rows_torch(x)
+
+
+def _quantize_rows_torch(x: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`quantize_rows` in torch ops."""
     if x.numel() < _SMALL:
         absmax = x.abs().amax(dim=1, keepdim=True)
     else:
@@ -219,6 +225,120 @@ def _native_half_on_cpu(dtype: torch.dtype) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
+# the implementations each Linear chooses from, by measurement (fxlab.nn.kernels.choice); the
+# first of each op is the reference, torch ops only
+
+
+def _numba() -> Any:
+    return kernels._kernels()
+
+
+def _numba_available() -> bool:
+    return kernels.available()
+
+
+def _dynamic_torch(m: Any, x: Tensor, weight: Tensor, w_scale: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+    xq, x_scale = _quantize_rows_torch(x)
+    acc = int8_matmul(xq, weight)
+    scale = x_scale * w_scale
+    return _relu(torch.addcmul(bias, acc, scale) if bias is not None else acc * scale, relu)
+
+
+def _dynamic_numba(m: Any, x: Tensor, weight: Tensor, w_scale: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+    w, ws, b = kernels.arrays(m, weight, w_scale, bias)
+    return kernels.dynamic_linear(_numba(), x, w, ws, b, relu, _EPS)
+
+
+def _dynamic_numba_int_mm(m: Any, x: Tensor, weight: Tensor, w_scale: Tensor, bias: Tensor | None,
+                          relu: bool) -> Tensor:
+    k = _numba()
+    _, ws, b = kernels.arrays(m, weight, w_scale, bias)
+    xq, x_scale = kernels.quantize_rows(k, x, _EPS)
+    return kernels.scale_rows_cols(k, int8_matmul(xq, weight), x_scale, ws, b, relu)
+
+
+def _w8_torch(m: Any, x: Tensor, weight: Tensor, w_scale: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+    return _relu(linear_int8_weight(x, weight, w_scale, bias), relu)
+
+
+def _w8_numba(m: Any, x: Tensor, weight: Tensor, w_scale: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+    return kernels.linear_w8(_numba(), x, *kernels.arrays(m, weight, w_scale, bias), relu)
+
+
+def _w8_int8pack(m: Any, x: Tensor, weight: Tensor, w_scale: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+    y = torch._weight_int8pack_mm(x, weight, w_scale)
+    return _relu(y.add_(bias) if bias is not None else y, relu)
+
+
+def _half_torch(m: Any, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+    return _relu(F.linear(x, weight.to(x.dtype), bias), relu)
+
+
+def _half_numba(m: Any, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+    w_bits, b, _ = kernels.arrays(m, weight, bias)
+    return kernels.linear_half(_numba(), x, w_bits, weight.dtype == torch.float16, b, relu)
+
+
+def _half_native(m: Any, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+    y = F.linear(x.to(weight.dtype), weight)
+    return _relu(torch.add(bias, y) if bias is not None else y.to(x.dtype), relu)
+
+
+def _half_bound(unit: float) -> Any:
+    """The error a half GEMM may add to the float32 reference: activations and output rounded to
+    the half type (``unit`` each) and float32 sums in another order, elementwise."""
+
+    def bound(m: Any, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+        mags = F.linear(x.abs(), weight.float().abs())
+        return mags * (2 * unit + 2 * x.shape[1] * 2.0**-24) + 1e-30
+
+    return bound
+
+
+def _static_torch(m: Any, xq: Tensor, weight: Tensor, multiplier: Tensor, offset: Tensor) -> Tensor:
+    acc = int8_matmul(xq, weight)
+    return torch.addcmul(offset, acc, multiplier).round_().clamp_(m._low, 127).to(torch.int8)
+
+
+def _static_numba(m: Any, xq: Tensor, weight: Tensor, multiplier: Tensor, offset: Tensor) -> Tensor:
+    w, mult, off = kernels.arrays(m, weight, multiplier, offset)
+    return kernels.static_linear(_numba(), xq, w, mult, off, m._low)
+
+
+def _static_numba_int_mm(m: Any, xq: Tensor, weight: Tensor, multiplier: Tensor, offset: Tensor) -> Tensor:
+    _, mult, off = kernels.arrays(m, weight, multiplier, offset)
+    return kernels.requantize(_numba(), int8_matmul(xq, weight), mult, off, m._low)
+
+
+_NUMBA_NOTE = "Numba kernels off (FXLAB_KERNELS=torch, kernels.disabled()) or not installed"
+DYNAMIC_OP = choice.Op("dynamic", [
+    choice.Candidate("torch", _dynamic_torch, note="torch ops: per-row quantization, torch._int_mm, addcmul"),
+    choice.Candidate("numba", _dynamic_numba, _numba_available, _NUMBA_NOTE),
+    choice.Candidate("numba+int_mm", _dynamic_numba_int_mm, _numba_available, _NUMBA_NOTE),
+])
+WEIGHT_ONLY_OP = choice.Op("weight-only", [
+    choice.Candidate("torch", _w8_torch, note="int8 weights to float, float32 GEMM, addcmul"),
+    choice.Candidate("numba", _w8_numba, _numba_available, _NUMBA_NOTE),
+    choice.Candidate("int8pack", _w8_int8pack, lambda: hasattr(torch, "_weight_int8pack_mm"),
+                     "torch._weight_int8pack_mm missing in this torch"),
+])
+HALF_OPS = {
+    dtype: choice.Op(name, [
+        choice.Candidate("torch", _half_torch, note="half weights upcast, float32 GEMM"),
+        choice.Candidate("numba", _half_numba, _numba_available, _NUMBA_NOTE),
+        choice.Candidate("native", _half_native, functools.partial(lambda d: _native_half_on_cpu(d), dtype),
+                         f"no native {name} dot products on this CPU"),
+    ], bound=_half_bound(2.0**-8 if dtype is torch.bfloat16 else 2.0**-11))
+    for dtype, name in _HALF_NAMES.items()
+}
+STATIC_OP = choice.Op("static", [
+    choice.Candidate("torch", _static_torch, note="torch._int_mm, addcmul, round, clamp"),
+    choice.Candidate("numba", _static_numba, _numba_available, _NUMBA_NOTE),
+    choice.Candidate("numba+int_mm", _static_numba_int_mm, _numba_available, _NUMBA_NOTE),
+])
+
+
+# --------------------------------------------------------------------------------------------
 # the Linears
 
 
@@ -315,30 +435,25 @@ class Int8DynamicLinear(_Int8WeightLinear):
 
     def uses_int8_matmul(self, x: Tensor) -> bool:
         """Whether a 2-D input ``x`` takes the int8 path (else: float activations × int8 weights):
-        always with the fused CPU kernels, else when :func:`big_enough`."""
-        if x.dtype == torch.float32 and kernels.for_tensor(x) is not None:
+        always where the implementation is chosen by measurement (CPU inference; every candidate
+        is int8), else when :func:`big_enough`."""
+        if choice.eligible(x) and x.dtype == torch.float32:
             return True
         return big_enough(x, self.in_features, self.out_features)
 
     def matmul(self, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
         w_scale = self._buffers["weight_scale"]
-        k = kernels.for_tensor(x) if x.dtype == torch.float32 else None
-        if k is not None:  # fused kernels (never while a graph is captured): int8 arithmetic pays off at every size
-            w, ws, b = kernels.arrays(self, weight, w_scale, bias)
-            if x.shape[0] <= KERNEL_MAX_ROWS:
-                return kernels.dynamic_linear(k, x, w, ws, b, relu, _EPS)
-            xq, x_scale = kernels.quantize_rows(k, x, _EPS)
-            return kernels.scale_rows_cols(k, int8_matmul(xq, weight), x_scale, ws, b, relu)
+        c = choice.choose(DYNAMIC_OP, self, x, self.out_features, weight, w_scale, bias, relu) \
+            if x.dtype == torch.float32 else None
+        if c is not None:  # CPU inference: the implementation measured fastest for this shape
+            return c.fn(self, x, weight, w_scale, bias, relu)
         if graph_capture():  # one path at every size; ONNX's float graph has no int8 GEMM
             if _onnx_exporting() or x.is_cuda:
                 return _relu(fake_int8_linear(x, weight, w_scale, bias), relu)
             return _relu(_int8_linear_ops(x, weight, w_scale, bias), relu)
-        if not big_enough(x, self.in_features, self.out_features):
+        if not big_enough(x, self.in_features, self.out_features):  # autograd, CUDA
             return _relu(linear_int8_weight(x, weight, w_scale, bias), relu)
-        xq, x_scale = quantize_rows(x)
-        acc = int8_matmul(xq, weight)
-        scale = x_scale * w_scale
-        return _relu(torch.addcmul(bias, acc, scale) if bias is not None else acc * scale, relu)
+        return _dynamic_torch(self, x, weight, w_scale, bias, relu)
 
 
 class Int8WeightOnlyLinear(_Int8WeightLinear):
@@ -351,9 +466,10 @@ class Int8WeightOnlyLinear(_Int8WeightLinear):
 
     def matmul(self, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
         w_scale = self._buffers["weight_scale"]
-        k = kernels.for_tensor(x) if x.dtype == torch.float32 else None  # None while a graph is captured
-        if k is not None and x.shape[0] <= KERNEL_MAX_ROWS:
-            return kernels.linear_w8(k, x, *kernels.arrays(self, weight, w_scale, bias), relu)
+        c = choice.choose(WEIGHT_ONLY_OP, self, x, self.out_features, weight, w_scale, bias, relu) \
+            if x.dtype == torch.float32 else None  # None while a graph is captured
+        if c is not None:
+            return c.fn(self, x, weight, w_scale, bias, relu)
         return _relu(linear_int8_weight(x, weight, w_scale, bias), relu)
 
 
@@ -403,15 +519,20 @@ class HalfLinear(_LinearBase):
         return self.weight.float()
 
     def uses_half_matmul(self, x: Tensor) -> bool:
-        """Whether a 2-D input ``x`` runs a native half GEMM (else: upcast weights, float32 GEMM)."""
+        """Whether a 2-D input ``x`` runs a native half GEMM (else: upcast weights, float32 GEMM):
+        on CPU inference, whether ``native`` was measured fastest for its shape."""
+        if choice.eligible(x) and x.dtype == torch.float32:
+            op = HALF_OPS[self.weight.dtype]
+            c = choice.choose(op, self, x, self.out_features, self.weight, self.bias, self.relu)
+            return c is not None and c.name == "native"
         return _half_pays_off(x, self.weight.dtype, self.in_features, self.out_features)
 
     def matmul(self, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
-        k = kernels.for_tensor(x) if x.dtype == torch.float32 else None  # None while a graph is captured
-        if k is not None and x.shape[0] <= KERNEL_MAX_ROWS:
-            w_bits, b, _ = kernels.arrays(self, weight, bias)
-            return kernels.linear_half(k, x, w_bits, weight.dtype == torch.float16, b, relu)
-        if k is None and graph_capture():  # one path at every size: upcast weights, float32 GEMM
+        c = choice.choose(HALF_OPS[weight.dtype], self, x, self.out_features, weight, bias, relu) \
+            if x.dtype == torch.float32 else None
+        if c is not None:
+            return c.fn(self, x, weight, bias, relu)
+        if graph_capture():  # one path at every size: upcast weights, float32 GEMM
             return _relu(F.linear(x, weight.to(x.dtype), bias), relu)
         if _half_pays_off(x, weight.dtype, self.in_features, self.out_features):
             y = F.linear(x.to(weight.dtype), weight)
@@ -586,13 +707,11 @@ class Int8StaticLinear(_Int8WeightLinear):
         if xq.dim() != 2:
             y = self.forward(xq.reshape(-1, self.in_features))
             return y.reshape(*xq.shape[:-1], self.out_features)
-        k = kernels.for_tensor(xq) if xq.dtype == torch.int8 else None
         weight, b = self._parameters["weight"], self._buffers
-        if k is not None:
-            w, multiplier, offset = kernels.arrays(self, weight, b["_multiplier"], b["_offset"])
-            if xq.shape[0] <= KERNEL_MAX_ROWS:
-                return kernels.static_linear(k, xq, w, multiplier, offset, self._low)
-            return kernels.requantize(k, int8_matmul(xq, weight), multiplier, offset, self._low)
+        c = choice.choose(STATIC_OP, self, xq, self.out_features, weight, b["_multiplier"], b["_offset"]) \
+            if xq.dtype == torch.int8 else None
+        if c is not None:
+            return c.fn(self, xq, weight, b["_multiplier"], b["_offset"])
         acc = int8_matmul(xq, weight)
         return torch.addcmul(b["_offset"], acc, b["_multiplier"]).round_().clamp_(self._low, 127).to(torch.int8)
 

@@ -31,6 +31,10 @@ and outside tracing/compilation (torch.export, torch.compile, FX tracing see the
 Numba is imported on the first quantized forward (not at ``import fxlab``); its compiled code is
 cached on disk. ``FXLAB_KERNELS=torch`` in the environment, or :func:`disabled`, turns the
 kernels off; without Numba installed the torch ops run, with the same results.
+
+Which implementation a quantized Linear runs for a shape (these kernels, ``torch._int_mm`` with
+some of them, torch ops, native half GEMMs) is not fixed here: :mod:`fxlab.nn.kernels.choice`
+times the candidates once per shape bucket on this machine and keeps the fastest.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CacheFree", "arrays", "available", "disabled", "for_tensor"]
+__all__ = ["CacheFree", "arrays", "available", "disabled", "enabled", "for_tensor"]
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +93,25 @@ def disabled() -> Iterator[None]:
     False
     """
     global _active
+    from . import choice
+
     saved = _active
     _active = None
+    try:
+        with choice.forced("torch"):
+            yield
+    finally:
+        _active = saved
+
+
+@contextlib.contextmanager
+def enabled() -> Iterator[None]:
+    """Make the Numba kernels available within this block even where ``FXLAB_KERNELS=torch`` turned
+    them off (the tests compare every implementation this way); the choice policy is left as it is.
+    """
+    global _active
+    saved = _active
+    _active = _load()
     try:
         yield
     finally:
