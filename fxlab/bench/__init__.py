@@ -14,6 +14,8 @@ figures that matter are ratios measured together):
   ``fuse_fx`` for fusion; growth with depth.
 - ``training``: one epoch and one evaluation with ``fxlab.train`` vs the seeds' loop
   (torchvision ToTensor + Normalize through a DataLoader of batch 64, Adam), test accuracy reached.
+- ``kernels``: which implementation each quantized Linear chose on this machine per shape bucket,
+  the candidates' times and what was left out (``kernels.py``; measured afresh, the cache updated).
 - ``explain``: ``fxlab.bisect``'s verifications on pipelines of 4, 16 and 64 steps (logarithmic), and
   the overhead of per-node numerics on a verification step (``explain.py``).
 
@@ -47,6 +49,7 @@ from ..errors import UsageError
 from .environment import environment
 from .explain import explain_suite, explain_tables
 from .harness import Timing, compare
+from .kernels import kernels_suite, kernels_tables
 from .inference import GemmFloor, Variant, fusion_passes, inference_suite, inference_variants
 from .memory import peak_tensor_bytes, state_dict_bytes, training_rss
 from .passes import ao_fuse_fx, deep_mlp, hand_fuse_linear_relu, hand_insert_relu, hand_trace, passes_suite
@@ -58,12 +61,12 @@ from .training import training_suite
 __all__ = [
     "QUANT_MODES", "SUITES", "Config", "GemmFloor", "Target", "Timing", "Variant", "ao_fuse_fx", "compare",
     "deep_mlp", "environment", "explain_suite", "explain_tables", "fusion_passes", "hand_fuse_linear_relu", "hand_insert_relu", "hand_trace",
-    "inference_suite", "inference_variants", "load_result", "machine", "passes_suite", "peak_tensor_bytes",
+    "inference_suite", "inference_variants", "kernels_suite", "kernels_tables", "load_result", "machine", "passes_suite", "peak_tensor_bytes",
     "report", "run_benchmarks", "seed_epoch", "seed_evaluate", "seed_loaders", "state_dict_bytes",
     "targets_table", "training_rss", "training_suite", "write_json_atomic",
 ]
 
-SUITES = ("inference", "passes", "training", "explain")
+SUITES = ("inference", "passes", "training", "explain", "kernels")
 
 
 @dataclass
@@ -137,6 +140,8 @@ def run_benchmarks(cfg: Config, suites: Sequence[str]) -> dict[str, Any]:
         result["training"] = training_suite(cfg, device)
     if "explain" in suites:
         result["explain"] = explain_suite(cfg)
+    if "kernels" in suites:
+        result["kernels"] = kernels_suite(cfg, device)
     result["seconds"] = time.perf_counter() - started
     if hasattr(os, "getloadavg"):
         result["environment"]["load_average_at_end"] = os.getloadavg()

@@ -13,6 +13,7 @@ from tabulate import tabulate
 from .._util import write_atomic
 from ..errors import UsageError
 from .explain import explain_tables
+from .kernels import kernels_tables
 from .targets import TARGET_HEADERS, Target
 
 
@@ -185,7 +186,8 @@ def machine(result: dict[str, Any]) -> str:
     """One line naming what the run measured on (and a warning when other work shared the CPU)."""
     env = result["environment"]
     gpu = f" ({env['gpu']})" if env.get("gpu") else ""
-    isa = f" ({env['cpu_isa']})" if env.get("cpu_isa") else ""
+    flags = env.get("cpu_flags")
+    isa = (f" ({env['cpu_isa']}" + (f"; {' '.join(flags)}" if flags else "") + ")") if env.get("cpu_isa") else ""
     line = (f"fxlab {env['fxlab']} · torch {env['torch']} · {env['device']}{gpu} · {env['cpu']}{isa}, "
             f"{env['cpu_count']} cores, {env['torch_threads']} torch threads · Python {env['python']} · "
             f"{env['date']}" + (" · QUICK (indicative only)" if result["config"]["quick"] else ""))
@@ -201,7 +203,7 @@ def report(result: dict[str, Any], fmt: str = "simple") -> str:
     """The report: the machine, each suite's tables, the targets (``fmt="github"``: Markdown)."""
     parts = [machine(result)]
     for suite, tables in (("inference", inference_tables), ("passes", passes_tables), ("training", training_tables),
-                          ("explain", explain_tables)):
+                          ("explain", explain_tables), ("kernels", kernels_tables)):
         if suite in result:
             if fmt != "simple":
                 parts.append(f"**{suite}** — {result[suite].get('method', '')}")

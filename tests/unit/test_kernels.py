@@ -20,6 +20,7 @@ from fxlab.nn import (
     Int8DynamicLinear,
     Int8StaticLinear,
     Int8WeightOnlyLinear,
+    LinearReLU,
     Quantize,
     kernels,
 )
@@ -180,11 +181,14 @@ def _module_and_input(op: str, rows: int, relu: bool):
     if op in ("bf16", "fp16"):
         m = HalfLinear.from_float(lin, relu=relu, dtype=torch.bfloat16 if op == "bf16" else torch.float16)
         return m, x, (m.weight, m.bias, relu)
+    if op == "linear-relu":
+        m = LinearReLU.from_linear(lin)
+        return m, x, (m.weight, m.bias)
     m = Int8StaticLinear.from_float(lin, relu=relu, input_range=(-4.0, 4.0), output_range=(-6.0, 8.0))
     return m, m.input_quant(x), (m.weight, m._multiplier, m._offset)
 
 
-OPS = ["dynamic", "weight-only", "bf16", "fp16", "static"]
+OPS = ["dynamic", "weight-only", "bf16", "fp16", "static", "linear-relu"]
 
 
 def test_every_quantized_linear_registers_its_op() -> None:
@@ -212,4 +216,4 @@ def test_every_candidate_gives_the_modes_numbers(op: str, rows: int, relu: bool)
             with choice.forced(c.name):
                 assert torch.equal(m(x), out)
             ran += 1
-        assert ran >= 1  # the Numba kernels at least
+        assert ran >= 1  # the Numba kernels (oneDNN for linear-relu) at least

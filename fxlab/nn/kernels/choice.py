@@ -52,13 +52,13 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 __all__ = ["Candidate", "Decision", "Op", "bucket", "cache_path", "choose", "decisions", "eligible", "forced",
-           "machine", "machine_key", "mismatch", "ops", "policy", "reset"]
+           "machine", "machine_key", "mismatch", "ops", "policy", "remeasured", "reset"]
 
 #: Seconds of timed calls per candidate after which measuring stops (at least 3 rounds run).
 TIME_BUDGET = 2e-3
 #: Rounds at most: each candidate's best call of these is kept.
 TIME_CALLS = 7
-#: A candidate this many times slower than the fastest after the first round is not timed further.
+#: A candidate this many times slower than the fastest after two rounds is not timed further.
 DROP_FACTOR = 8.0
 
 _POLICY = os.environ.get("FXLAB_KERNELS", "auto").strip().lower() or "auto"
@@ -120,6 +120,7 @@ class Decision:
 
 
 _OPS: dict[str, Op] = {}
+_READ_DISK = True
 _DECISIONS: dict[tuple[str, str], Decision] = {}
 _DISK: dict[str, Any] | None = None
 
@@ -253,8 +254,8 @@ def mismatch(op: Op, out: Tensor, ref: Tensor, module: Any, x: Tensor, *args: An
 
 def _measure(op: Op, key: str, module: Any, x: Tensor, args: tuple[Any, ...]) -> Decision:
     """Time the available candidates on ``x``, interleaved: round after round each one runs once
-    (a shared CPU's noise then hits them alike), the best call of each kept. After the first round
-    a candidate over ``DROP_FACTOR`` × the best so far is dropped; rounds stop after ``TIME_CALLS``,
+    (a shared CPU's noise then hits them alike), the best call of each kept. After two rounds a
+    candidate over ``DROP_FACTOR`` × the best so far is dropped; rounds stop after ``TIME_CALLS``,
     or after 3 once ``TIME_BUDGET`` per candidate is spent. Each candidate's output is checked
     against the reference's first (:func:`mismatch`): one that is not the mode's numbers is never
     chosen."""
@@ -285,7 +286,7 @@ def _measure(op: Op, key: str, module: Any, x: Tensor, args: tuple[Any, ...]) ->
                 dt = _once(calls[name])
                 spent += dt
                 best[name] = min(best.get(name, dt), dt)
-            if r == 0:
+            if r == 1:  # two calls each: a single spike of load does not drop a candidate
                 fastest = min(best.values(), default=0.0)
                 for name in [n for n, t in best.items() if t > DROP_FACTOR * fastest]:
                     del calls[name]
@@ -364,6 +365,8 @@ def _disk() -> dict[str, Any]:
 
 
 def _from_disk(op: str, key: str) -> Decision | None:
+    if not _READ_DISK:
+        return None
     d = _disk().get(f"{op}/{key}")
     target = _OPS.get(op)
     if not isinstance(d, dict) or target is None or target.candidate(str(d.get("chosen"))) is None:
@@ -382,6 +385,26 @@ def _to_disk(decision: Decision) -> None:
         write_atomic(cache_path(), json.dumps(doc, indent=1, sort_keys=True), make_dirs=True)
     except Exception as exc:  # a read-only cache costs a re-measurement next time, nothing more
         log.warning("could not write the kernel choice cache %s: %s", cache_path(), exc)
+
+
+@contextlib.contextmanager
+def remeasured() -> Iterator[None]:
+    """Within this block, under policy ``auto``, every shape bucket is measured afresh (the cache
+    file is not read, and is updated with the new decisions); in-memory decisions are forgotten
+    on entry. ``python -m fxlab.bench --suite kernels`` measures this way."""
+    global _READ_DISK
+    with _LOCK:
+        saved = _READ_DISK
+        _READ_DISK = False
+        for op in _OPS.values():
+            op._memo.clear()
+    try:
+        yield
+    finally:
+        with _LOCK:
+            _READ_DISK = saved
+            for op in _OPS.values():
+                op._memo.clear()
 
 
 def ops() -> dict[str, Op]:
