@@ -37,6 +37,7 @@ def kernels_suite(cfg: Config, device: torch.device) -> dict[str, Any]:
     """Quantize every model in every mode, run each batch size once, and report every decision."""
     import fxlab
     from .. import models as seed_models
+    from ..nn import kernels
     from ..nn.kernels import choice
     from .inference import fusion_passes, mnist_images
 
@@ -46,7 +47,8 @@ def kernels_suite(cfg: Config, device: torch.device) -> dict[str, Any]:
     calibration = [images[i : i + 256] for i in range(0, min(1024, images.shape[0]), 256)]
     failures: list[str] = []
     seen: dict[tuple[str, str], dict[str, Any]] = {}
-    with choice.remeasured(), choice.forced("auto"), torch.no_grad(), warnings.catch_warnings():
+    # what policy auto chooses, whatever FXLAB_KERNELS says for this process
+    with kernels.enabled(), choice.remeasured(), choice.forced("auto"), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name in cfg.models:
             torch.manual_seed(0)

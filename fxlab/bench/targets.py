@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 QUANT_MODES = ("dynamic", "weight-only", "bf16", "fp16", "static")
+INT8_MODES = ("dynamic", "weight-only", "static")
 TARGET_HEADERS = ["target", "where", "measured", "required", "verdict", "note"]
 
 
@@ -53,8 +54,9 @@ def _median(rows: list[dict[str, Any]], model: str, variant: str, batch: int) ->
     return None
 
 
-def _quantized(rows: list[dict[str, Any]], model: str, batch: int) -> dict[str, float]:
-    medians = {mode: _median(rows, model, mode, batch) for mode in QUANT_MODES}
+def _quantized(rows: list[dict[str, Any]], model: str, batch: int,
+               modes: tuple[str, ...] = QUANT_MODES) -> dict[str, float]:
+    medians = {mode: _median(rows, model, mode, batch) for mode in modes}
     return {k: v for k, v in medians.items() if v}
 
 
@@ -68,8 +70,8 @@ def _fused_simplenn(rows: list[dict[str, Any]]) -> Target:
 
 def _vs_ao(rows: list[dict[str, Any]], model: str, device: Any) -> Target:
     ao = _median(rows, model, "torch.ao dynamic", 256)
-    quant = _quantized(rows, model, 256)
-    name, where = "fastest quantized mode vs torch.ao dynamic", f"{model}, batch 256"
+    quant = _quantized(rows, model, 256, INT8_MODES)
+    name, where = "fastest int8 mode vs torch.ao dynamic", f"{model}, batch 256"
     if not quant or not ao:
         note = "no quantized variant" if not quant else (
             "torch.ao n/a on " + str(device) if device.type != "cpu" else "torch.ao failed")

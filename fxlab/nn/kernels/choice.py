@@ -89,7 +89,7 @@ class Op:
     exact: bool = False
     rtol: float = 1e-5
     bound: Callable[..., Tensor] | None = None
-    _memo: dict[str, str] = field(default_factory=dict, repr=False)
+    _memo: dict[tuple[int, int, int], Candidate] = field(default_factory=dict, repr=False)
 
     @property
     def reference(self) -> Candidate:
@@ -164,6 +164,7 @@ _is_grad_enabled = torch.is_grad_enabled
 _is_compiling = torch.compiler.is_compiling
 _is_tracing = torch.jit.is_tracing
 _is_fx_tracing = getattr(torch.fx._symbolic_trace, "_get_is_fx_tracing", lambda: False)
+_is_exporting = torch.compiler.is_exporting
 
 
 def eligible(x: Tensor) -> bool:
@@ -177,7 +178,7 @@ def eligible(x: Tensor) -> bool:
         or _is_compiling()
         or _is_tracing()
         or _is_fx_tracing()
-        or torch.compiler.is_exporting()
+        or _is_exporting()
     )
 
 
@@ -186,36 +187,49 @@ def choose(op: Op, module: Any, x: Tensor, out_features: int, *args: Any) -> Can
     ``args``); None when no choice applies (see :func:`eligible`): the caller's reference path runs.
 
     Under policy ``auto`` the first call on a new shape bucket measures the candidates on ``x``.
+    (Called on every quantized forward: the checks of :func:`eligible` inlined, one dict lookup.)
     """
-    if not eligible(x):
+    if (
+        type(x) is not Tensor
+        or not x.is_cpu
+        or (x.requires_grad and _is_grad_enabled())
+        or not x.is_contiguous()
+        or _is_compiling()
+        or _is_tracing()
+        or _is_fx_tracing()
+        or _is_exporting()
+    ):
         return None
     rows, k = x.shape
-    key = f"{1 << max(0, rows - 1).bit_length()}x{k}x{out_features}"
-    name = op._memo.get(key)
-    if name is None:
-        name = _decide(op, key, module, x, args)
-    return op.candidate(name)
+    key = ((rows - 1).bit_length(), k, out_features)
+    c = op._memo.get(key)
+    if c is None:
+        c = _decide(op, key, module, x, args)
+    return c
 
 
-def _decide(op: Op, key: str, module: Any, x: Tensor, args: tuple[Any, ...]) -> str:
+def _decide(op: Op, memo_key: tuple[int, int, int], module: Any, x: Tensor, args: tuple[Any, ...]) -> Candidate:
     with _LOCK:
-        name = op._memo.get(key)
-        if name is not None:
-            return name
+        c = op._memo.get(memo_key)
+        if c is not None:
+            return c
+        bits, k, n = memo_key
+        key = f"{1 << max(0, bits)}x{k}x{n}"
         pol = _POLICY
         if pol == "torch":
             decision = Decision(op.name, key, op.reference.name, "reference (FXLAB_KERNELS=torch)", source="forced")
         elif pol != "auto":
-            c = op.candidate(pol)
-            usable = c is not None and _available(c)
+            forced_c = op.candidate(pol)
+            usable = forced_c is not None and _available(forced_c)
             decision = Decision(op.name, key, pol if usable else op.reference.name,
                                 f"forced by FXLAB_KERNELS={pol}" if usable else
                                 f"FXLAB_KERNELS={pol}: not a candidate here, reference used", source="forced")
         else:
             decision = _from_disk(op.name, key) or _measure(op, key, module, x, args)
-        op._memo[key] = decision.chosen
+        c = op.candidate(decision.chosen) or op.reference
+        op._memo[memo_key] = c
         _DECISIONS[(op.name, key)] = decision
-        return decision.chosen
+        return c
 
 
 def _available(c: Candidate) -> bool:
