@@ -284,6 +284,23 @@ def _half_native(m: Any, x: Tensor, weight: Tensor, bias: Tensor | None, relu: b
     return _relu(torch.add(bias, y) if bias is not None else y.to(x.dtype), relu)
 
 
+_MKLDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def _half_native_packed(m: Any, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+    """:func:`_half_native` on oneDNN's pre-packed copy of the half weight (kept on the module until
+    the weight changes; never in state dicts, pickles or copies)."""
+    if weight.is_inference():  # in-place writes to it could not be seen
+        return _half_native(m, x, weight, bias, relu)
+    key = (weight.data_ptr(), weight._version, tuple(weight.shape))
+    cached = m.__dict__.get("_fxlab_packed")
+    if cached is None or cached[0] != key:
+        cached = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), x.shape[0]))
+        m.__dict__["_fxlab_packed"] = cached
+    y = torch.ops.mkldnn._linear_pointwise(x.to(weight.dtype), cached[1], None, "none", [], "")
+    return _relu(torch.add(bias, y) if bias is not None else y.to(x.dtype), relu)
+
+
 def _half_bound(unit: float) -> Any:
     """The error a half GEMM may add to the float32 reference: activations and output rounded to
     the half type (``unit`` each) and float32 sums in another order, elementwise."""
@@ -328,6 +345,9 @@ HALF_OPS = {
         choice.Candidate("numba", _half_numba, _numba_available, _NUMBA_NOTE),
         choice.Candidate("native", _half_native, functools.partial(lambda d: _native_half_on_cpu(d), dtype),
                          f"no native {name} dot products on this CPU"),
+        choice.Candidate("onednn", _half_native_packed,
+                         functools.partial(lambda d: _MKLDNN_LINEAR and _native_half_on_cpu(d), dtype),
+                         f"no native {name} dot products on this CPU, or no oneDNN Linear in this torch"),
     ], bound=_half_bound(2.0**-8 if dtype is torch.bfloat16 else 2.0**-11))
     for dtype, name in _HALF_NAMES.items()
 }
