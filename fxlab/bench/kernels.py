@@ -1,6 +1,6 @@
 """The kernels suite: which implementation each quantized Linear chose on this machine, and why.
 
-Every seed model is quantized in every mode and run once at each batch size under policy
+Every seed model is fused, and quantized in every mode, and run once at each batch size under policy
 ``auto`` with the decisions measured afresh (:func:`fxlab.nn.kernels.choice.remeasured`; the
 user cache is updated with them). The table lists each op and shape bucket once: the candidates'
 best times, the one chosen, and the candidates left out (not available here, or not the mode's
@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("fxlab.bench")
 
 METHOD = (
-    "Each seed model (random weights, seeded) is quantized in each mode (fusion, then quantize-linear) and run "
+    "Each seed model (random weights, seeded) is fused (LinearReLU) and quantized in each mode (fusion, then "
+    "quantize-linear) and run "
     "once per batch size under torch.no_grad() with FXLAB_KERNELS=auto, every shape bucket measured afresh: "
     "each available candidate runs once as a warm-up and to check its output against the reference "
     "(int8 codes equal, floats within the mode's rounding), then the candidates take turns for 3-7 rounds "
@@ -47,19 +48,23 @@ def kernels_suite(cfg: Config, device: torch.device) -> dict[str, Any]:
     calibration = [images[i : i + 256] for i in range(0, min(1024, images.shape[0]), 256)]
     failures: list[str] = []
     seen: dict[tuple[str, str], dict[str, Any]] = {}
+    choice.reset()  # this process's earlier decisions (another suite's) are not listed, nor reused
     # what policy auto chooses, whatever FXLAB_KERNELS says for this process
     with kernels.enabled(), choice.remeasured(), choice.forced("auto"), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name in cfg.models:
             torch.manual_seed(0)
             model = seed_models.build(name).eval()
-            for mode in QUANT_MODES:
+            for mode in ("fused", *QUANT_MODES):
                 log.info("bench kernels: %s %s", name, mode)
                 try:
-                    options: dict[str, Any] = {"mode": mode}
-                    if mode == "static":
-                        options["calibration"] = calibration
-                    gm = fxlab.apply(model, [*fusion_passes(model), fxlab.get_pass("quantize-linear")(**options)])
+                    passes = list(fusion_passes(model))
+                    if mode != "fused":
+                        options: dict[str, Any] = {"mode": mode}
+                        if mode == "static":
+                            options["calibration"] = calibration
+                        passes.append(fxlab.get_pass("quantize-linear")(**options))
+                    gm = fxlab.apply(model, passes)
                     gm.eval()
                     for batch in cfg.batches:
                         before = len(choice.decisions())

@@ -93,6 +93,19 @@ def _scheduler(optimizer: torch.optim.Optimizer, schedule: str, lr: float, total
     raise FxlabError(f"unknown schedule {schedule!r}: use 'onecycle', 'cosine' or 'constant'")
 
 
+@contextlib.contextmanager
+def _intra_op_threads(n: int) -> Any:
+    """torch's intra-op thread count set to ``n`` within this block, restored afterwards."""
+    if n < 1:
+        raise FxlabError(f"threads must be at least 1, got {n}")
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
 def _adam(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """Adam with its fused kernel (one kernel for every parameter's update; CPU and CUDA since torch
     2.4), else the multi-tensor ``foreach`` path: the same update rule, fewer per-step kernel calls."""
@@ -112,6 +125,7 @@ def fit(
     schedule: str = DEFAULT_RECIPE.schedule,
     weight_decay: float = DEFAULT_RECIPE.weight_decay,
     label_smoothing: float = DEFAULT_RECIPE.label_smoothing,
+    threads: int | None = DEFAULT_RECIPE.threads,
     device: str | torch.device | None = None,
     seed: int | None = None,
     progress: bool = True,
@@ -127,6 +141,8 @@ def fit(
     - ``schedule``: ``onecycle`` (default; ``lr`` is the peak), ``cosine`` or ``constant``.
     - ``label_smoothing``: cross-entropy's label smoothing while training (evaluation uses plain
       cross-entropy).
+    - ``threads``: torch's intra-op threads while training on CPU (restored afterwards; the
+      default recipe's 1 makes results independent of the core count); None leaves them as set.
     - ``max_steps``: stop after that many optimizer steps (small budgets for tests and smoke runs).
     - The model is in train mode while fitting (BatchNorm, Dropout behave as in training) and its
       modes are restored afterwards. A tqdm bar shows on a terminal only (``progress``).
@@ -155,6 +171,8 @@ def fit(
                rank, world, label_smoothing, torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(0, 2**31 - 1, (1,)))))
     history = History(device=str(dev), world_size=world)
     with saved_modes(model), contextlib.ExitStack() as rng:
+        if threads is not None and dev.type == "cpu":
+            rng.enter_context(_intra_op_threads(threads))
         if seed is not None:  # dropout masks too: seed the global generators, and restore them afterwards
             rng.enter_context(torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []))
             torch.manual_seed(seed)
@@ -244,6 +262,6 @@ def fit_recipe(
     """``fit`` with the options of a ``Recipe`` (keyword arguments override nothing of the recipe)."""
     return fit(model, data, epochs=recipe.epochs, lr=recipe.lr, batch_size=recipe.batch_size,
                schedule=recipe.schedule, weight_decay=recipe.weight_decay, label_smoothing=recipe.label_smoothing,
-               seed=recipe.seed, **kwargs)
+               threads=recipe.threads, seed=recipe.seed, **kwargs)
 
 

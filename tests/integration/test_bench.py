@@ -119,7 +119,7 @@ def test_kernels(smoke: tuple[dict[str, Any], str]) -> None:
     assert kernels["machine"]["cpu"] and kernels["machine"]["torch"]
     assert not kernels["failures"]
     ops = {r["op"] for r in kernels["rows"]}
-    assert {"dynamic", "weight-only", "bf16", "fp16", "static"} <= ops
+    assert {"dynamic", "weight-only", "bf16", "fp16", "static", "linear-relu"} <= ops
     for r in kernels["rows"]:
         timed = {n: t for n, t in r["times_us"].items() if t is not None}
         assert r["chosen"] in timed and all(positive(t) for t in timed.values())

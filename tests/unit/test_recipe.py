@@ -26,7 +26,8 @@ def _old_key(**fields) -> str:
 def test_recipes_without_label_smoothing_keep_their_cache_keys() -> None:
     assert RECIPES["mnist-cnn"].key() == _old_key(epochs=4, lr=2e-3)
     assert RECIPES["lenet5"].key() == _old_key(epochs=6, lr=3e-3)
-    assert Recipe(epochs=8, lr=3e-3, batch_size=128, label_smoothing=0.0).key() == _old_key()
+    assert Recipe(epochs=8, lr=3e-3, batch_size=128, label_smoothing=0.0, threads=None).key() == _old_key()
+    assert Recipe(threads=1).key() != Recipe(threads=None).key()
     # label smoothing is part of the key when it is used
     assert Recipe(label_smoothing=0.05).key() != Recipe(label_smoothing=0.1).key()
     assert DEFAULT_RECIPE.label_smoothing > 0 and DEFAULT_RECIPE.key() != Recipe(label_smoothing=0.0).key()
@@ -61,3 +62,12 @@ def test_epoch_statistics_are_those_of_the_whole_epoch(smoothing: float) -> None
     assert rec["steps"] == 5  # 300 images at batch 64: the last batch holds 44
     assert rec["train_loss"] == pytest.approx(expected_loss, rel=1e-5)
     assert rec["train_accuracy"] == pytest.approx(expected_acc)
+
+
+def test_training_threads_are_set_while_fitting_and_restored() -> None:
+    data = _tiny_mnist(64)
+    seen: list[int] = []
+    before = torch.get_num_threads()
+    fit(build("mymodule"), data, epochs=2, batch_size=64, threads=1, device="cpu", seed=0, progress=False,
+        evaluate_each_epoch=False, on_epoch=lambda record: seen.append(torch.get_num_threads()))
+    assert seen == [1, 1] and torch.get_num_threads() == before
