@@ -6,28 +6,24 @@ Weights are symmetric per output channel (``w ≈ q * weight_scale[:, None]``, `
 ``weight_scale`` float32, ``bias`` float32), so a fresh module of the same shape accepts
 ``load_state_dict(strict=True)``. Nothing float is cached beside the int8 weights.
 
-Kernels, chosen by measurement (README, "Quantization"; CPU figures from a 2-core AVX512 x86):
+Implementations, chosen by measurement (:mod:`fxlab.nn.kernels.choice`; README, "Kernel choice"):
 
-* On CPU, everything around the GEMMs runs as fused Numba kernels (:mod:`fxlab.nn.kernels`):
-  per-row activation quantization, output scaling, requantization, quantize/dequantize, and for
-  at most ``KERNEL_MAX_ROWS`` rows whole Linears (int8 dot products exact, half weights widened
-  exactly). As torch ops each of these steps is several passes over memory and dispatches, which
-  cost more than an int8 GEMM saves. The torch ops remain the fallback (no Numba,
-  ``FXLAB_KERNELS=torch``, tracing, autograd, CUDA), and the tests hold both paths to each other.
-* int8 × int8 → int32: ``torch._int_mm`` (oneDNN on CPU, 3.5-4× faster than the float32 GEMM of
-  the same shape). On CUDA it needs more than 16 rows and K, N multiples of 8: K and N are
-  zero-padded there (zeros add nothing to an integer dot product, so padding is exact).
-* Without the kernels, per-row activation quantization costs ~10 small ops (~20 µs at one row);
-  it pays off only for a big enough matmul: a call with ``K·N·(rows + 6) < 1.6M`` runs the
-  weight-only arithmetic instead (float activations × the same int8 weights, like torchao's
-  ``weight_only_decode``). See :meth:`Int8DynamicLinear.uses_int8_matmul`.
-* Weight-only int8 (more than ``KERNEL_MAX_ROWS`` rows): weights converted to float on the fly,
-  float32 GEMM, per-channel scale and bias in one ``addcmul`` on the output.
-  ``torch._weight_int8pack_mm`` is 40× slower here.
-* bf16 / fp16 (more than ``KERNEL_MAX_ROWS`` rows): native half GEMM on CUDA and, on CPUs with
-  AVX512-BF16 or AMX (AMX-FP16 for fp16), for matmuls of at least 2**20 multiply-adds; otherwise
-  the half weights are upcast and the GEMM runs in float32 (this CPU has no fast fp16 GEMM: 5×
-  slower than float32). The bias stays float32.
+* Each Linear registers an op (``DYNAMIC_OP``, ``WEIGHT_ONLY_OP``, ``HALF_OPS``, ``STATIC_OP``)
+  whose first candidate is the reference in torch ops and whose others are the fused Numba kernels
+  of :mod:`fxlab.nn.kernels` (whole Linears, or the steps around ``torch._int_mm``),
+  ``torch._weight_int8pack_mm`` and native half GEMMs (plain, or oneDNN on a pre-packed weight).
+  On CPU inference the first call on a shape bucket times the candidates that give the mode's
+  numbers and keeps the fastest (cached on disk per machine); ``FXLAB_KERNELS`` forces one.
+* int8 × int8 → int32: ``torch._int_mm`` (oneDNN on CPU). On CUDA it needs more than 16 rows and
+  K, N multiples of 8: K and N are zero-padded there (zeros add nothing to an integer dot
+  product, so padding is exact).
+* Outside CPU inference (autograd, CUDA) no choice is made: a dynamic matmul with
+  ``K·N·(rows + 6) < 1.6M`` (``CPU_MIN_WORK``) runs the weight-only arithmetic there (float
+  activations × the same int8 weights, like torchao's ``weight_only_decode``); see
+  :meth:`Int8DynamicLinear.uses_int8_matmul`. Under graph capture every Linear takes one path.
+* bf16 / fp16 weights: a native half GEMM is a candidate on CPUs with AVX512-BF16 or AMX
+  (AMX-FP16 for fp16) and is used on CUDA; otherwise the half weights are upcast and the GEMM
+  runs in float32. The bias stays float32.
 """
 
 from __future__ import annotations
@@ -56,15 +52,17 @@ __all__ = [
     "Quantize",
 ]
 
-#: On CPU the int8 GEMM is used when ``in·out·(rows + CPU_WEIGHT_ROWS) >= CPU_MIN_WORK``.
+#: Outside CPU inference (the autograd path: no measured choice there), the int8 GEMM is used when
+#: ``in·out·(rows + CPU_WEIGHT_ROWS) >= CPU_MIN_WORK``.
 #: Below that, ~15 small ops of activation quantization cost more than they save; the float path
 #: pays instead for converting the weights, worth ``CPU_WEIGHT_ROWS`` rows of float32 GEMM here.
 CPU_MIN_WORK = 1_600_000
 CPU_WEIGHT_ROWS = 6
-#: On CPU a native half GEMM (oneDNN, ~20 µs to set up) is used from this many multiply-adds up.
+#: Outside CPU inference, a native half GEMM (oneDNN, ~20 µs to set up) is used from this many
+#: multiply-adds up on CPUs with native half dot products.
 CPU_HALF_MIN_MACS = 2**20
-#: Weight-only int8 and bf16 Linears run a fused CPU kernel (float activations × the stored weights,
-#: no float copy of them) for inputs of at most this many rows; more rows take the float32 GEMM.
+#: (No longer used to choose: the whole-Linear kernels are candidates at every size, measured per
+#: shape bucket. Kept for code that reads it.)
 KERNEL_MAX_ROWS = 8
 
 _EPS = 1e-12
