@@ -86,7 +86,8 @@ class LinearReLU(CacheFree, nn.Linear, LeafModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.weight, self.bias
-        if self._inference_on_cpu(x, weight):
+        # 2-D float32 inference (choose() checks the rest: a plain contiguous CPU input, no graph capture)
+        if x.dtype is torch.float32 and x.dim() == 2 and not (weight.requires_grad and torch.is_grad_enabled()):
             c = choice.choose(LINEAR_RELU_OP, self, x, weight.shape[0], weight, bias)
             if c is not None:
                 return c.fn(self, x, weight, bias)
@@ -96,20 +97,6 @@ class LinearReLU(CacheFree, nn.Linear, LeafModule):
         """FLOPs of one forward on an input of ``input_shape``, whichever path runs (the oneDNN
         one is invisible to torch's ``FlopCounterMode``): :func:`linear_flops`."""
         return linear_flops(input_shape, self.in_features, self.out_features)
-
-    @staticmethod
-    def _inference_on_cpu(x: torch.Tensor, weight: torch.Tensor) -> bool:
-        """Whether this call may choose its implementation: 2-D float32 CPU inference, not traced
-        (checked first: traced, exported and compiled calls never see a shape test here)."""
-        return bool(
-            type(x) is torch.Tensor
-            and x.is_cpu
-            and x.dim() == 2
-            and x.dtype == torch.float32
-            and weight.dtype == torch.float32
-            and weight.is_cpu
-            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-        )
 
     def _packed(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
         """oneDNN's pre-packed copy of ``weight`` (None for an inference tensor, whose in-place

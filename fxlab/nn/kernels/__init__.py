@@ -7,17 +7,18 @@ and a dispatch (a few µs, and a hand-over between OpenMP threads), which costs 
 GEMM saves. The kernels here do each step in one pass on the calling thread:
 
 ==================  ==============================================  ==============================
-kernel              replaces                                        used by
+kernel              replaces                                        used by (candidate name)
 ==================  ==============================================  ==============================
 ``quantize_rows``   abs-max per row, reciprocal, scale, round,      ``Int8DynamicLinear``
-                    cast (5-6 ops)                                  (> 8 rows)
-``scale_rows_cols`` scale product, ``addcmul``, ReLU                ``Int8DynamicLinear`` (> 8)
-``dynamic_linear``  all of the above and ``torch._int_mm``          ``Int8DynamicLinear`` (≤ 8)
-``linear_w8``       int8 → float weights, GEMM, scale, bias, ReLU   ``Int8WeightOnlyLinear`` (≤ 8)
-``linear_half``     bf16/fp16 → float weights, GEMM, bias, ReLU     ``HalfLinear`` (≤ 8)
+                    cast (5-6 ops)                                  (``numba+int_mm``)
+``scale_rows_cols`` scale product, ``addcmul``, ReLU                ``Int8DynamicLinear`` (same)
+``dynamic_linear``  all of the above and ``torch._int_mm``          ``Int8DynamicLinear`` (``numba``)
+``linear_w8``       int8 → float weights, GEMM, scale, bias, ReLU   ``Int8WeightOnlyLinear`` (same)
+``linear_half``     bf16/fp16 → float weights, GEMM, bias, ReLU     ``HalfLinear`` (``numba``)
 ``quantize_affine`` scale, round, zero point, clamp, cast           ``Quantize``
-``requantize``      ``addcmul``, round, clamp, cast                 ``Int8StaticLinear`` (> 8)
-``static_linear``   ``torch._int_mm`` and ``requantize``            ``Int8StaticLinear`` (≤ 8)
+``requantize``      ``addcmul``, round, clamp, cast                 ``Int8StaticLinear``
+                                                                    (``numba+int_mm``)
+``static_linear``   ``torch._int_mm`` and ``requantize``            ``Int8StaticLinear`` (``numba``)
 ``dequantize_affine`` cast, zero point, scale                       ``Dequantize``
 ``lookup``          index arithmetic, gather                        ``Int8Table``
 ==================  ==============================================  ==============================
