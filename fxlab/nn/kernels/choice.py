@@ -268,8 +268,8 @@ def mismatch(op: Op, out: Tensor, ref: Tensor, module: Any, x: Tensor, *args: An
 
 def _measure(op: Op, key: str, module: Any, x: Tensor, args: tuple[Any, ...]) -> Decision:
     """Time the available candidates on ``x``, interleaved: round after round each one runs once
-    (a shared CPU's noise then hits them alike), the best call of each kept. After two rounds a
-    candidate over ``DROP_FACTOR`` × the best so far is dropped; rounds stop after ``TIME_CALLS``,
+    (a shared CPU's noise then hits them alike), the best call of each kept. A candidate over
+    4 × ``DROP_FACTOR`` × the best after one round, or ``DROP_FACTOR`` × after two, is dropped; rounds stop after ``TIME_CALLS``,
     or after 3 once ``TIME_BUDGET`` per candidate is spent. Each candidate's output is checked
     against the reference's first (:func:`mismatch`): one that is not the mode's numbers is never
     chosen."""
@@ -300,9 +300,10 @@ def _measure(op: Op, key: str, module: Any, x: Tensor, args: tuple[Any, ...]) ->
                 dt = _once(calls[name])
                 spent += dt
                 best[name] = min(best.get(name, dt), dt)
-            if r == 1:  # two calls each: a single spike of load does not drop a candidate
+            if r <= 1:  # after one call each only the hopeless go (a spike of load is rarely that large)
                 fastest = min(best.values(), default=0.0)
-                for name in [n for n, t in best.items() if t > DROP_FACTOR * fastest]:
+                factor = DROP_FACTOR * (4 if r == 0 else 1)
+                for name in [n for n, t in best.items() if n in calls and t > factor * fastest]:
                     del calls[name]
             if r >= 2 and spent >= TIME_BUDGET * max(1, len(best)):
                 break
