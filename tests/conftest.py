@@ -12,6 +12,9 @@ import pytest
 # (measured here: 600 training steps of mymodule took 64-83 s with the default policy, 5-6 s with
 # PASSIVE). It only takes effect if set before torch loads its OpenMP runtime.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Quantized Linears run the reference torch ops in tests (no timing, the same numbers on every
+# machine); tests/unit/test_kernels.py holds every other implementation to them explicitly.
+os.environ.setdefault("FXLAB_KERNELS", "torch")
 
 import torch  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Benchmarks: where fxlab stands against torch.fx, torch.ao and the seeds' own loops.
 
-    python -m fxlab.bench [--suite inference|passes|training|explain|lowbit|torchao] [--quick] [--json out.json]
+    python -m fxlab.bench [--suite inference|passes|training|explain|kernels|lowbit|torchao] [--quick] [--json out.json]
 
 The suites, each timed side by side in one run (these machines are shared and noisy, so the
 figures that matter are ratios measured together):
@@ -14,6 +14,8 @@ figures that matter are ratios measured together):
   ``fuse_fx`` for fusion; growth with depth.
 - ``training``: one epoch and one evaluation with ``fxlab.train`` vs the seeds' loop
   (torchvision ToTensor + Normalize through a DataLoader of batch 64, Adam), test accuracy reached.
+- ``kernels``: which implementation each quantized Linear chose on this machine per shape bucket,
+  the candidates' times and what was left out (``kernels.py``; measured afresh, the cache updated).
 - ``explain``: ``fxlab.bisect``'s verifications on pipelines of 4, 16 and 64 steps (logarithmic), and
   the overhead of per-node numerics on a verification step (``explain.py``).
 - ``lowbit``: the packed int4 / int8-int4 / ternary Linears' CPU paths (fused Numba kernel, kernel-written
@@ -53,6 +55,7 @@ from ..errors import UsageError
 from .environment import environment
 from .explain import explain_suite, explain_tables
 from .harness import Timing, compare
+from .kernels import kernels_suite, kernels_tables
 from .inference import GemmFloor, Variant, fusion_passes, inference_suite, inference_variants
 from .lowbit import lowbit_suite, lowbit_tables
 from .memory import peak_tensor_bytes, state_dict_bytes, training_rss
@@ -66,14 +69,14 @@ from .training import training_suite
 __all__ = [
     "QUANT_MODES", "SUITES", "Config", "GemmFloor", "Target", "Timing", "Variant", "ao_fuse_fx", "compare",
     "deep_mlp", "environment", "explain_suite", "explain_tables", "fusion_passes", "hand_fuse_linear_relu", "hand_insert_relu", "hand_trace",
-    "inference_suite", "inference_variants", "load_result", "lowbit_suite", "lowbit_tables", "machine", "passes_suite",
-    "peak_tensor_bytes",
+    "inference_suite", "inference_variants", "kernels_suite", "kernels_tables", "load_result", "lowbit_suite",
+    "lowbit_tables", "machine", "passes_suite", "peak_tensor_bytes",
     "report", "run_benchmarks", "seed_epoch", "seed_evaluate", "seed_loaders", "state_dict_bytes",
     "targets_table", "training_rss", "training_suite", "write_json_atomic",
     "torchao_suite", "torchao_tables",
 ]
 
-SUITES = ("inference", "passes", "training", "explain", "lowbit", "torchao")
+SUITES = ("inference", "passes", "training", "explain", "kernels", "lowbit", "torchao")
 
 
 @dataclass
@@ -100,6 +103,7 @@ class Config:
     test_limit: int | None = None
     train_rounds: int = 3
     recipe: bool = True  # also train mymodule with fxlab's default recipe and report accuracy
+    recipe_seeds: tuple[int, ...] = (0, 1, 2)  # one default-recipe run per seed
     memory_probe: bool = True  # peak RSS of a training subprocess
     probe_steps: int | None = None  # optimizer steps of that subprocess (None: one full epoch)
 
@@ -147,6 +151,8 @@ def run_benchmarks(cfg: Config, suites: Sequence[str]) -> dict[str, Any]:
         result["training"] = training_suite(cfg, device)
     if "explain" in suites:
         result["explain"] = explain_suite(cfg)
+    if "kernels" in suites:
+        result["kernels"] = kernels_suite(cfg, device)
     if "lowbit" in suites:
         result["lowbit"] = lowbit_suite(cfg)
     if "torchao" in suites:

@@ -31,6 +31,13 @@ def cpu_isa() -> str | None:
         return None
 
 
+def cpu_flags() -> list[str]:
+    """The CPU's ISA flags that decide which kernels can be fast (AVX512 VNNI and BF16, AMX, ...)."""
+    from ..nn.kernels.choice import machine
+
+    return [f for f in machine()["isa_flags"] if f.startswith(("avx512_", "amx", "avx_vnni"))]
+
+
 def git_commit() -> str | None:
     """The short commit of the fxlab checkout being measured (``None`` outside a git checkout)."""
     try:
@@ -50,6 +57,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "device": str(device),
         "cpu": cpu_model(),
         "cpu_isa": cpu_isa(),
+        "cpu_flags": cpu_flags(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

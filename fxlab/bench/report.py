@@ -13,6 +13,7 @@ from tabulate import tabulate
 from .._util import write_atomic
 from ..errors import UsageError
 from .explain import explain_tables
+from .kernels import kernels_tables
 from .lowbit import lowbit_tables
 from .targets import TARGET_HEADERS, Target
 from .torchao import torchao_tables
@@ -162,8 +163,14 @@ def training_tables(result: dict[str, Any], fmt: str = "simple") -> str:
     notes = []
     if result.get("recipe"):
         r = result["recipe"]
-        epochs = r.get("recipe", {}).get("epochs", "?")
-        notes.append(f"fxlab's default recipe ({epochs} epochs): {r['accuracy']:.2f}% test accuracy in {r['seconds']:.0f} s")
+        rec = r.get("recipe", {})
+        epochs = rec.get("epochs", "?")
+        for run in r.get("runs") or [r]:  # results saved before the per-seed runs hold one run
+            seed = run.get("seed", rec.get("seed", "?"))
+            more = (f" ({run['seeds_epochs']:.2f} epochs of the seeds' loop timed next to it)"
+                    if "seeds_epochs" in run else "")
+            notes.append(f"fxlab's default recipe ({epochs} epochs, batch {rec.get('batch_size', '?')}), seed {seed}: "
+                         f"{run['accuracy']:.2f}% test accuracy in {run['seconds']:.1f} s{more}")
     if result.get("memory", {}).get("peak_rss_bytes"):
         notes.append(f"peak memory training mymodule on CPU: {result['memory']['peak_rss_bytes'] / 2**20:.0f} MB "
                      f"({result['memory'].get('what', '')})")
@@ -181,7 +188,8 @@ def machine(result: dict[str, Any]) -> str:
     """One line naming what the run measured on (and a warning when other work shared the CPU)."""
     env = result["environment"]
     gpu = f" ({env['gpu']})" if env.get("gpu") else ""
-    isa = f" ({env['cpu_isa']})" if env.get("cpu_isa") else ""
+    flags = env.get("cpu_flags")
+    isa = (f" ({env['cpu_isa']}" + (f"; {' '.join(flags)}" if flags else "") + ")") if env.get("cpu_isa") else ""
     line = (f"fxlab {env['fxlab']} · torch {env['torch']} · {env['device']}{gpu} · {env['cpu']}{isa}, "
             f"{env['cpu_count']} cores, {env['torch_threads']} torch threads · Python {env['python']} · "
             f"{env['date']}" + (" · QUICK (indicative only)" if result["config"]["quick"] else ""))
@@ -197,7 +205,8 @@ def report(result: dict[str, Any], fmt: str = "simple") -> str:
     """The report: the machine, each suite's tables, the targets (``fmt="github"``: Markdown)."""
     parts = [machine(result)]
     for suite, tables in (("inference", inference_tables), ("passes", passes_tables), ("training", training_tables),
-                          ("explain", explain_tables), ("lowbit", lowbit_tables), ("torchao", torchao_tables)):
+                          ("explain", explain_tables), ("kernels", kernels_tables), ("lowbit", lowbit_tables),
+                          ("torchao", torchao_tables)):
         if suite in result:
             if fmt != "simple":
                 parts.append(f"**{suite}** — {result[suite].get('method', '')}")

@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 QUANT_MODES = ("dynamic", "weight-only", "bf16", "fp16", "static")
+INT8_MODES = ("dynamic", "weight-only", "static")
 TARGET_HEADERS = ["target", "where", "measured", "required", "verdict", "note"]
 
 
@@ -51,8 +54,9 @@ def _median(rows: list[dict[str, Any]], model: str, variant: str, batch: int) ->
     return None
 
 
-def _quantized(rows: list[dict[str, Any]], model: str, batch: int) -> dict[str, float]:
-    medians = {mode: _median(rows, model, mode, batch) for mode in QUANT_MODES}
+def _quantized(rows: list[dict[str, Any]], model: str, batch: int,
+               modes: tuple[str, ...] = QUANT_MODES) -> dict[str, float]:
+    medians = {mode: _median(rows, model, mode, batch) for mode in modes}
     return {k: v for k, v in medians.items() if v}
 
 
@@ -66,8 +70,8 @@ def _fused_simplenn(rows: list[dict[str, Any]]) -> Target:
 
 def _vs_ao(rows: list[dict[str, Any]], model: str, device: Any) -> Target:
     ao = _median(rows, model, "torch.ao dynamic", 256)
-    quant = _quantized(rows, model, 256)
-    name, where = "fastest quantized mode vs torch.ao dynamic", f"{model}, batch 256"
+    quant = _quantized(rows, model, 256, INT8_MODES)
+    name, where = "fastest int8 mode vs torch.ao dynamic", f"{model}, batch 256"
     if not quant or not ao:
         note = "no quantized variant" if not quant else (
             "torch.ao n/a on " + str(device) if device.type != "cpu" else "torch.ao failed")
@@ -87,6 +91,24 @@ def _slowest_at_batch_1(rows: list[dict[str, Any]], model: str) -> Target:
     return Target(name, where, slowdown, required, slowdown <= 1.5, f"slowest: {worst}")
 
 
+def _native_bf16(device: Any) -> bool:
+    """Whether ``device`` multiplies bf16 natively (CUDA; a CPU with AVX512-BF16 or AMX)."""
+    if getattr(device, "type", "cpu") != "cpu":
+        return True
+    from ..nn.quantized import _native_half_on_cpu
+
+    return _native_half_on_cpu(torch.bfloat16)
+
+
+def _bf16(rows: list[dict[str, Any]], model: str, device: Any) -> Target:
+    """bf16 ≥ 1.5× float32 at batch 256 where bf16 is native (n/a elsewhere)."""
+    name, where = "bf16 vs float32 (native bf16 only)", f"{model}, batch 256"
+    if not _native_bf16(device):
+        return Target(name, where, None, "≥ 1.50×", None, "no AVX512-BF16 or AMX on this CPU")
+    t, b = _median(rows, model, "float32", 256), _median(rows, model, "bf16", 256)
+    return at_least(name, where, t / b if t and b else None, 1.5, "" if b else "bf16 variant not available")
+
+
 def inference_targets(rows: list[dict[str, Any]], device: Any) -> list[Target]:
     """The issues' inference targets, per model where the target is per model."""
     models = list(dict.fromkeys(r["model"] for r in rows))
@@ -97,9 +119,10 @@ def inference_targets(rows: list[dict[str, Any]], device: Any) -> list[Target]:
     if 256 in batches:
         for m in models:
             t, d = _median(rows, m, "float32", 256), _median(rows, m, "dynamic", 256)
-            out.append(at_least("int8 dynamic faster than float32", f"{m}, batch 256", t / d if t and d else None,
-                                1.0, "" if d else "dynamic variant not available", strict=True))
+            out.append(at_least("int8 dynamic vs float32", f"{m}, batch 256", t / d if t and d else None,
+                                1.0, "" if d else "dynamic variant not available"))
         out += [_vs_ao(rows, m, device) for m in models]
+        out += [_bf16(rows, m, device) for m in models]
     if 1 in batches:
         out += [_slowest_at_batch_1(rows, m) for m in models]
     return out

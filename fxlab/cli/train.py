@@ -80,7 +80,8 @@ def main(argv: Sequence[str]) -> int:
         name = arch[0] if arch else ns.model
         extra = {"model_args": arch[1]} if arch and arch[1] else {}
         recipe = Recipe(epochs=ns.epochs, lr=ns.lr, batch_size=ns.batch_size, schedule=ns.schedule, seed=ns.seed,
-                        weight_decay=base.weight_decay)
+                        weight_decay=base.weight_decay, label_smoothing=base.label_smoothing,
+                        threads=base.threads)
         if rank == 0:
             procs = f" × {world} processes" if world > 1 else ""
             limit = f" (at most {ns.max_steps} steps)" if ns.max_steps else ""

@@ -9,16 +9,40 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core import LeafModule
-from .kernels import CacheFree
+from .kernels import CacheFree, choice
 
 __all__ = ["ConvReLU", "LinearReLU", "linear_flops"]
 
-#: On CPU, inference calls with at least this many multiply-adds (or rows) run oneDNN's
-#: Linear+ReLU primitive on pre-packed weights (ReLU in the GEMM's epilogue): 1.1-1.6× faster
-#: than ``addmm`` + ``relu_`` from there on this AVX-512 CPU, slower below (a fixed cost per call).
+#: (No longer used to choose: CPU inference measures ``torch`` against ``onednn`` per shape bucket,
+#: :mod:`fxlab.nn.kernels.choice`. Kept for code that reads them.)
 PACKED_MIN_MACS = 16 * 2**20
 PACKED_MIN_ROWS = 1024
 _MKLDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def _linear_relu_torch(m: LinearReLU, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.relu_(F.linear(x, weight, bias))
+
+
+def _linear_relu_onednn(m: LinearReLU, x: torch.Tensor, weight: torch.Tensor,
+                        bias: torch.Tensor | None) -> torch.Tensor:
+    packed = m._packed(x, weight)
+    if packed is None:  # an inference tensor: its in-place changes could not be seen
+        return _linear_relu_torch(m, x, weight, bias)
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "relu", [], "")
+
+
+def _float_sum_bound(m: LinearReLU, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """What float32 sums in another order may change: 2·K·2⁻²⁴ of Σ|x||w| (+|b|), elementwise."""
+    mags = F.linear(x.abs(), weight.detach().abs(), bias.detach().abs() if bias is not None else None)
+    return mags * (2 * x.shape[1] * 2.0**-24) + 1e-30
+
+
+LINEAR_RELU_OP = choice.Op("linear-relu", [
+    choice.Candidate("torch", _linear_relu_torch, note="addmm, then relu_ in place"),
+    choice.Candidate("onednn", _linear_relu_onednn, lambda: _MKLDNN,
+                     "oneDNN's packed Linear+ReLU missing in this torch build"),
+], bound=_float_sum_bound)
 
 
 def linear_flops(input_shape: Sequence[int], in_features: int, out_features: int) -> int:
@@ -45,8 +69,9 @@ class LinearReLU(CacheFree, nn.Linear, LeafModule):
     The forward is one module call where there were two: ``F.linear`` (``addmm`` for 2-D input)
     and the ReLU in place on its fresh result, so no second output tensor is allocated; autograd
     stays correct (the linear's backward never reads its output) and exported graphs hold a
-    plain ``linear`` + ``relu_``. Big inference calls on CPU (see ``PACKED_MIN_MACS``) run
-    oneDNN's fused Linear+ReLU on a pre-packed copy of the weight instead.
+    plain ``linear`` + ``relu_``. CPU inference calls run whichever of that and oneDNN's fused
+    Linear+ReLU on a pre-packed copy of the weight was measured faster for their shape
+    (:mod:`fxlab.nn.kernels.choice`, op ``linear-relu``).
 
     >>> import torch
     >>> from fxlab.nn import LinearReLU
@@ -61,9 +86,11 @@ class LinearReLU(CacheFree, nn.Linear, LeafModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.weight, self.bias
-        packed = self._packed_weight(x, weight)
-        if packed is not None:
-            return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "relu", [], "")
+        # 2-D float32 inference (choose() checks the rest: a plain contiguous CPU input, no graph capture)
+        if x.dtype is torch.float32 and x.dim() == 2 and not (weight.requires_grad and torch.is_grad_enabled()):
+            c = choice.choose(LINEAR_RELU_OP, self, x, weight.shape[0], weight, bias)
+            if c is not None:
+                return c.fn(self, x, weight, bias)
         return torch.relu_(F.linear(x, weight, bias))
 
     def flops(self, input_shape: Sequence[int]) -> int:
@@ -71,28 +98,11 @@ class LinearReLU(CacheFree, nn.Linear, LeafModule):
         one is invisible to torch's ``FlopCounterMode``): :func:`linear_flops`."""
         return linear_flops(input_shape, self.in_features, self.out_features)
 
-    def _packed_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
-        """oneDNN's pre-packed copy of ``weight`` for a big inference call on CPU, else None.
-
-        Kept until the weight changes (a new tensor, or an in-place update such as an optimizer
-        step); never in the state dict, pickles or deep copies."""
-        if not (
-            _MKLDNN
-            and type(x) is torch.Tensor
-            and x.is_cpu
-            and x.dim() == 2
-            and x.dtype == torch.float32
-            and weight.dtype == torch.float32
-            and weight.is_cpu
-            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-            and not torch.compiler.is_compiling()
-            and not torch.jit.is_tracing()
-        ):  # (checked first: traced, exported and compiled calls never see a shape test here)
-            return None
-        rows = x.shape[0]
-        if rows < PACKED_MIN_ROWS and rows * weight.shape[0] * weight.shape[1] < PACKED_MIN_MACS:
-            return None
-        if weight.is_inference():  # no version counter: an in-place write could not be seen
+    def _packed(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
+        """oneDNN's pre-packed copy of ``weight`` (None for an inference tensor, whose in-place
+        writes could not be seen). Kept until the weight changes (a new tensor, or an in-place
+        update such as an optimizer step); never in the state dict, pickles or deep copies."""
+        if weight.is_inference():
             return None
         key = (weight.data_ptr(), weight._version, tuple(weight.shape))
         cached = self.__dict__.get("_fxlab_packed")

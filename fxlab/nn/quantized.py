@@ -6,28 +6,24 @@ Weights are symmetric per output channel (``w ≈ q * weight_scale[:, None]``, `
 ``weight_scale`` float32, ``bias`` float32), so a fresh module of the same shape accepts
 ``load_state_dict(strict=True)``. Nothing float is cached beside the int8 weights.
 
-Kernels, chosen by measurement (README, "Quantization"; CPU figures from a 2-core AVX512 x86):
+Implementations, chosen by measurement (:mod:`fxlab.nn.kernels.choice`; README, "Kernel choice"):
 
-* On CPU, everything around the GEMMs runs as fused Numba kernels (:mod:`fxlab.nn.kernels`):
-  per-row activation quantization, output scaling, requantization, quantize/dequantize, and for
-  at most ``KERNEL_MAX_ROWS`` rows whole Linears (int8 dot products exact, half weights widened
-  exactly). As torch ops each of these steps is several passes over memory and dispatches, which
-  cost more than an int8 GEMM saves. The torch ops remain the fallback (no Numba,
-  ``FXLAB_KERNELS=torch``, tracing, autograd, CUDA), and the tests hold both paths to each other.
-* int8 × int8 → int32: ``torch._int_mm`` (oneDNN on CPU, 3.5-4× faster than the float32 GEMM of
-  the same shape). On CUDA it needs more than 16 rows and K, N multiples of 8: K and N are
-  zero-padded there (zeros add nothing to an integer dot product, so padding is exact).
-* Without the kernels, per-row activation quantization costs ~10 small ops (~20 µs at one row);
-  it pays off only for a big enough matmul: a call with ``K·N·(rows + 6) < 1.6M`` runs the
-  weight-only arithmetic instead (float activations × the same int8 weights, like torchao's
-  ``weight_only_decode``). See :meth:`Int8DynamicLinear.uses_int8_matmul`.
-* Weight-only int8 (more than ``KERNEL_MAX_ROWS`` rows): weights converted to float on the fly,
-  float32 GEMM, per-channel scale and bias in one ``addcmul`` on the output.
-  ``torch._weight_int8pack_mm`` is 40× slower here.
-* bf16 / fp16 (more than ``KERNEL_MAX_ROWS`` rows): native half GEMM on CUDA and, on CPUs with
-  AVX512-BF16 or AMX (AMX-FP16 for fp16), for matmuls of at least 2**20 multiply-adds; otherwise
-  the half weights are upcast and the GEMM runs in float32 (this CPU has no fast fp16 GEMM: 5×
-  slower than float32). The bias stays float32.
+* Each Linear registers an op (``DYNAMIC_OP``, ``WEIGHT_ONLY_OP``, ``HALF_OPS``, ``STATIC_OP``)
+  whose first candidate is the reference in torch ops and whose others are the fused Numba kernels
+  of :mod:`fxlab.nn.kernels` (whole Linears, or the steps around ``torch._int_mm``),
+  ``torch._weight_int8pack_mm`` and native half GEMMs (plain, or oneDNN on a pre-packed weight).
+  On CPU inference the first call on a shape bucket times the candidates that give the mode's
+  numbers and keeps the fastest (cached on disk per machine); ``FXLAB_KERNELS`` forces one.
+* int8 × int8 → int32: ``torch._int_mm`` (oneDNN on CPU). On CUDA it needs more than 16 rows and
+  K, N multiples of 8: K and N are zero-padded there (zeros add nothing to an integer dot
+  product, so padding is exact).
+* Outside CPU inference (autograd, CUDA) no choice is made: a dynamic matmul with
+  ``K·N·(rows + 6) < 1.6M`` (``CPU_MIN_WORK``) runs the weight-only arithmetic there (float
+  activations × the same int8 weights, like torchao's ``weight_only_decode``); see
+  :meth:`Int8DynamicLinear.uses_int8_matmul`. Under graph capture every Linear takes one path.
+* bf16 / fp16 weights: a native half GEMM is a candidate on CPUs with AVX512-BF16 or AMX
+  (AMX-FP16 for fp16) and is used on CUDA; otherwise the half weights are upcast and the GEMM
+  runs in float32. The bias stays float32.
 """
 
 from __future__ import annotations
@@ -42,6 +38,7 @@ from torch import Tensor, nn
 
 from ..core import LeafModule
 from . import kernels
+from .kernels import choice
 from .fused import linear_flops
 
 __all__ = [
@@ -55,15 +52,17 @@ __all__ = [
     "Quantize",
 ]
 
-#: On CPU the int8 GEMM is used when ``in·out·(rows + CPU_WEIGHT_ROWS) >= CPU_MIN_WORK``.
+#: Outside CPU inference (the autograd path: no measured choice there), the int8 GEMM is used when
+#: ``in·out·(rows + CPU_WEIGHT_ROWS) >= CPU_MIN_WORK``.
 #: Below that, ~15 small ops of activation quantization cost more than they save; the float path
 #: pays instead for converting the weights, worth ``CPU_WEIGHT_ROWS`` rows of float32 GEMM here.
 CPU_MIN_WORK = 1_600_000
 CPU_WEIGHT_ROWS = 6
-#: On CPU a native half GEMM (oneDNN, ~20 µs to set up) is used from this many multiply-adds up.
+#: Outside CPU inference, a native half GEMM (oneDNN, ~20 µs to set up) is used from this many
+#: multiply-adds up on CPUs with native half dot products.
 CPU_HALF_MIN_MACS = 2**20
-#: Weight-only int8 and bf16 Linears run a fused CPU kernel (float activations × the stored weights,
-#: no float copy of them) for inputs of at most this many rows; more rows take the float32 GEMM.
+#: (No longer used to choose: the whole-Linear kernels are candidates at every size, measured per
+#: shape bucket. Kept for code that reads it.)
 KERNEL_MAX_ROWS = 8
 
 _EPS = 1e-12
@@ -105,6 +104,11 @@ def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
     k = kernels.for_tensor(x) if x.dtype == torch.float32 else None
     if k is not None:
         return kernels.quantize_rows(k, x, _EPS)
+    return _quantize_rows_torch(x)
+
+
+def _quantize_rows_torch(x: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`quantize_rows` in torch ops."""
     if x.numel() < _SMALL:
         absmax = x.abs().amax(dim=1, keepdim=True)
     else:
@@ -219,6 +223,140 @@ def _native_half_on_cpu(dtype: torch.dtype) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
+# the implementations each Linear chooses from, by measurement (fxlab.nn.kernels.choice); the
+# first of each op is the reference, torch ops only
+
+
+def _numba() -> Any:
+    return kernels._kernels()
+
+
+def _numba_available() -> bool:
+    return kernels.available()
+
+
+def _dynamic_torch(m: Any, x: Tensor, weight: Tensor, w_scale: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+    xq, x_scale = _quantize_rows_torch(x)
+    acc = int8_matmul(xq, weight)
+    scale = x_scale * w_scale
+    return _relu(torch.addcmul(bias, acc, scale) if bias is not None else acc * scale, relu)
+
+
+def _dynamic_numba(m: Any, x: Tensor, weight: Tensor, w_scale: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+    w, ws, b = kernels.arrays(m, weight, w_scale, bias)
+    return kernels.dynamic_linear(_numba(), x, w, ws, b, relu, _EPS)
+
+
+def _dynamic_numba_int_mm(m: Any, x: Tensor, weight: Tensor, w_scale: Tensor, bias: Tensor | None,
+                          relu: bool) -> Tensor:
+    k = _numba()
+    _, ws, b = kernels.arrays(m, weight, w_scale, bias)
+    xq, x_scale = kernels.quantize_rows(k, x, _EPS)
+    return kernels.scale_rows_cols(k, int8_matmul(xq, weight), x_scale, ws, b, relu)
+
+
+def _w8_torch(m: Any, x: Tensor, weight: Tensor, w_scale: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+    return _relu(linear_int8_weight(x, weight, w_scale, bias), relu)
+
+
+def _w8_numba(m: Any, x: Tensor, weight: Tensor, w_scale: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+    return kernels.linear_w8(_numba(), x, *kernels.arrays(m, weight, w_scale, bias), relu)
+
+
+def _w8_int8pack(m: Any, x: Tensor, weight: Tensor, w_scale: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+    y = torch._weight_int8pack_mm(x, weight, w_scale)
+    return _relu(y.add_(bias) if bias is not None else y, relu)
+
+
+def _half_torch(m: Any, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+    return _relu(F.linear(x, weight.to(x.dtype), bias), relu)
+
+
+def _half_numba(m: Any, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+    w_bits, b, _ = kernels.arrays(m, weight, bias)
+    return kernels.linear_half(_numba(), x, w_bits, weight.dtype == torch.float16, b, relu)
+
+
+def _half_native(m: Any, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+    y = F.linear(x.to(weight.dtype), weight)
+    return _relu(torch.add(bias, y) if bias is not None else y.to(x.dtype), relu)
+
+
+_MKLDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def _half_native_packed(m: Any, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+    """:func:`_half_native` on oneDNN's pre-packed copy of the half weight (kept on the module until
+    the weight changes; never in state dicts, pickles or copies)."""
+    if weight.is_inference():  # in-place writes to it could not be seen
+        return _half_native(m, x, weight, bias, relu)
+    key = (weight.data_ptr(), weight._version, tuple(weight.shape))
+    cached = m.__dict__.get("_fxlab_packed")
+    if cached is None or cached[0] != key:
+        cached = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), x.shape[0]))
+        m.__dict__["_fxlab_packed"] = cached
+    y = torch.ops.mkldnn._linear_pointwise(x.to(weight.dtype), cached[1], None, "none", [], "")
+    return _relu(torch.add(bias, y) if bias is not None else y.to(x.dtype), relu)
+
+
+def _half_bound(unit: float) -> Any:
+    """The error a half GEMM may add to the float32 reference: activations and output rounded to
+    the half type (``unit`` each) and float32 sums in another order, elementwise."""
+
+    def bound(m: Any, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+        mags = F.linear(x.abs(), weight.float().abs())
+        return mags * (2 * unit + 2 * x.shape[1] * 2.0**-24) + 1e-30
+
+    return bound
+
+
+def _static_torch(m: Any, xq: Tensor, weight: Tensor, multiplier: Tensor, offset: Tensor) -> Tensor:
+    acc = int8_matmul(xq, weight)
+    return torch.addcmul(offset, acc, multiplier).round_().clamp_(m._low, 127).to(torch.int8)
+
+
+def _static_numba(m: Any, xq: Tensor, weight: Tensor, multiplier: Tensor, offset: Tensor) -> Tensor:
+    w, mult, off = kernels.arrays(m, weight, multiplier, offset)
+    return kernels.static_linear(_numba(), xq, w, mult, off, m._low)
+
+
+def _static_numba_int_mm(m: Any, xq: Tensor, weight: Tensor, multiplier: Tensor, offset: Tensor) -> Tensor:
+    _, mult, off = kernels.arrays(m, weight, multiplier, offset)
+    return kernels.requantize(_numba(), int8_matmul(xq, weight), mult, off, m._low)
+
+
+_NUMBA_NOTE = "Numba kernels off (FXLAB_KERNELS=torch, kernels.disabled()) or not installed"
+DYNAMIC_OP = choice.Op("dynamic", [
+    choice.Candidate("torch", _dynamic_torch, note="torch ops: per-row quantization, torch._int_mm, addcmul"),
+    choice.Candidate("numba", _dynamic_numba, _numba_available, _NUMBA_NOTE),
+    choice.Candidate("numba+int_mm", _dynamic_numba_int_mm, _numba_available, _NUMBA_NOTE),
+])
+WEIGHT_ONLY_OP = choice.Op("weight-only", [
+    choice.Candidate("torch", _w8_torch, note="int8 weights to float, float32 GEMM, addcmul"),
+    choice.Candidate("numba", _w8_numba, _numba_available, _NUMBA_NOTE),
+    choice.Candidate("int8pack", _w8_int8pack, lambda: hasattr(torch, "_weight_int8pack_mm"),
+                     "torch._weight_int8pack_mm missing in this torch"),
+])
+HALF_OPS = {
+    dtype: choice.Op(name, [
+        choice.Candidate("torch", _half_torch, note="half weights upcast, float32 GEMM"),
+        choice.Candidate("numba", _half_numba, _numba_available, _NUMBA_NOTE),
+        choice.Candidate("native", _half_native, functools.partial(lambda d: _native_half_on_cpu(d), dtype),
+                         f"no native {name} dot products on this CPU"),
+        choice.Candidate("onednn", _half_native_packed,
+                         functools.partial(lambda d: _MKLDNN_LINEAR and _native_half_on_cpu(d), dtype),
+                         f"no native {name} dot products on this CPU, or no oneDNN Linear in this torch"),
+    ], bound=_half_bound(2.0**-8 if dtype is torch.bfloat16 else 2.0**-11))
+    for dtype, name in _HALF_NAMES.items()
+}
+STATIC_OP = choice.Op("static", [
+    choice.Candidate("torch", _static_torch, note="torch._int_mm, addcmul, round, clamp"),
+    choice.Candidate("numba", _static_numba, _numba_available, _NUMBA_NOTE),
+    choice.Candidate("numba+int_mm", _static_numba_int_mm, _numba_available, _NUMBA_NOTE),
+])
+
+
+# --------------------------------------------------------------------------------------------
 # the Linears
 
 
@@ -315,30 +453,25 @@ class Int8DynamicLinear(_Int8WeightLinear):
 
     def uses_int8_matmul(self, x: Tensor) -> bool:
         """Whether a 2-D input ``x`` takes the int8 path (else: float activations × int8 weights):
-        always with the fused CPU kernels, else when :func:`big_enough`."""
-        if x.dtype == torch.float32 and kernels.for_tensor(x) is not None:
+        always where the implementation is chosen by measurement (CPU inference; every candidate
+        is int8), else when :func:`big_enough`."""
+        if choice.eligible(x) and x.dtype == torch.float32:
             return True
         return big_enough(x, self.in_features, self.out_features)
 
     def matmul(self, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
         w_scale = self._buffers["weight_scale"]
-        k = kernels.for_tensor(x) if x.dtype == torch.float32 else None
-        if k is not None:  # fused kernels (never while a graph is captured): int8 arithmetic pays off at every size
-            w, ws, b = kernels.arrays(self, weight, w_scale, bias)
-            if x.shape[0] <= KERNEL_MAX_ROWS:
-                return kernels.dynamic_linear(k, x, w, ws, b, relu, _EPS)
-            xq, x_scale = kernels.quantize_rows(k, x, _EPS)
-            return kernels.scale_rows_cols(k, int8_matmul(xq, weight), x_scale, ws, b, relu)
+        c = choice.choose(DYNAMIC_OP, self, x, self.out_features, weight, w_scale, bias, relu) \
+            if x.dtype == torch.float32 else None
+        if c is not None:  # CPU inference: the implementation measured fastest for this shape
+            return c.fn(self, x, weight, w_scale, bias, relu)
         if graph_capture():  # one path at every size; ONNX's float graph has no int8 GEMM
             if _onnx_exporting() or x.is_cuda:
                 return _relu(fake_int8_linear(x, weight, w_scale, bias), relu)
             return _relu(_int8_linear_ops(x, weight, w_scale, bias), relu)
-        if not big_enough(x, self.in_features, self.out_features):
+        if not big_enough(x, self.in_features, self.out_features):  # autograd, CUDA
             return _relu(linear_int8_weight(x, weight, w_scale, bias), relu)
-        xq, x_scale = quantize_rows(x)
-        acc = int8_matmul(xq, weight)
-        scale = x_scale * w_scale
-        return _relu(torch.addcmul(bias, acc, scale) if bias is not None else acc * scale, relu)
+        return _dynamic_torch(self, x, weight, w_scale, bias, relu)
 
 
 class Int8WeightOnlyLinear(_Int8WeightLinear):
@@ -351,9 +484,10 @@ class Int8WeightOnlyLinear(_Int8WeightLinear):
 
     def matmul(self, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
         w_scale = self._buffers["weight_scale"]
-        k = kernels.for_tensor(x) if x.dtype == torch.float32 else None  # None while a graph is captured
-        if k is not None and x.shape[0] <= KERNEL_MAX_ROWS:
-            return kernels.linear_w8(k, x, *kernels.arrays(self, weight, w_scale, bias), relu)
+        c = choice.choose(WEIGHT_ONLY_OP, self, x, self.out_features, weight, w_scale, bias, relu) \
+            if x.dtype == torch.float32 else None  # None while a graph is captured
+        if c is not None:
+            return c.fn(self, x, weight, w_scale, bias, relu)
         return _relu(linear_int8_weight(x, weight, w_scale, bias), relu)
 
 
@@ -403,15 +537,20 @@ class HalfLinear(_LinearBase):
         return self.weight.float()
 
     def uses_half_matmul(self, x: Tensor) -> bool:
-        """Whether a 2-D input ``x`` runs a native half GEMM (else: upcast weights, float32 GEMM)."""
+        """Whether a 2-D input ``x`` runs a native half GEMM (else: upcast weights, float32 GEMM):
+        on CPU inference, whether ``native`` was measured fastest for its shape."""
+        if choice.eligible(x) and x.dtype == torch.float32:
+            op = HALF_OPS[self.weight.dtype]
+            c = choice.choose(op, self, x, self.out_features, self.weight, self.bias, self.relu)
+            return c is not None and c.name == "native"
         return _half_pays_off(x, self.weight.dtype, self.in_features, self.out_features)
 
     def matmul(self, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
-        k = kernels.for_tensor(x) if x.dtype == torch.float32 else None  # None while a graph is captured
-        if k is not None and x.shape[0] <= KERNEL_MAX_ROWS:
-            w_bits, b, _ = kernels.arrays(self, weight, bias)
-            return kernels.linear_half(k, x, w_bits, weight.dtype == torch.float16, b, relu)
-        if k is None and graph_capture():  # one path at every size: upcast weights, float32 GEMM
+        c = choice.choose(HALF_OPS[weight.dtype], self, x, self.out_features, weight, bias, relu) \
+            if x.dtype == torch.float32 else None
+        if c is not None:
+            return c.fn(self, x, weight, bias, relu)
+        if graph_capture():  # one path at every size: upcast weights, float32 GEMM
             return _relu(F.linear(x, weight.to(x.dtype), bias), relu)
         if _half_pays_off(x, weight.dtype, self.in_features, self.out_features):
             y = F.linear(x.to(weight.dtype), weight)
@@ -586,13 +725,11 @@ class Int8StaticLinear(_Int8WeightLinear):
         if xq.dim() != 2:
             y = self.forward(xq.reshape(-1, self.in_features))
             return y.reshape(*xq.shape[:-1], self.out_features)
-        k = kernels.for_tensor(xq) if xq.dtype == torch.int8 else None
         weight, b = self._parameters["weight"], self._buffers
-        if k is not None:
-            w, multiplier, offset = kernels.arrays(self, weight, b["_multiplier"], b["_offset"])
-            if xq.shape[0] <= KERNEL_MAX_ROWS:
-                return kernels.static_linear(k, xq, w, multiplier, offset, self._low)
-            return kernels.requantize(k, int8_matmul(xq, weight), multiplier, offset, self._low)
+        c = choice.choose(STATIC_OP, self, xq, self.out_features, weight, b["_multiplier"], b["_offset"]) \
+            if xq.dtype == torch.int8 else None
+        if c is not None:
+            return c.fn(self, xq, weight, b["_multiplier"], b["_offset"])
         acc = int8_matmul(xq, weight)
         return torch.addcmul(b["_offset"], acc, b["_multiplier"]).round_().clamp_(self._low, 127).to(torch.int8)
 

@@ -93,6 +93,28 @@ def _scheduler(optimizer: torch.optim.Optimizer, schedule: str, lr: float, total
     raise FxlabError(f"unknown schedule {schedule!r}: use 'onecycle', 'cosine' or 'constant'")
 
 
+@contextlib.contextmanager
+def _intra_op_threads(n: int) -> Any:
+    """torch's intra-op thread count set to ``n`` within this block, restored afterwards."""
+    if n < 1:
+        raise FxlabError(f"threads must be at least 1, got {n}")
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _adam(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """Adam with its fused kernel (one kernel for every parameter's update; CPU and CUDA since torch
+    2.4), else the multi-tensor ``foreach`` path: the same update rule, fewer per-step kernel calls."""
+    try:
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # an older torch, or a device without the fused kernel
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
+
+
 def fit(
     model: nn.Module,
     data: MNIST | str | os.PathLike[str] | None = None,
@@ -102,6 +124,8 @@ def fit(
     batch_size: int = DEFAULT_RECIPE.batch_size,
     schedule: str = DEFAULT_RECIPE.schedule,
     weight_decay: float = DEFAULT_RECIPE.weight_decay,
+    label_smoothing: float = DEFAULT_RECIPE.label_smoothing,
+    threads: int | None = DEFAULT_RECIPE.threads,
     device: str | torch.device | None = None,
     seed: int | None = None,
     progress: bool = True,
@@ -115,6 +139,10 @@ def fit(
     - ``device``: default CUDA when available, else CPU; the model is moved there and stays there.
     - ``seed``: makes the batch order reproducible (the model's initialisation is the caller's).
     - ``schedule``: ``onecycle`` (default; ``lr`` is the peak), ``cosine`` or ``constant``.
+    - ``label_smoothing``: cross-entropy's label smoothing while training (evaluation uses plain
+      cross-entropy).
+    - ``threads``: torch's intra-op threads while training on CPU (restored afterwards; the
+      default recipe's 1 makes results independent of the core count); None leaves them as set.
     - ``max_steps``: stop after that many optimizer steps (small budgets for tests and smoke runs).
     - The model is in train mode while fitting (BatchNorm, Dropout behave as in training) and its
       modes are restored afterwards. A tqdm bar shows on a terminal only (``progress``).
@@ -136,13 +164,15 @@ def fit(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise FxlabError("the model has no trainable parameters")
-    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    optimizer = _adam(params, lr, weight_decay)
     steps_per_epoch = math.ceil(len(ds.train) / batch_size)
     total = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
     run = _Run(train_model, ds, optimizer, _scheduler(optimizer, schedule, lr, total), dev, batch_size, total,
-               rank, world, torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(0, 2**31 - 1, (1,)))))
+               rank, world, label_smoothing, torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(0, 2**31 - 1, (1,)))))
     history = History(device=str(dev), world_size=world)
     with saved_modes(model), contextlib.ExitStack() as rng:
+        if threads is not None and dev.type == "cpu":
+            rng.enter_context(_intra_op_threads(threads))
         if seed is not None:  # dropout masks too: seed the global generators, and restore them afterwards
             rng.enter_context(torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []))
             torch.manual_seed(seed)
@@ -165,11 +195,11 @@ class _Run:
     """The state of one ``fit``: what an epoch needs and the step count so far."""
 
     def __init__(self, model: nn.Module, ds: MNIST, optimizer: torch.optim.Optimizer, scheduler: Any,
-                 dev: torch.device, batch_size: int, total: int, rank: int, world: int,
+                 dev: torch.device, batch_size: int, total: int, rank: int, world: int, label_smoothing: float,
                  gen: torch.Generator) -> None:
         self.model, self.ds, self.optimizer, self.scheduler = model, ds, optimizer, scheduler
         self.dev, self.batch_size, self.total, self.gen = dev, batch_size, total, gen
-        self.world = world
+        self.world, self.label_smoothing = world, label_smoothing
         local = math.ceil(batch_size / world)  # each rank trains on its slice of every global batch
         self.lo, self.hi = rank * local, min((rank + 1) * local, batch_size)
         self.step = 0
@@ -181,16 +211,22 @@ class _Run:
         t0 = time.perf_counter()
         n = len(self.ds.train)
         order = torch.randperm(n, generator=self.gen).to(self.dev)
-        stats = torch.zeros(3, dtype=torch.float64, device=self.dev)  # loss sum, correct, count
+        # running sums on the device, read once at the end of the epoch: no host sync per step
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.dev)
+        correct = torch.zeros((), dtype=torch.int64, device=self.dev)
+        count = 0
         for i in range(0, n, self.batch_size):
             if self.step >= self.total:
                 break
-            loss = self._batch(order[i : i + self.batch_size][self.lo : self.hi], stats)
+            loss, rows = self._batch(order[i : i + self.batch_size][self.lo : self.hi], loss_sum, correct)
+            count += rows
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}")
         if bar is not None:
             bar.close()
+        stats = torch.stack([loss_sum, correct.double(), torch.tensor(float(count), dtype=torch.float64,
+                                                                      device=self.dev)])
         if self.world > 1:
             torch.distributed.all_reduce(stats)
         seconds = time.perf_counter() - t0
@@ -199,10 +235,10 @@ class _Run:
                 "train_accuracy": 100.0 * correct / max(count, 1), "test_loss": None, "test_accuracy": None,
                 "lr": float(self.last_lr), "seconds": seconds}
 
-    def _batch(self, idx: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+    def _batch(self, idx: torch.Tensor, loss_sum: torch.Tensor, correct: torch.Tensor) -> tuple[torch.Tensor, int]:
         x, y = self.ds.train.batch(idx)
         out = self.model(x)
-        loss = F.cross_entropy(out, y)
+        loss = F.cross_entropy(out, y, label_smoothing=self.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -210,10 +246,11 @@ class _Run:
         if self.scheduler is not None:
             self.scheduler.step()
         self.step += 1
+        rows = int(y.shape[0])
         with torch.no_grad():
-            stats += torch.stack([loss.detach().double() * y.numel(), (out.argmax(1) == y).sum().double(),
-                                  torch.tensor(float(y.numel()), dtype=torch.float64, device=self.dev)])
-        return loss.detach()
+            loss_sum.add_(loss.detach(), alpha=rows)
+            correct.add_((out.argmax(1) == y).sum())
+        return loss.detach(), rows
 
 
 def fit_recipe(
@@ -224,6 +261,7 @@ def fit_recipe(
 ) -> History:
     """``fit`` with the options of a ``Recipe`` (keyword arguments override nothing of the recipe)."""
     return fit(model, data, epochs=recipe.epochs, lr=recipe.lr, batch_size=recipe.batch_size,
-               schedule=recipe.schedule, weight_decay=recipe.weight_decay, seed=recipe.seed, **kwargs)
+               schedule=recipe.schedule, weight_decay=recipe.weight_decay, label_smoothing=recipe.label_smoothing,
+               threads=recipe.threads, seed=recipe.seed, **kwargs)
 
 

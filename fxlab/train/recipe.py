@@ -13,18 +13,39 @@ import torch
 
 @dataclass(frozen=True)
 class Recipe:
-    """How a model is trained: Adam + cross-entropy, one-cycle LR schedule peaking at ``lr``."""
+    """How a model is trained: Adam + cross-entropy (with ``label_smoothing``), one-cycle LR schedule
+    peaking at ``lr``.
 
-    epochs: int = 8
-    lr: float = 3e-3
-    batch_size: int = 128
+    The defaults are the fastest recipe measured to take `mymodule` from random weights to ≥ 98 %
+    test accuracy with seeds 0, 1 and 2 (``python -m fxlab.bench --suite training`` times it): 6 epochs
+    of 235 steps at batch 256, where the previous default (8 epochs at batch 128, no smoothing) took
+    about twice the time for the same accuracy. On CPU it trains on one intra-op thread: the
+    numbers then do not depend on the machine's core count (float sums split over threads round
+    differently), and for GEMMs of this size one thread measured faster than two on the 2-core
+    machine this was tuned on (1.1–1.5× per epoch, more so when other work shares the cores).
+    """
+
+    epochs: int = 6
+    lr: float = 4e-3
+    batch_size: int = 256
     schedule: str = "onecycle"  # "onecycle", "cosine" or "constant"
     weight_decay: float = 0.0
     seed: int = 0
+    label_smoothing: float = 0.1
+    threads: int | None = 1  # intra-op threads while training on CPU (None: torch's setting)
 
     def key(self) -> str:
-        """A short stable hash of the recipe (for checkpoint cache names)."""
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        """A short stable hash of the recipe (for checkpoint cache names).
+
+        ``label_smoothing`` and ``threads`` (added later) are hashed only when they are not 0 and
+        None, so the recipes written before them keep their keys and cached checkpoints.
+        """
+        fields = dataclasses.asdict(self)
+        if not fields["label_smoothing"]:
+            del fields["label_smoothing"]
+        if fields["threads"] is None:
+            del fields["threads"]
+        text = json.dumps(fields, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
@@ -34,8 +55,8 @@ DEFAULT_RECIPE = Recipe()
 #: Per-model default recipes (``pretrained``, ``python -m fxlab.train --model NAME`` without flags);
 #: a model not listed here trains with ``DEFAULT_RECIPE``.
 RECIPES: dict[str, Recipe] = {
-    "mnist-cnn": Recipe(epochs=4, lr=2e-3),
-    "lenet5": Recipe(epochs=6, lr=3e-3),
+    "mnist-cnn": Recipe(epochs=4, lr=2e-3, batch_size=128, label_smoothing=0.0, threads=None),
+    "lenet5": Recipe(epochs=6, lr=3e-3, batch_size=128, label_smoothing=0.0, threads=None),
 }
 
 

@@ -25,7 +25,9 @@ from fxlab.cli import run
 @pytest.fixture(scope="module")
 def smoke(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
     out = tmp_path_factory.mktemp("bench") / "bench.json"
-    env = {**os.environ, "FXLAB_DATA": str(mnist_root)}
+    # kernels chosen by measurement as users get them, the decisions cached in a temporary folder
+    env = {**os.environ, "FXLAB_DATA": str(mnist_root), "FXLAB_KERNELS": "auto",
+           "XDG_CACHE_HOME": str(tmp_path_factory.mktemp("cache"))}
     proc = subprocess.run([sys.executable, "-m", "fxlab.bench", "--quick", "--json", str(out)], env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -39,11 +41,12 @@ def positive(x: Any) -> bool:
 
 def test_top_level(smoke: tuple[dict[str, Any], str]) -> None:
     result, stdout = smoke
-    assert {"inference", "passes", "training", "environment", "targets"} <= set(result)
+    assert {"inference", "passes", "training", "kernels", "environment", "targets"} <= set(result)
     env = result["environment"]
     assert env["torch"] and env["device"] and env["cpu_count"] >= 1
     assert result["config"]["quick"] is True
-    for heading in ("inference, batch 1", "inference, batch 256", "pass application", "training mymodule", "targets:"):
+    for heading in ("inference, batch 1", "inference, batch 256", "pass application", "training mymodule",
+                    "kernel choices on", "targets:"):
         assert heading in stdout
 
 
@@ -103,12 +106,28 @@ def test_training(smoke: tuple[dict[str, Any], str]) -> None:
 def test_targets(smoke: tuple[dict[str, Any], str]) -> None:
     targets = smoke[0]["targets"]
     names = {t["target"] for t in targets}
-    assert {"fused SimpleNN speed-up", "int8 dynamic faster than float32", "pass application grows linearly",
+    assert {"fused SimpleNN speed-up", "int8 dynamic vs float32", "pass application grows linearly",
             "fxlab within 2× of hand-written torch.fx", "training epoch vs seeds' loop",
             "evaluation vs seeds' loop"} <= names
     for t in targets:
         assert t["met"] in (True, False, None)
         assert t["measured"] is None or positive(t["measured"])
+
+
+def test_kernels(smoke: tuple[dict[str, Any], str]) -> None:
+    kernels = smoke[0]["kernels"]
+    assert kernels["machine"]["cpu"] and kernels["machine"]["torch"]
+    assert not kernels["failures"]
+    ops = {r["op"] for r in kernels["rows"]}
+    assert {"dynamic", "weight-only", "bf16", "fp16", "static", "linear-relu"} <= ops
+    for r in kernels["rows"]:
+        timed = {n: t for n, t in r["times_us"].items() if t is not None}
+        assert r["chosen"] in timed and all(positive(t) for t in timed.values())
+        assert timed[r["chosen"]] == min(timed.values())  # the fastest measured was kept
+        assert all(r["times_us"][n] is None for n in r["rejected"])  # left out: never timed, never chosen
+        assert r["models"]
+    rows_of = {(r["op"], r["bucket"].split("x")[0]) for r in kernels["rows"]}
+    assert ("dynamic", "1") in rows_of and ("dynamic", "256") in rows_of
 
 
 def test_explain(smoke: tuple[dict[str, Any], str]) -> None:

@@ -36,4 +36,4 @@ def test_mnist_cnn_learns_and_its_loss_is_the_nll(mnist_root: Path) -> None:
 
 def test_the_cnns_have_recipes_of_their_own() -> None:
     assert set(RECIPES) == {"mnist-cnn", "lenet5"}
-    assert recipe_for("mymodule") is DEFAULT_RECIPE and DEFAULT_RECIPE.epochs == 8
+    assert recipe_for("mymodule") is DEFAULT_RECIPE and DEFAULT_RECIPE.epochs == 6

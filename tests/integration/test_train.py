@@ -18,7 +18,7 @@ from fxlab.train import Recipe, evaluate, fit, load_checkpoint, save_checkpoint
 
 
 def test_short_training_clears_a_real_accuracy_floor(trained, mnist):
-    # two epochs (the `trained` fixture's budget); the default recipe (8 epochs) reaches ≥ 98 %
+    # two epochs (the `trained` fixture's budget); the default recipe (6 epochs) reaches ≥ 98 %
     assert trained.accuracy("mymodule") >= 96.5
     assert trained.accuracy("simplenn") >= 94.0
     acc, loss, confusion = evaluate(trained["mymodule"], mnist)

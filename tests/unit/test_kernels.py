@@ -1,4 +1,8 @@
-"""The fused CPU kernels (fxlab.nn.kernels) compute what the torch ops compute."""
+"""The fused CPU kernels (fxlab.nn.kernels), and every implementation a quantized Linear may choose
+(fxlab.nn.kernels.choice), compute what the reference torch ops compute.
+
+The suite runs with ``FXLAB_KERNELS=torch`` (tests/conftest.py); here each implementation is
+forced in turn with ``kernels.enabled()`` and ``choice.forced(name)``."""
 
 from __future__ import annotations
 
@@ -10,25 +14,27 @@ import pytest
 import torch
 from torch import nn
 
-import fxlab.nn.quantized as quantized_nn
 from fxlab.nn import (
     Dequantize,
     HalfLinear,
     Int8DynamicLinear,
     Int8StaticLinear,
     Int8WeightOnlyLinear,
+    LinearReLU,
     Quantize,
     kernels,
 )
+from fxlab.nn.kernels import choice
 from fxlab.nn.quantized import quantize_rows
 
-pytestmark = pytest.mark.skipif(not kernels.available(), reason="numba is a dependency; it must import")
+pytestmark = pytest.mark.skipif(kernels._load() is None, reason="numba is a dependency; it must import")
 
 
-def _both(fn):
-    """``fn()`` with the kernels, then with torch ops only."""
+def _both(fn, name: str = "numba"):
+    """``fn()`` with implementation ``name`` (the Numba kernels by default), then with torch ops only."""
     with torch.no_grad():
-        fast = fn()
+        with kernels.enabled(), choice.forced(name):
+            fast = fn()
         with kernels.disabled():
             slow = fn()
     return fast, slow
@@ -46,16 +52,15 @@ def test_quantize_rows_matches_torch_exactly(shape: tuple[int, int]) -> None:
     assert torch.equal(q, q_ref) and torch.equal(s, s_ref)
 
 
+@pytest.mark.parametrize("name", ["numba", "numba+int_mm"])
 @pytest.mark.parametrize("rows", [1, 5, 8, 9, 256])
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("bias", [True, False])
-def test_dynamic_kernels_match_the_int8_torch_path(monkeypatch: pytest.MonkeyPatch, rows: int, relu: bool,
-                                                   bias: bool) -> None:
-    monkeypatch.setattr(quantized_nn, "CPU_MIN_WORK", 0)  # torch ops take the int8 GEMM too
+def test_dynamic_kernels_match_the_int8_torch_path(name: str, rows: int, relu: bool, bias: bool) -> None:
     torch.manual_seed(1)
     m = Int8DynamicLinear.from_float(nn.Linear(784, 50, bias=bias), relu=relu)
     x = torch.randn(rows, 784)
-    fast, slow = _both(lambda: m(x))
+    fast, slow = _both(lambda: m(x), name)
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
     if relu:
         assert (fast >= 0).all()
@@ -76,14 +81,15 @@ def test_integer_dot_products_are_exact_for_long_rows(k: int) -> None:
     assert torch.equal(fast, slow)
 
 
+@pytest.mark.parametrize("name", ["numba", "numba+int_mm"])
 @pytest.mark.parametrize("rows", [1, 8, 9, 100])
-def test_static_modules_match_torch_exactly(rows: int) -> None:
+def test_static_modules_match_torch_exactly(name: str, rows: int) -> None:
     torch.manual_seed(3)
     lin = Int8StaticLinear.from_float(nn.Linear(128, 64), relu=True, input_range=(-2.0, 3.0), output_range=(0.0, 9.0))
     x = torch.randn(rows, 128) * 2
     q_fast, q_slow = _both(lambda: lin.input_quant(x))
     assert torch.equal(q_fast, q_slow)
-    y_fast, y_slow = _both(lambda: lin(q_fast))
+    y_fast, y_slow = _both(lambda: lin(q_fast), name)
     assert (y_fast.int() - y_slow.int()).abs().max() <= 1  # rounding ties may fall either side
     assert (y_fast != y_slow).float().mean() < 1e-3
     d_fast, d_slow = _both(lambda: lin.output_dequant(y_fast))
@@ -116,13 +122,14 @@ def test_half_weights_widen_exactly(dtype: torch.dtype) -> None:
 def test_kernels_stay_out_of_autograd_and_tracing() -> None:
     m = Int8WeightOnlyLinear.from_float(nn.Linear(8, 4))
     x = torch.randn(2, 8, requires_grad=True)
-    assert kernels.for_tensor(x) is None  # grad mode on: torch ops
-    with torch.no_grad():
-        assert kernels.for_tensor(x) is not None
-    assert kernels.for_tensor(torch.randn(8, 2).t()) is None  # not contiguous
-    with kernels.disabled():
-        assert kernels.for_tensor(torch.randn(2, 8)) is None
-    assert m(x).shape == (2, 4)
+    with kernels.enabled():
+        assert kernels.for_tensor(x) is None  # grad mode on: torch ops
+        with torch.no_grad():
+            assert kernels.for_tensor(x) is not None
+        assert kernels.for_tensor(torch.randn(8, 2).t()) is None  # not contiguous
+        with kernels.disabled():
+            assert kernels.for_tensor(torch.randn(2, 8)) is None
+        assert m(x).shape == (2, 4)
 
 
 def test_caches_follow_the_tensors_and_stay_out_of_pickles() -> None:
@@ -130,7 +137,7 @@ def test_caches_follow_the_tensors_and_stay_out_of_pickles() -> None:
     a = Int8DynamicLinear.from_float(nn.Linear(16, 4))
     b = Int8DynamicLinear.from_float(nn.Linear(16, 4))
     x = torch.randn(3, 16)
-    with torch.no_grad():
+    with torch.no_grad(), kernels.enabled(), choice.forced("numba"):
         a(x)
         assert "_fxlab_arrays" in a.__dict__
         buf = io.BytesIO()
@@ -155,3 +162,58 @@ def test_a_misfit_input_is_refused_not_read_past_its_end() -> None:
     s = Int8StaticLinear.from_float(nn.Linear(16, 4), input_range=(-1.0, 1.0), output_range=(-1.0, 1.0))
     with torch.no_grad(), pytest.raises((ValueError, RuntimeError)):
         s(torch.zeros(2, 8, dtype=torch.int8))
+
+
+# --------------------------------------------------------------------------------------------
+# every candidate of every op (fxlab.nn.kernels.choice) against the op's reference
+
+
+def _module_and_input(op: str, rows: int, relu: bool):
+    torch.manual_seed(7)
+    lin = nn.Linear(300, 40)
+    x = torch.randn(rows, 300) * 2
+    if op == "dynamic":
+        m = Int8DynamicLinear.from_float(lin, relu=relu)
+        return m, x, (m.weight, m.weight_scale, m.bias, relu)
+    if op == "weight-only":
+        m = Int8WeightOnlyLinear.from_float(lin, relu=relu)
+        return m, x, (m.weight, m.weight_scale, m.bias, relu)
+    if op in ("bf16", "fp16"):
+        m = HalfLinear.from_float(lin, relu=relu, dtype=torch.bfloat16 if op == "bf16" else torch.float16)
+        return m, x, (m.weight, m.bias, relu)
+    if op == "linear-relu":
+        m = LinearReLU.from_linear(lin)
+        return m, x, (m.weight, m.bias)
+    m = Int8StaticLinear.from_float(lin, relu=relu, input_range=(-4.0, 4.0), output_range=(-6.0, 8.0))
+    return m, m.input_quant(x), (m.weight, m._multiplier, m._offset)
+
+
+OPS = ["dynamic", "weight-only", "bf16", "fp16", "static", "linear-relu"]
+
+
+def test_every_quantized_linear_registers_its_op() -> None:
+    ops = choice.ops()
+    assert set(OPS) <= set(ops)
+    for name in OPS:
+        assert ops[name].reference.name == "torch" and len(ops[name].candidates) >= 2
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("rows", [1, 9, 300])
+@pytest.mark.parametrize("relu", [False, True])
+def test_every_candidate_gives_the_modes_numbers(op: str, rows: int, relu: bool) -> None:
+    target = choice.ops()[op]
+    m, x, args = _module_and_input(op, rows, relu)
+    with torch.no_grad(), kernels.enabled():
+        ref = target.reference.fn(m, x, *args)
+        ran = 0
+        for c in target.candidates[1:]:
+            if not c.available():
+                continue
+            out = c.fn(m, x, *args)
+            assert choice.mismatch(target, out, ref, m, x, *args) is None, c.name
+            # and the module, with the candidate forced, returns the same
+            with choice.forced(c.name):
+                assert torch.equal(m(x), out)
+            ran += 1
+        assert ran >= 1  # the Numba kernels (oneDNN for linear-relu) at least

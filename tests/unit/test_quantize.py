@@ -14,6 +14,7 @@ from torch import fx, nn
 
 import fxlab
 import fxlab.nn.quantized as quantized_nn
+from fxlab.nn.kernels import choice
 from fxlab.models import build
 from fxlab.nn import (
     HalfLinear,
@@ -82,7 +83,8 @@ def int8_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
 def kernel_mode(request: pytest.FixtureRequest) -> Iterator[str]:
     """Run a test with the fused CPU kernels, then with torch ops only."""
     if request.param == "kernels":
-        yield request.param
+        with kernels.enabled(), choice.forced("numba"):
+            yield request.param
     else:
         with kernels.disabled():
             yield request.param
@@ -112,20 +114,25 @@ def test_dynamic_error_within_activation_rounding_bound(
 
 
 def test_dynamic_kernel_choice() -> None:
-    """With the fused kernels: int8 at every size. With torch ops only: the int8 GEMM where it
-    pays off on this CPU (big layers with enough rows), else weight-only math."""
-    if kernels.available():
-        assert Int8DynamicLinear.from_float(nn.Linear(64, 10)).uses_int8_matmul(torch.randn(1, 64))
-    with kernels.disabled():
-        _torch_ops_kernel_choice()
+    """CPU inference: int8 at every size, whichever implementation runs (every candidate is int8).
+    On the autograd path (no choice there): the int8 GEMM where its torch ops pay off, else
+    weight-only math."""
+    small = Int8DynamicLinear.from_float(nn.Linear(64, 10))
+    for policy in ("torch", "numba", "numba+int_mm"):
+        with kernels.enabled(), choice.forced(policy):
+            assert small.uses_int8_matmul(torch.randn(1, 64))
+    _autograd_kernel_choice()
 
 
-def _torch_ops_kernel_choice() -> None:
+def _autograd_kernel_choice() -> None:
+    def x(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, requires_grad=True)
+
     big, small = Int8DynamicLinear.from_float(nn.Linear(784, 128)), Int8DynamicLinear.from_float(nn.Linear(64, 10))
-    assert big.uses_int8_matmul(torch.randn(256, 784)) and big.uses_int8_matmul(torch.randn(16, 784))
-    assert not big.uses_int8_matmul(torch.randn(1, 784))
-    assert not small.uses_int8_matmul(torch.randn(256, 64)) and small.uses_int8_matmul(torch.randn(10_000, 64))
-    assert Int8DynamicLinear.from_float(nn.Linear(784, 312)).uses_int8_matmul(torch.randn(1, 784))
+    assert big.uses_int8_matmul(x(256, 784)) and big.uses_int8_matmul(x(16, 784))
+    assert not big.uses_int8_matmul(x(1, 784))
+    assert not small.uses_int8_matmul(x(256, 64)) and small.uses_int8_matmul(x(10_000, 64))
+    assert Int8DynamicLinear.from_float(nn.Linear(784, 312)).uses_int8_matmul(x(1, 784))
 
 
 def test_weight_only_is_float_math_on_the_int8_weights() -> None:

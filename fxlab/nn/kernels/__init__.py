@@ -7,17 +7,18 @@ and a dispatch (a few µs, and a hand-over between OpenMP threads), which costs 
 GEMM saves. The kernels here do each step in one pass on the calling thread:
 
 ==================  ==============================================  ==============================
-kernel              replaces                                        used by
+kernel              replaces                                        used by (candidate name)
 ==================  ==============================================  ==============================
 ``quantize_rows``   abs-max per row, reciprocal, scale, round,      ``Int8DynamicLinear``
-                    cast (5-6 ops)                                  (> 8 rows)
-``scale_rows_cols`` scale product, ``addcmul``, ReLU                ``Int8DynamicLinear`` (> 8)
-``dynamic_linear``  all of the above and ``torch._int_mm``          ``Int8DynamicLinear`` (≤ 8)
-``linear_w8``       int8 → float weights, GEMM, scale, bias, ReLU   ``Int8WeightOnlyLinear`` (≤ 8)
-``linear_half``     bf16/fp16 → float weights, GEMM, bias, ReLU     ``HalfLinear`` (≤ 8)
+                    cast (5-6 ops)                                  (``numba+int_mm``)
+``scale_rows_cols`` scale product, ``addcmul``, ReLU                ``Int8DynamicLinear`` (same)
+``dynamic_linear``  all of the above and ``torch._int_mm``          ``Int8DynamicLinear`` (``numba``)
+``linear_w8``       int8 → float weights, GEMM, scale, bias, ReLU   ``Int8WeightOnlyLinear`` (same)
+``linear_half``     bf16/fp16 → float weights, GEMM, bias, ReLU     ``HalfLinear`` (``numba``)
 ``quantize_affine`` scale, round, zero point, clamp, cast           ``Quantize``
-``requantize``      ``addcmul``, round, clamp, cast                 ``Int8StaticLinear`` (> 8)
-``static_linear``   ``torch._int_mm`` and ``requantize``            ``Int8StaticLinear`` (≤ 8)
+``requantize``      ``addcmul``, round, clamp, cast                 ``Int8StaticLinear``
+                                                                    (``numba+int_mm``)
+``static_linear``   ``torch._int_mm`` and ``requantize``            ``Int8StaticLinear`` (``numba``)
 ``dequantize_affine`` cast, zero point, scale                       ``Dequantize``
 ``lookup``          index arithmetic, gather                        ``Int8Table``
 ==================  ==============================================  ==============================
@@ -31,6 +32,10 @@ and outside tracing/compilation (torch.export, torch.compile, FX tracing see the
 Numba is imported on the first quantized forward (not at ``import fxlab``); its compiled code is
 cached on disk. ``FXLAB_KERNELS=torch`` in the environment, or :func:`disabled`, turns the
 kernels off; without Numba installed the torch ops run, with the same results.
+
+Which implementation a quantized Linear runs for a shape (these kernels, ``torch._int_mm`` with
+some of them, torch ops, native half GEMMs) is not fixed here: :mod:`fxlab.nn.kernels.choice`
+times the candidates once per shape bucket on this machine and keeps the fastest.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CacheFree", "arrays", "available", "disabled", "for_tensor"]
+__all__ = ["CacheFree", "arrays", "available", "disabled", "enabled", "for_tensor"]
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +94,25 @@ def disabled() -> Iterator[None]:
     False
     """
     global _active
+    from . import choice
+
     saved = _active
     _active = None
+    try:
+        with choice.forced("torch"):
+            yield
+    finally:
+        _active = saved
+
+
+@contextlib.contextmanager
+def enabled() -> Iterator[None]:
+    """Make the Numba kernels available within this block even where ``FXLAB_KERNELS=torch`` turned
+    them off (the tests compare every implementation this way); the choice policy is left as it is.
+    """
+    global _active
+    saved = _active
+    _active = _load()
     try:
         yield
     finally:

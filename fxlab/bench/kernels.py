@@ -1,0 +1,111 @@
+"""The kernels suite: which implementation each quantized Linear chose on this machine, and why.
+
+Every seed model is fused, and quantized in every mode, and run once at each batch size under policy
+``auto`` with the decisions measured afresh (:func:`fxlab.nn.kernels.choice.remeasured`; the
+user cache is updated with them). The table lists each op and shape bucket once: the candidates'
+best times, the one chosen, and the candidates left out (not available here, or not the mode's
+numbers). The CPU model and the ISA flags the decisions depend on head the report.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .harness import describe
+from .targets import QUANT_MODES
+
+if TYPE_CHECKING:
+    from . import Config
+
+log = logging.getLogger("fxlab.bench")
+
+METHOD = (
+    "Each seed model (random weights, seeded) is fused (LinearReLU) and quantized in each mode (fusion, then "
+    "quantize-linear) and run "
+    "once per batch size under torch.no_grad() with FXLAB_KERNELS=auto, every shape bucket measured afresh: "
+    "each available candidate runs once as a warm-up and to check its output against the reference "
+    "(int8 codes equal, floats within the mode's rounding), then the candidates take turns for 3-7 rounds "
+    "(about 2 ms each at most), and the best call of each is kept; the fastest is chosen. Times are µs per "
+    "call on the first input of that bucket."
+)
+
+
+def kernels_suite(cfg: Config, device: torch.device) -> dict[str, Any]:
+    """Quantize every model in every mode, run each batch size once, and report every decision."""
+    import fxlab
+    from .. import models as seed_models
+    from ..nn import kernels
+    from ..nn.kernels import choice
+    from .inference import fusion_passes, mnist_images
+
+    if device.type != "cpu":
+        return {"status": f"n/a on {device}: kernels are chosen for CPU inference", "rows": [], "targets": []}
+    images, source = mnist_images(cfg.data, max(cfg.batches))
+    calibration = [images[i : i + 256] for i in range(0, min(1024, images.shape[0]), 256)]
+    failures: list[str] = []
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    choice.reset()  # this process's earlier decisions (another suite's) are not listed, nor reused
+    # what policy auto chooses, whatever FXLAB_KERNELS says for this process
+    with kernels.enabled(), choice.remeasured(), choice.forced("auto"), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in cfg.models:
+            torch.manual_seed(0)
+            model = seed_models.build(name).eval()
+            for mode in ("fused", *QUANT_MODES):
+                log.info("bench kernels: %s %s", name, mode)
+                try:
+                    passes = list(fusion_passes(model))
+                    if mode != "fused":
+                        options: dict[str, Any] = {"mode": mode}
+                        if mode == "static":
+                            options["calibration"] = calibration
+                        passes.append(fxlab.get_pass("quantize-linear")(**options))
+                    gm = fxlab.apply(model, passes)
+                    gm.eval()
+                    for batch in cfg.batches:
+                        before = len(choice.decisions())
+                        gm(images[:batch])
+                        for d in choice.decisions()[before:]:
+                            seen.setdefault((d.op, d.bucket), {"models": [], **d.to_json(), "source": d.source})
+                            entry = seen[(d.op, d.bucket)]
+                            if name not in entry["models"]:
+                                entry["models"].append(name)
+                except Exception as exc:  # a benchmark reports failures, it does not stop on them
+                    failures.append(f"{name} {mode}: {describe(exc)}")
+    rows = sorted(seen.values(), key=lambda r: (r["op"], _rows_of(r["bucket"]), r["bucket"]))
+    return {"device": str(device), "inputs": source, "batches": list(cfg.batches), "method": METHOD,
+            "machine": choice.machine(), "cache": str(choice.cache_path()), "rows": rows, "failures": failures,
+            "targets": []}
+
+
+def _rows_of(bucket: str) -> int:
+    return int(bucket.split("x", 1)[0])
+
+
+def kernels_tables(result: dict[str, Any], fmt: str = "simple") -> str:
+    """The decisions: op, shape bucket, chosen, every candidate's time, what was left out and why."""
+    from tabulate import tabulate
+
+    if not result.get("rows"):
+        return f"kernels: {result.get('status', 'no decisions')}"
+    table = []
+    for r in result["rows"]:
+        timed = {n: t for n, t in r["times_us"].items() if t is not None}
+        best = min(timed.values()) if timed else None
+        times = ", ".join(f"{n} {t:.1f}" + (f" ({t / best:.1f}×)" if best and n != r["chosen"] else "")
+                          for n, t in sorted(timed.items(), key=lambda kv: kv[1]))
+        left_out = "; ".join(f"{n}: {why}" for n, why in r["rejected"].items())
+        table.append([r["op"], r["bucket"], r["chosen"], times, left_out, ", ".join(r["models"])])
+    m = result["machine"]
+    head = (f"kernel choices on {m['cpu']} (torch capability {m['torch_capability']}; ISA flags "
+            f"{' '.join(m['isa_flags']) or 'none found'}; torch {m['torch']}, numba {m['numba']}, "
+            f"{m['threads']} threads), cache {result['cache']}:\n\n")
+    text = head + tabulate(table, headers=["op", "rows×K×N", "chosen", "candidates, µs per call (vs chosen)",
+                                           "left out", "models"], tablefmt=fmt, disable_numparse=True)
+    if result.get("failures"):
+        text += "\n\nfailed: " + "; ".join(result["failures"])
+    return text

@@ -1,0 +1,443 @@
+"""Kernel choice by measurement: each quantized Linear's implementations timed once per shape, the
+fastest kept and cached on disk.
+
+A quantized or fused module offers several implementations of one arithmetic (an :class:`Op`):
+torch ops (the reference), ``torch._int_mm``, oneDNN, the Numba kernels of :mod:`fxlab.nn.kernels`,
+native half GEMMs. Which is fastest depends on the CPU (AVX512-VNNI, AVX512-BF16, AMX), the
+libraries and the shape, so no constant picks it. The first call of an op on a *shape bucket*
+(rows rounded up to a power of two × in-features × out-features) times every candidate that is
+exact for the mode on that very input (a warm-up call, then the best of a few calls within about a
+millisecond each), checks each one's output against the reference's (int8 codes equal, floats
+within the mode's rounding), and keeps the fastest. Decisions are cached in memory and in a JSON
+file under the user cache (``<cache>/fxlab/kernels/``, written atomically), named by a key of the
+CPU model, its ISA flags, and the torch, numba and fxlab versions, like Inductor's autotune cache:
+another machine or another torch measures afresh.
+
+``FXLAB_KERNELS`` (read at import) sets the policy:
+
+- ``auto`` (default): measured choice as above;
+- ``torch``: the reference torch ops everywhere, nothing timed (the test suite's setting);
+- a candidate's name (``numba``, ``numba+int_mm``, ``int_mm``, ``native``, ``onednn``, ...): that
+  candidate wherever an op has it, the reference elsewhere.
+
+Nothing is timed on the autograd path, under ``torch.compile``, ``torch.export``, FX or TorchScript
+tracing, for CUDA tensors, or for non-contiguous inputs: :func:`choose` returns None there and the
+module runs its reference path. ``python -m fxlab.bench --suite kernels`` prints every decision
+with its candidates' times.
+
+>>> from fxlab.nn.kernels import choice
+>>> choice.bucket(200, 784, 128)
+'256x784x128'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import os
+import platform
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Candidate", "Decision", "Op", "bucket", "cache_path", "choose", "decisions", "eligible", "forced",
+           "machine", "machine_key", "mismatch", "ops", "policy", "remeasured", "reset"]
+
+#: Seconds of timed calls per candidate after which measuring stops (at least 3 rounds run).
+TIME_BUDGET = 2e-3
+#: Rounds at most: each candidate's best call of these is kept.
+TIME_CALLS = 7
+#: A candidate this many times slower than the fastest after two rounds is not timed further.
+DROP_FACTOR = 8.0
+
+_POLICY = os.environ.get("FXLAB_KERNELS", "auto").strip().lower() or "auto"
+_LOCK = threading.RLock()
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One implementation of an op: ``fn(module, x, *args)`` returns the output; ``available()``
+    says whether it can run on this machine and build (a missing library, no native bf16, ...)."""
+
+    name: str
+    fn: Callable[..., Tensor]
+    available: Callable[[], bool] = lambda: True
+    note: str = ""
+
+
+@dataclass
+class Op:
+    """An arithmetic with interchangeable implementations, the first of ``candidates`` being the
+    reference (torch ops). ``exact``: outputs must equal the reference's. Otherwise integer outputs
+    (requantized codes) may differ by one where a rounding tie fell the other way (in at most 0.1 %
+    of them), and float outputs by at most ``bound(module, x, *args)`` (elementwise; the mode's
+    rounding) when given, else by ``rtol`` relative to each value plus ``rtol`` × the largest."""
+
+    name: str
+    candidates: list[Candidate]
+    exact: bool = False
+    rtol: float = 1e-5
+    bound: Callable[..., Tensor] | None = None
+    _memo: dict[tuple[int, int, int], Candidate] = field(default_factory=dict, repr=False)
+
+    @property
+    def reference(self) -> Candidate:
+        return self.candidates[0]
+
+    def candidate(self, name: str) -> Candidate | None:
+        return next((c for c in self.candidates if c.name == name), None)
+
+    def __post_init__(self) -> None:
+        _OPS[self.name] = self
+
+
+@dataclass
+class Decision:
+    """What was chosen for one op and shape bucket, and why."""
+
+    op: str
+    bucket: str
+    chosen: str
+    reason: str  # "fastest exact", "forced by FXLAB_KERNELS", "only candidate", "cached"
+    times_us: dict[str, float | None] = field(default_factory=dict)  # None: not run (unavailable)
+    rejected: dict[str, str] = field(default_factory=dict)  # candidate → why it was left out
+    source: str = "measured"  # "measured" (this process), "disk" (the cache file), "forced"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"op": self.op, "bucket": self.bucket, "chosen": self.chosen, "reason": self.reason,
+                "times_us": self.times_us, "rejected": self.rejected}
+
+
+_OPS: dict[str, Op] = {}
+_READ_DISK = True
+_DECISIONS: dict[tuple[str, str], Decision] = {}
+_DISK: dict[str, Any] | None = None
+
+
+def policy() -> str:
+    """The current policy: ``auto``, ``torch`` or a candidate's name (``FXLAB_KERNELS``)."""
+    return _POLICY
+
+
+@contextlib.contextmanager
+def forced(name: str) -> Iterator[None]:
+    """Run with policy ``name`` (``auto``, ``torch`` or a candidate's name) within this block;
+    in-memory decisions are kept apart and restored afterwards (for tests and comparisons).
+
+    >>> with forced("torch"):
+    ...     policy()
+    'torch'
+    """
+    global _POLICY
+    with _LOCK:
+        saved, saved_memo = _POLICY, {name_: dict(op._memo) for name_, op in _OPS.items()}
+        _POLICY = name.strip().lower()
+        for op in _OPS.values():
+            op._memo.clear()
+    try:
+        yield
+    finally:
+        with _LOCK:
+            _POLICY = saved
+            for name_, op in _OPS.items():
+                op._memo.clear()
+                op._memo.update(saved_memo.get(name_, {}))
+
+
+def bucket(rows: int, k: int, n: int) -> str:
+    """The shape bucket of a (rows, k) input times a (n, k) weight: rows rounded up to a power of two."""
+    return f"{1 << max(0, rows - 1).bit_length()}x{k}x{n}"
+
+
+_is_grad_enabled = torch.is_grad_enabled
+_is_compiling = torch.compiler.is_compiling
+_is_tracing = torch.jit.is_tracing
+_is_fx_tracing = getattr(torch.fx._symbolic_trace, "_get_is_fx_tracing", lambda: False)
+_is_exporting = torch.compiler.is_exporting
+
+
+def eligible(x: Tensor) -> bool:
+    """Whether a choice applies to input ``x``: a plain contiguous CPU tensor outside autograd,
+    not being compiled, exported or traced. (Called on every quantized forward: kept lean.)"""
+    return not (
+        type(x) is not Tensor
+        or not x.is_cpu
+        or not x.is_contiguous()
+        or (x.requires_grad and _is_grad_enabled())
+        or _is_compiling()
+        or _is_tracing()
+        or _is_fx_tracing()
+        or _is_exporting()
+    )
+
+
+def choose(op: Op, module: Any, x: Tensor, out_features: int, *args: Any) -> Candidate | None:
+    """The candidate of ``op`` to run for ``x`` (2-D) on ``module`` (whose further arguments are
+    ``args``); None when no choice applies (see :func:`eligible`): the caller's reference path runs.
+
+    Under policy ``auto`` the first call on a new shape bucket measures the candidates on ``x``.
+    (Called on every quantized forward: the checks of :func:`eligible` inlined, one dict lookup.)
+    """
+    if (
+        type(x) is not Tensor
+        or not x.is_cpu
+        or (x.requires_grad and _is_grad_enabled())
+        or not x.is_contiguous()
+        or _is_compiling()
+        or _is_tracing()
+        or _is_fx_tracing()
+        or _is_exporting()
+    ):
+        return None
+    rows, k = x.shape
+    key = ((rows - 1).bit_length(), k, out_features)
+    c = op._memo.get(key)
+    if c is None:
+        c = _decide(op, key, module, x, args)
+    return c
+
+
+def _decide(op: Op, memo_key: tuple[int, int, int], module: Any, x: Tensor, args: tuple[Any, ...]) -> Candidate:
+    with _LOCK:
+        c = op._memo.get(memo_key)
+        if c is not None:
+            return c
+        bits, k, n = memo_key
+        key = f"{1 << max(0, bits)}x{k}x{n}"
+        pol = _POLICY
+        if pol == "torch":
+            decision = Decision(op.name, key, op.reference.name, "reference (FXLAB_KERNELS=torch)", source="forced")
+        elif pol != "auto":
+            forced_c = op.candidate(pol)
+            usable = forced_c is not None and _available(forced_c)
+            decision = Decision(op.name, key, pol if usable else op.reference.name,
+                                f"forced by FXLAB_KERNELS={pol}" if usable else
+                                f"FXLAB_KERNELS={pol}: not a candidate here, reference used", source="forced")
+        else:
+            decision = _from_disk(op.name, key) or _measure(op, key, module, x, args)
+        c = op.candidate(decision.chosen) or op.reference
+        op._memo[memo_key] = c
+        _DECISIONS[(op.name, key)] = decision
+        return c
+
+
+def _available(c: Candidate) -> bool:
+    try:
+        return bool(c.available())
+    except Exception:  # an availability probe that fails means: not available
+        return False
+
+
+def _once(fn: Callable[[], Tensor]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def mismatch(op: Op, out: Tensor, ref: Tensor, module: Any, x: Tensor, *args: Any) -> str | None:
+    """Why ``out`` (a candidate's) is not the mode's numbers that ``ref`` (the reference's) are;
+    None when it is. (The tests hold every candidate to this too.)"""
+    if out.shape != ref.shape or out.dtype != ref.dtype:
+        return f"shape/dtype {tuple(out.shape)} {out.dtype}, expected {tuple(ref.shape)} {ref.dtype}"
+    if op.exact:
+        return None if torch.equal(out, ref) else f"{int((out != ref).sum())} of {out.numel()} values differ"
+    if not out.is_floating_point():
+        diff = (out.int() - ref.int()).abs()
+        off = int((diff > 0).sum())
+        if int(diff.max()) > 1 or off > max(1, out.numel() // 1000):
+            return f"{off} of {out.numel()} codes differ (at most {int(diff.max())})"
+        return None
+    diff = (out - ref).abs()
+    allowed = (op.bound(module, x, *args) if op.bound is not None
+               else op.rtol * (ref.abs() + ref.abs().max()))
+    if not bool((diff <= allowed).all()) or bool(out.isnan().ne(ref.isnan()).any()):
+        return f"max |diff| {float(diff.max()):.3g} beyond the mode's rounding"
+    return None
+
+
+def _measure(op: Op, key: str, module: Any, x: Tensor, args: tuple[Any, ...]) -> Decision:
+    """Time the available candidates on ``x``, interleaved: round after round each one runs once
+    (a shared CPU's noise then hits them alike), the best call of each kept. A candidate over
+    4 × ``DROP_FACTOR`` × the best after one round, or ``DROP_FACTOR`` × after two, is dropped; rounds stop after ``TIME_CALLS``,
+    or after 3 once ``TIME_BUDGET`` per candidate is spent. Each candidate's output is checked
+    against the reference's first (:func:`mismatch`): one that is not the mode's numbers is never
+    chosen."""
+    best: dict[str, float] = {}
+    times: dict[str, float | None] = {}
+    rejected: dict[str, str] = {}
+    calls: dict[str, Callable[[], Tensor]] = {}
+    with torch.no_grad():
+        ref = op.reference.fn(module, x, *args)
+        for c in op.candidates:
+            times[c.name] = None
+            if not _available(c):
+                rejected[c.name] = c.note or "not available here"
+                continue
+            try:
+                out = c.fn(module, x, *args)  # also the warm-up call (JIT loading, packing, caches)
+                why = None if c is op.reference else mismatch(op, out, ref, module, x, *args)
+            except Exception as exc:  # a candidate that fails is left out, never fatal
+                why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+            if why is not None:
+                rejected[c.name] = why
+                log.warning("kernel %s for %s %s left out: %s", c.name, op.name, key, why)
+                continue
+            calls[c.name] = functools.partial(c.fn, module, x, *args)
+        spent = 0.0
+        for r in range(TIME_CALLS):
+            for name in list(calls) if r % 2 == 0 else list(calls)[::-1]:
+                dt = _once(calls[name])
+                spent += dt
+                best[name] = min(best.get(name, dt), dt)
+            if r <= 1:  # after one call each only the hopeless go (a spike of load is rarely that large)
+                fastest = min(best.values(), default=0.0)
+                factor = DROP_FACTOR * (4 if r == 0 else 1)
+                for name in [n for n, t in best.items() if n in calls and t > factor * fastest]:
+                    del calls[name]
+            if r >= 2 and spent >= TIME_BUDGET * max(1, len(best)):
+                break
+    times.update({n: t * 1e6 for n, t in best.items()})
+    chosen = min(best, key=best.__getitem__) if best else op.reference.name
+    reason = "only candidate" if len(best) <= 1 else f"fastest of {len(best)} exact candidates"
+    decision = Decision(op.name, key, chosen, reason, times, rejected)
+    log.info("kernel choice %s %s: %s (%s)", op.name, key, chosen,
+             ", ".join(f"{n} {t:.1f} µs" for n, t in times.items() if t is not None))
+    _to_disk(decision)
+    return decision
+
+
+# --------------------------------------------------------------------------------------------
+# the machine and the disk cache
+
+
+@functools.cache
+def machine() -> dict[str, Any]:
+    """What a decision depends on besides the shape: CPU model and ISA flags, torch, numba, fxlab."""
+    import fxlab
+
+    model, flags = platform.processor() or platform.machine(), []
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model == (platform.processor() or platform.machine()):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = sorted(f for f in line.split(":", 1)[1].split()
+                               if f.startswith(("avx", "amx", "fma", "f16c", "sse4")))
+    except OSError:
+        pass
+    try:
+        capability = str(torch.backends.cpu.get_cpu_capability())
+    except (AttributeError, RuntimeError):  # pragma: no cover - older torch
+        capability = ""
+    try:
+        import numba
+
+        numba_version = numba.__version__
+    except ImportError:
+        numba_version = None
+    return {"cpu": model, "isa_flags": flags, "torch_capability": capability, "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "numba": numba_version, "fxlab": fxlab.__version__}
+
+
+def machine_key() -> str:
+    """A short hash of :func:`machine`: the cache file's name."""
+    text = json.dumps(machine(), sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def cache_path() -> Path:
+    """The JSON file holding this machine's decisions (``<user cache>/fxlab/kernels/<key>.json``)."""
+    from ...data import cache_dir
+
+    return cache_dir() / "kernels" / f"choices-{machine_key()}.json"
+
+
+def _disk() -> dict[str, Any]:
+    global _DISK
+    if _DISK is None:
+        _DISK = {}
+        path = cache_path()
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            if doc.get("machine") == machine():
+                _DISK = dict(doc.get("decisions", {}))
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, AttributeError) as exc:
+            log.warning("ignoring unreadable kernel choice cache %s: %s", path, exc)
+    return _DISK
+
+
+def _from_disk(op: str, key: str) -> Decision | None:
+    if not _READ_DISK:
+        return None
+    d = _disk().get(f"{op}/{key}")
+    target = _OPS.get(op)
+    if not isinstance(d, dict) or target is None or target.candidate(str(d.get("chosen"))) is None:
+        return None
+    return Decision(op, key, d["chosen"], d.get("reason", ""), dict(d.get("times_us", {})),
+                    dict(d.get("rejected", {})), source="disk")
+
+
+def _to_disk(decision: Decision) -> None:
+    from ..._util import write_atomic
+
+    disk = _disk()
+    disk[f"{decision.op}/{decision.bucket}"] = decision.to_json()
+    doc = {"machine": machine(), "decisions": disk}
+    try:
+        write_atomic(cache_path(), json.dumps(doc, indent=1, sort_keys=True), make_dirs=True)
+    except Exception as exc:  # a read-only cache costs a re-measurement next time, nothing more
+        log.warning("could not write the kernel choice cache %s: %s", cache_path(), exc)
+
+
+@contextlib.contextmanager
+def remeasured() -> Iterator[None]:
+    """Within this block, under policy ``auto``, every shape bucket is measured afresh (the cache
+    file is not read, and is updated with the new decisions); in-memory decisions are forgotten
+    on entry. ``python -m fxlab.bench --suite kernels`` measures this way."""
+    global _READ_DISK
+    with _LOCK:
+        saved = _READ_DISK
+        _READ_DISK = False
+        for op in _OPS.values():
+            op._memo.clear()
+    try:
+        yield
+    finally:
+        with _LOCK:
+            _READ_DISK = saved
+            for op in _OPS.values():
+                op._memo.clear()
+
+
+def ops() -> dict[str, Op]:
+    """Every op registered so far, by name (the quantized modules register theirs at import)."""
+    return dict(_OPS)
+
+
+def decisions() -> list[Decision]:
+    """Every decision taken (or read from the disk cache) in this process, in order."""
+    return list(_DECISIONS.values())
+
+
+def reset(*, disk: bool = False) -> None:
+    """Forget the decisions of this process (and with ``disk``, re-read the cache file next time)."""
+    global _DISK
+    with _LOCK:
+        for op in _OPS.values():
+            op._memo.clear()
+        _DECISIONS.clear()
+        if disk:
+            _DISK = None

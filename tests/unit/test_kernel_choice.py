@@ -1,0 +1,134 @@
+"""fxlab.nn.kernels.choice: measured once per shape bucket, cached on disk per machine, forced by
+policy, never on the autograd path or under graph capture, never an implementation that is not exact."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from fxlab.nn import Int8DynamicLinear, kernels
+from fxlab.nn.kernels import choice
+from fxlab.nn.quantized import DYNAMIC_OP
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A fresh user cache and no decisions in memory; the policy ``auto`` with the kernels on."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    choice.reset(disk=True)
+    with kernels.enabled(), choice.forced("auto"):
+        yield tmp_path
+    choice.reset(disk=True)
+
+
+def _module() -> Int8DynamicLinear:
+    torch.manual_seed(0)
+    return Int8DynamicLinear.from_float(nn.Linear(96, 24), relu=True)
+
+
+def test_buckets_round_rows_up_to_a_power_of_two() -> None:
+    assert [choice.bucket(r, 784, 128) for r in (1, 2, 3, 8, 9, 256, 257)] == [
+        "1x784x128", "2x784x128", "4x784x128", "8x784x128", "16x784x128", "256x784x128", "512x784x128"]
+
+
+def test_auto_measures_once_per_bucket_and_writes_the_cache(cache) -> None:
+    m = _module()
+    with torch.no_grad():
+        m(torch.randn(200, 96))
+        m(torch.randn(250, 96))  # same bucket: no second measurement
+        m(torch.randn(3, 96))
+    mine = [d for d in choice.decisions() if d.op == "dynamic"]
+    assert [d.bucket for d in mine] == ["256x96x24", "4x96x24"]
+    d = mine[0]
+    assert d.source == "measured" and d.reason.startswith("fastest of")
+    timed = {n: t for n, t in d.times_us.items() if t is not None}
+    assert set(timed) == {"torch", "numba", "numba+int_mm"} or len(timed) >= 2
+    assert d.chosen == min(timed, key=timed.__getitem__)
+    doc = json.loads(choice.cache_path().read_text())
+    assert choice.cache_path().parent == cache / "fxlab" / "kernels"
+    assert doc["machine"] == choice.machine() and doc["machine"]["torch"] == torch.__version__
+    assert doc["decisions"]["dynamic/256x96x24"]["chosen"] == d.chosen
+    assert not list(choice.cache_path().parent.glob("*.tmp*"))  # written atomically, nothing left over
+
+
+def test_a_new_process_reads_the_decisions_instead_of_timing(cache, monkeypatch) -> None:
+    m = _module()
+    x = torch.randn(40, 96)
+    with torch.no_grad():
+        first = m(x)
+    chosen = choice.decisions()[-1].chosen
+    choice.reset(disk=True)  # as a new process: nothing in memory, the file re-read
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("measured again although the cache holds the decision")
+
+    monkeypatch.setattr(choice, "_measure", no_timing)
+    with torch.no_grad():
+        again = m(x)
+    d = choice.decisions()[-1]
+    assert d.source == "disk" and d.chosen == chosen
+    torch.testing.assert_close(again, first, rtol=1e-5, atol=1e-5)
+
+
+def test_an_unreadable_cache_is_measured_afresh_and_rewritten(cache, caplog) -> None:
+    path = choice.cache_path()
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    with caplog.at_level(logging.WARNING), torch.no_grad():
+        _module()(torch.randn(5, 96))
+    assert "unreadable kernel choice cache" in caplog.text
+    assert "dynamic/8x96x24" in json.loads(path.read_text())["decisions"]
+
+
+def test_policies_force_a_candidate_or_the_reference(cache) -> None:
+    m = _module()
+    x = torch.randn(300, 96)
+    with torch.no_grad():
+        for policy, expected in (("numba", "numba"), ("torch", "torch"), ("no-such-kernel", "torch")):
+            with choice.forced(policy):
+                m(x)
+                d = choice.decisions()[-1]
+                assert (d.chosen, d.source) == (expected, "forced") and not d.times_us
+    assert not choice.cache_path().exists()  # forced choices are not measurements: nothing written
+
+
+def test_no_choice_on_the_autograd_path_or_for_odd_inputs(cache) -> None:
+    m = _module()
+    args = (m.weight, m.weight_scale, m.bias, True)
+    assert choice.choose(DYNAMIC_OP, m, torch.randn(4, 96, requires_grad=True), 24, *args) is None
+    assert choice.choose(DYNAMIC_OP, m, torch.randn(96, 4).t(), 24, *args) is None  # not contiguous
+    with torch.no_grad():
+        assert choice.choose(DYNAMIC_OP, m, torch.randn(4, 96, requires_grad=True), 24, *args) is not None
+    x = torch.randn(4, 96, requires_grad=True)
+    before = len(choice.decisions())
+    m(x)  # the autograd path runs without a decision
+    assert len(choice.decisions()) == before
+
+
+def test_no_choice_while_a_graph_is_captured(cache) -> None:
+    model = nn.Sequential(_module(), nn.ReLU())
+    before = len(choice.decisions())
+    with torch.no_grad():
+        ep = torch.export.export(model, (torch.randn(8, 96),))
+    assert len(choice.decisions()) == before  # the reference path was captured, nothing timed
+    assert ep.module()(torch.randn(8, 96)).shape == (8, 24)
+
+
+def test_a_candidate_that_is_not_exact_is_never_chosen(cache, caplog) -> None:
+    def reference(module, x):
+        return x * 2
+
+    def wrong_but_fast(module, x):
+        return x
+
+    op = choice.Op("test-not-exact", [choice.Candidate("torch", reference), choice.Candidate("fast", wrong_but_fast)])
+    with caplog.at_level(logging.WARNING), torch.no_grad():
+        c = choice.choose(op, None, torch.randn(4, 6), 6)
+    assert c is not None and c.name == "torch"
+    d = choice.decisions()[-1]
+    assert "fast" in d.rejected and d.times_us["fast"] is None
+    assert "left out" in caplog.text
