@@ -90,6 +90,8 @@ class Config:
     models: tuple[str, ...] = ("mymodule", "neuralnetwork", "simplenn", "mymnist", "linear-relu-stack", "lenet5",
                                "mnist-cnn")
     batches: tuple[int, ...] = (1, 256, 10_000)
+    # the CNNs' batch sizes: an int8 conv on a CPU takes seconds a call at 10 000 images
+    conv_batches: tuple[int, ...] = (1, 256)
     rounds: int = 7
     round_time: float = 0.1  # seconds of calls per candidate per round
     compile_models: tuple[str, ...] | None = None  # None: all models

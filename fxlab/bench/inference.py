@@ -251,8 +251,11 @@ def _measure_model(name: str, images: torch.Tensor, calibration: list[torch.Tens
     compile_model = cfg.compile_models is None or name in cfg.compile_models
     variants = inference_variants(model, device, calibration, compile_=compile_model)
     sizes = {v.label: state_dict_bytes(v.module) for v in variants if v.module is not None}
+    batches = cfg.batches
+    if any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules()):
+        batches = tuple(b for b in cfg.batches if b in cfg.conv_batches)
     rows = []
-    for batch in cfg.batches:
+    for batch in batches:
         rows += _measure_batch(name, variants, images[:batch], cfg, device, sizes)
     del variants
     with contextlib.suppress(Exception):
