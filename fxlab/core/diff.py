@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch.fx as fx
 
-from .printing import node_line
+from .printing import node_line, submodules
 from .provenance import origin_map
 
 
@@ -49,7 +49,8 @@ class GraphDiff:
 
 def signatures(gm: fx.GraphModule) -> dict[str, str]:
     """Node name → printout line, in graph order; the input of :func:`diff_signatures`."""
-    return {n.name: node_line(gm, n) for n in gm.graph.nodes}
+    modules = submodules(gm)
+    return {n.name: node_line(gm, n, modules) for n in gm.graph.nodes}
 
 
 def diff_signatures(
