@@ -125,8 +125,8 @@ def passes_targets(rows: list[dict[str, Any]], ratios: list[dict[str, Any]], gro
         floor = next((x["time_ratio"] for x in growth
                       if x["change"] == g["change"] and x["implementation"] == "trace only"), None)
         limit = 1.125 * g["depth_ratio"]
-        note = "; ".join(t for t in (_range(g.get("cpu")), f"wall {g['wall_ratio']:.2f}×" if g.get("wall_ratio") else "",
-                                     f"trace only grows {floor:.2f}×" if floor else "") if t)
+        wall = f"wall {g['wall_ratio']:.2f}×" if g.get("wall_ratio") else ""
+        note = "; ".join(t for t in (_range(g.get("cpu")), wall, f"trace only grows {floor:.2f}×" if floor else "") if t)
         out.append(Target("pass application grows linearly", f"{g['change']}, {depths[0]}→{depths[1]} layers",
                           g["time_ratio"], f"≤ {limit:.2f}× time for {g['depth_ratio']:.0f}× layers",
                           g["time_ratio"] <= limit, note))

@@ -120,7 +120,7 @@ def _gc_paused() -> Iterator[None]:
     Copying, tracing and rewriting a model of n layers creates O(n) container objects that stay
     alive (the new graph and its modules). With the collector on, every 700 new objects start a
     collection, and whenever the survivors grow the old generation by a quarter a full collection
-    walks every object of the process (torch alone is about 200 000): on a 4 000-layer MLP that
+    walks every object of the process (about 180 000 once torch is imported): on a 4 000-layer MLP that
     is 2 or 3 full collections per ``apply``, 20–30 % of its CPU time, and whether a call gets 2
     or 3 depends on what ran before it. Paused, none runs inside ``apply``; the objects it made
     join the old generation together afterwards, so the process pays at most one full

@@ -599,3 +599,15 @@ def test_submodule_lookup_matches_get_submodule() -> None:
             model.get_submodule(bad)
         with pytest.raises(AttributeError, match=str(theirs.value)):
             get(bad)
+
+
+def test_replaced_nodes_list_what_they_replaced_in_graph_order() -> None:
+    from fxlab.core import diff_signatures
+
+    before = {"x": "%x = input", "a": "%a = F.relu(%x)", "b": "%b = F.relu(%a)", "c": "%c = F.relu(%b)",
+              "output": "return %c"}
+    after = {"x": "%x = input", "ab": "%ab = f(%x)", "c2": "%c2 = g(%ab)", "output": "return %c2"}
+    origins = {"ab": ("b", "a", "b"), "c2": ("c",)}  # given out of order, one name twice
+    diff = diff_signatures(before, after, None, origins)
+    assert diff.replaced == {"ab": ["a", "b"], "c2": ["c"]}
+    assert (diff.added, diff.removed, diff.changed) == ([], [], ["output"])
