@@ -139,8 +139,9 @@ def passes_tables(result: dict[str, Any], fmt: str = "simple") -> str:
         cells.append("—" if wall is None else f"{wall:.2f}×")
         table.append(cells)
     headers = ["change", "layers", *[f"{i} ms" for i in impls], "fxlab / hand", "wall"]
-    text = ("pass application (CPU ms per call, median ± IQR/median (wall ms); fxlab / hand: median of "
-            "per-round ratios (range)):\n\n" + tabulate(table, headers=headers, tablefmt=fmt, disable_numparse=True))
+    what = ("CPU ms per call, median ± IQR/median (wall ms); fxlab / hand: median of per-round CPU-time ratios "
+            "(range)" if any("cpu_s" in r for r in result["rows"]) else "ms per call, median ± IQR/median")
+    text = f"pass application ({what}):\n\n" + tabulate(table, headers=headers, tablefmt=fmt, disable_numparse=True)
     if result["growth"]:
         g = [[x["change"], x["implementation"], f"{x['depths'][0]}→{x['depths'][1]}",
               f"{x['time_ratio']:.2f}×" + (f" ({x['cpu']['min']:.2f}–{x['cpu']['max']:.2f})" if "cpu" in x else ""),
