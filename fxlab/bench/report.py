@@ -129,20 +129,33 @@ def passes_tables(result: dict[str, Any], fmt: str = "simple") -> str:
                       and r["implementation"] == impl), None)
             if r is None:
                 cells.append("")
-            elif r.get("status") == "ok":
+            elif r.get("status") == "ok" and "cpu_s" in r:
+                cells.append(f"{_ms(r['cpu_s'])} ±{r['cpu_spread'] * 100:.0f}% ({_ms(r['time_s'])})")
+            elif r.get("status") == "ok":  # a run saved before CPU times were recorded
                 cells.append(f"{_ms(r['time_s'])} ±{r['spread'] * 100:.0f}%")
             else:
                 cells.append(r["status"][:40])
-        cells.append("—" if ratio["fxlab_over_hand"] is None else f"{ratio['fxlab_over_hand']:.2f}×")
+        cpu = (ratio.get("paired_hand") or {}).get("cpu")
+        cells.append("—" if ratio["fxlab_over_hand"] is None else f"{ratio['fxlab_over_hand']:.2f}×"
+                     + (f" ({cpu['min']:.2f}–{cpu['max']:.2f})" if cpu else ""))
+        wall = ratio.get("fxlab_over_hand_wall")
+        cells.append("—" if wall is None else f"{wall:.2f}×")
         table.append(cells)
-    headers = ["change", "layers", *[f"{i} ms" for i in impls], "fxlab / hand"]
-    text = "pass application (ms per call, median ± IQR/median):\n\n" + tabulate(table, headers=headers, tablefmt=fmt,
-                                                                                   disable_numparse=True)
+    headers = ["change", "layers", *[f"{i} ms" for i in impls], "fxlab / hand", "wall"]
+    what = ("CPU ms per call, median ± IQR/median (wall ms); fxlab / hand: median of per-round CPU-time ratios "
+            "(range)" if any("cpu_s" in r for r in result["rows"]) else "ms per call, median ± IQR/median")
+    text = f"pass application ({what}):\n\n" + tabulate(table, headers=headers, tablefmt=fmt, disable_numparse=True)
     if result["growth"]:
-        g = [[x["change"], x["implementation"], f"{x['depths'][0]}→{x['depths'][1]}", f"{x['time_ratio']:.2f}×"]
+        g = [[x["change"], x["implementation"], f"{x['depths'][0]}→{x['depths'][1]}",
+              f"{x['time_ratio']:.2f}×" + (f" ({x['cpu']['min']:.2f}–{x['cpu']['max']:.2f})" if "cpu" in x else ""),
+              f"{x['wall_ratio']:.2f}×" if "wall_ratio" in x else "—"]
              for x in result["growth"]]
-        text += "\n\ngrowth with depth:\n\n" + tabulate(g, headers=["change", "implementation", "layers", "time ratio"],
-                                                        tablefmt=fmt, disable_numparse=True)
+        text += "\n\ngrowth with depth:\n\n" + tabulate(
+            g, headers=["change", "implementation", "layers", "time ratio (range)", "wall"], tablefmt=fmt,
+            disable_numparse=True)
+    if result.get("load_average"):
+        text += "\n\nload average (1, 5, 15 min) at start and end: " + " → ".join(
+            "/".join(f"{x:.1f}" for x in load) for load in result["load_average"])
     return text
 
 

@@ -5,7 +5,7 @@ Plain functions over an explicit ``GraphModule``; nothing here mutates its input
 """
 
 from .diff import GraphDiff, diff_graphs, diff_signatures, signatures
-from .printing import args_text, format_graph, module_text, node_line, target_name
+from .printing import args_text, format_graph, module_text, node_line, submodules, target_name
 from .provenance import base, origin_map, origins
 from .select import Selector, describe_selector, module_paths, select
 from .trace import LeafModule, trace
@@ -27,6 +27,7 @@ __all__ = [
     "origins",
     "select",
     "signatures",
+    "submodules",
     "target_name",
     "trace",
 ]

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch.fx as fx
 
-from .printing import node_line
+from .printing import node_line, submodules
 from .provenance import origin_map
 
 
@@ -49,7 +49,8 @@ class GraphDiff:
 
 def signatures(gm: fx.GraphModule) -> dict[str, str]:
     """Node name → printout line, in graph order; the input of :func:`diff_signatures`."""
-    return {n.name: node_line(gm, n) for n in gm.graph.nodes}
+    modules = submodules(gm)
+    return {n.name: node_line(gm, n, modules) for n in gm.graph.nodes}
 
 
 def diff_signatures(
@@ -61,6 +62,7 @@ def diff_signatures(
     """Diff two :func:`signatures` maps (and their nodes' origins) in time linear in their size."""
     diff = GraphDiff(before=before, after=after)
     gone = [n for n in before if n not in after]
+    position = {n: i for i, n in enumerate(gone)}  # graph order of the removed nodes
     owner: dict[str, str] = {}  # traced name → a removed node standing for it
     for n in gone:
         for o in (before_origins or {}).get(n, (n,)):
@@ -70,12 +72,9 @@ def diff_signatures(
             if before[n] != sig:
                 diff.changed.append(n)
             continue
-        olds = []
-        for o in (after_origins or {}).get(n, ()):
-            if o in owner and owner[o] not in olds:
-                olds.append(owner[o])
+        olds = {owner[o]: None for o in (after_origins or {}).get(n, ()) if o in owner}
         if olds:
-            diff.replaced[n] = [m for m in gone if m in olds]
+            diff.replaced[n] = sorted(olds, key=position.__getitem__)
         else:
             diff.added.append(n)
     taken = {m for olds in diff.replaced.values() for m in olds}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -64,8 +65,34 @@ def module_text(module: nn.Module) -> str:
     return text if "\n" not in text else f"{type(module).__name__}(…)"
 
 
-def node_line(gm: fx.GraphModule, node: fx.Node) -> str:
-    """One line of fxlab's graph printout for ``node``."""
+def submodules(root: nn.Module) -> Callable[[str], nn.Module]:
+    """A lookup of ``root``'s submodules by dotted path that resolves each path prefix once.
+
+    ``root.get_submodule(path)`` walks the path with ``getattr`` on every call; a printout or a
+    selection over a graph of n ``call_module`` nodes asks for n paths, so this lookup keeps
+    that to one ``dict`` access per path. Build one per walk over a graph (it caches what it
+    saw). A path that is not a registered submodule goes to ``get_submodule`` (torch's error).
+    """
+    found: dict[str, nn.Module] = {"": root}
+
+    def get(path: str) -> nn.Module:
+        module = found.get(path)
+        if module is None:
+            parent, _, name = path.rpartition(".")
+            try:
+                module = get(parent)._modules.get(name)
+            except AttributeError:
+                module = None
+            if not isinstance(module, nn.Module):
+                module = root.get_submodule(path)  # torch's error, naming the whole path
+            found[path] = module
+        return module
+
+    return get
+
+
+def node_line(gm: fx.GraphModule, node: fx.Node, modules: Callable[[str], nn.Module] | None = None) -> str:
+    """One line of fxlab's graph printout for ``node`` (``modules``: a :func:`submodules` lookup of ``gm``)."""
     if node.op == "placeholder":
         return f"%{node.name} = input"
     if node.op == "output":
@@ -73,7 +100,7 @@ def node_line(gm: fx.GraphModule, node: fx.Node) -> str:
     if node.op == "get_attr":
         return f"%{node.name} = get_attr {node.target}"
     if node.op == "call_module":
-        module = module_text(gm.get_submodule(str(node.target)))
+        module = module_text((modules or gm.get_submodule)(str(node.target)))
         return f"%{node.name} = {node.target}:{module}({args_text(node)})"
     if node.op == "call_method":
         return f"%{node.name} = .{node.target}({args_text(node)})"
@@ -89,5 +116,6 @@ def format_graph(gm: fx.GraphModule) -> str:
     %_0 = 0:Linear(4→2)(%input_1)
     return %_0
     """
-    return "\n".join(node_line(gm, n) for n in gm.graph.nodes)
+    modules = submodules(gm)
+    return "\n".join(node_line(gm, n, modules) for n in gm.graph.nodes)
 

@@ -10,19 +10,14 @@ import torch.fx as fx
 from torch import nn
 
 from ..errors import SelectorError, did_you_mean
+from .printing import submodules
 
 #: What a selector may be: a node name or module path, a glob over those, an ``nn.Module``
 #: subclass, a function (``torch.relu``, ``F.relu``), or a list of any of these (their union).
 Selector = Union[str, type, Callable[..., Any], Sequence["Selector"]]
 
 
-def _module_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
-    if node.op != "call_module":
-        return None
-    return gm.get_submodule(str(node.target))
-
-
-def _matches(gm: fx.GraphModule, node: fx.Node, selector: Any) -> bool:
+def _matches(modules: Callable[[str], nn.Module], node: fx.Node, selector: Any) -> bool:
     if isinstance(selector, str):
         names = [node.name]
         if node.op == "call_module":
@@ -31,8 +26,7 @@ def _matches(gm: fx.GraphModule, node: fx.Node, selector: Any) -> bool:
             return any(fnmatch.fnmatchcase(n, selector) for n in names)
         return selector in names
     if isinstance(selector, type) and issubclass(selector, nn.Module):
-        module = _module_of(gm, node)
-        return module is not None and isinstance(module, selector)
+        return node.op == "call_module" and isinstance(modules(str(node.target)), selector)
     if callable(selector):
         return node.op == "call_function" and node.target is selector
     raise SelectorError(
@@ -58,7 +52,8 @@ def select(gm: fx.GraphModule, selector: Selector, *, allow_empty: bool = False)
     items = list(selector) if isinstance(selector, (list, tuple)) else [selector]
     if not items:
         raise SelectorError("empty selector list: name at least one node, path, glob or type")
-    found = [n for n in gm.graph.nodes if any(_matches(gm, n, s) for s in items)]
+    modules = submodules(gm)
+    found = [n for n in gm.graph.nodes if any(_matches(modules, n, s) for s in items)]
     if not found and not allow_empty:
         raise SelectorError(f"selector {describe_selector(selector)} matches no node{_hint(gm, items)}")
     return found

@@ -534,3 +534,80 @@ def test_site_records_and_the_rewrite_limit() -> None:
     # insert-relu reports its sites and honours the limit
     assert fxlab.records(fxlab.apply(model, [InsertRelu("layer3")]))[-1].rewritten == ["layer3"]
     assert fxlab.records(fxlab.apply(model, [InsertRelu("layer3")], limit=0))[-1].skipped == [("layer3", "beyond limit=0")]
+
+
+def test_each_pass_record_diffs_its_own_before_and_after() -> None:
+    """A pipeline's records equal what each pass gives applied alone to the previous result."""
+    pipeline = "insert-relu{after=layer3},fuse-linear-relu,insert-activation{after=layer* fn=tanh}"
+    model = build("mymodule").eval()
+    recs = fxlab.records(fxlab.apply(model, pipeline))
+    step = model
+    for record, p in zip(recs, fxlab.parse_pipeline(pipeline)):
+        alone = fxlab.records(fxlab.apply(step, [p]))[-1]
+        got, want = record.diff, alone.diff
+        assert (got.added, got.removed, got.changed, got.replaced) == (want.added, want.removed, want.changed,
+                                                                       want.replaced), p
+        assert got.before == want.before and got.after == want.after
+        assert record.row()[3:] == alone.row()[3:]  # everything but the name, kind and time
+        previous = step
+        step = fxlab.apply(step, [p])
+        assert fxlab.diff_graphs(fxlab.trace(previous) if not isinstance(previous, fx.GraphModule) else previous,
+                                 step).summary() == got.summary()
+    assert [r.name for r in recs] == ["insert-relu", "fuse-linear-relu", "insert-activation"]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_apply_restores_the_garbage_collectors_state(enabled: bool) -> None:
+    import gc
+
+    was = gc.isenabled()
+    seen: list[bool] = []
+
+    @dataclass
+    class Probe(fxlab.Pass):
+        name = ""
+        kind = "exact"
+        fail: bool = False
+
+        def call(self, gm):
+            seen.append(gc.isenabled())
+            if self.fail:
+                raise RuntimeError("boom")
+            return gm
+
+    try:
+        (gc.enable if enabled else gc.disable)()
+        fxlab.apply(build("mymodule"), [Probe()])
+        assert gc.isenabled() is enabled
+        with pytest.raises(fxlab.PassError, match="boom"):
+            fxlab.apply(build("mymodule"), [Probe(fail=True)])
+        assert gc.isenabled() is enabled
+        assert seen == [False, False]  # paused while the passes run
+    finally:
+        (gc.enable if was else gc.disable)()
+
+
+def test_submodule_lookup_matches_get_submodule() -> None:
+    from fxlab.core import submodules
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.ReLU(), nn.ModuleList([nn.Tanh()])))
+    get = submodules(model)
+    for path, module in model.named_modules():
+        assert get(path) is module is model.get_submodule(path)
+    for bad in ("2", "1.1.3", "0.weight", "1.x.0"):
+        with pytest.raises(AttributeError) as theirs:
+            model.get_submodule(bad)
+        with pytest.raises(AttributeError, match=str(theirs.value)):
+            get(bad)
+
+
+def test_replaced_nodes_list_what_they_replaced_in_graph_order() -> None:
+    from fxlab.core import diff_signatures
+
+    before = {"x": "%x = input", "a": "%a = F.relu(%x)", "b": "%b = F.relu(%a)", "c": "%c = F.relu(%b)",
+              "output": "return %c"}
+    after = {"x": "%x = input", "ab": "%ab = f(%x)", "c2": "%c2 = g(%ab)", "output": "return %c2"}
+    origins = {"ab": ("b", "a", "b"), "c2": ("c",)}  # given out of order, one name twice
+    diff = diff_signatures(before, after, None, origins)
+    assert diff.replaced == {"ab": ["a", "b"], "c2": ["c"]}
+    assert (diff.added, diff.removed, diff.changed) == ([], [], ["output"])
