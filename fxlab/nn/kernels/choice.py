@@ -291,7 +291,9 @@ def _measure(op: Op, key: str, module: Any, x: Tensor, args: tuple[Any, ...]) ->
                 why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
             if why is not None:
                 rejected[c.name] = why
-                log.warning("kernel %s for %s %s left out: %s", c.name, op.name, key, why)
+                # the reference or another candidate runs instead: worth a line with -v (and in the
+                # kernels suite's table), not a warning on a user's inference
+                log.info("kernel %s for %s %s left out: %s", c.name, op.name, key, why)
                 continue
             calls[c.name] = functools.partial(c.fn, module, x, *args)
         spent = 0.0
