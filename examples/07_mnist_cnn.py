@@ -45,7 +45,7 @@ print(loaded.description)
 assert loaded.arch == "mnist-cnn"
 print(f"test accuracy: {evaluate(loaded.model, mnist).accuracy:.2f}%")
 
-# 3. the conv pipeline, verified on MNIST------------------------------------------------------------
+# 3. the conv pipeline, verified on MNIST -----------------------------------------------------------
 pipeline = "remove-dropout,dce,fuse-conv-relu,quantize-conv{mode=weight-only}"
 report = fxlab.verify(loaded.model, pipeline, data=mnist, device="cpu", name="mnist_cnn.pt")
 print(report.table())
