@@ -3,8 +3,9 @@
 People who trained ``pytorch/examples/mnist`` have a ``mnist_cnn.pt`` next to them: a bare state
 dict (``torch.save(model.state_dict(), "mnist_cnn.pt")``). This example makes that file (training
 ``fxlab.models.MnistCNN`` briefly with ``fxlab.train``), loads it back through ``fxlab.load`` —
-recognised as ``mnist-cnn`` by its keys and shapes — and verifies the exact passes
-``remove-dropout,dce`` (and ``fuse-conv-relu`` where this fxlab has it) on real MNIST.
+recognised as ``mnist-cnn`` by its keys and shapes — and verifies the conv pipeline
+``remove-dropout,dce,fuse-conv-relu,quantize-conv{mode=weight-only}`` on real MNIST: three exact
+passes, then int8 weights for the convolutions (fused ReLUs kept) within their accuracy budget.
 
     python examples/07_mnist_cnn.py
 
@@ -44,10 +45,8 @@ print(loaded.description)
 assert loaded.arch == "mnist-cnn"
 print(f"test accuracy: {evaluate(loaded.model, mnist).accuracy:.2f}%")
 
-# 3. exact passes, verified on MNIST ---------------------------------------------------------------
-pipeline = "remove-dropout,dce"
-if "fuse-conv-relu" in fxlab.registered_passes():
-    pipeline += ",fuse-conv-relu"
+# 3. the conv pipeline, verified on MNIST -----------------------------------------------------------
+pipeline = "remove-dropout,dce,fuse-conv-relu,quantize-conv{mode=weight-only}"
 report = fxlab.verify(loaded.model, pipeline, data=mnist, device="cpu", name="mnist_cnn.pt")
 print(report.table())
 print(report.summary())

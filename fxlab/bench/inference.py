@@ -83,8 +83,8 @@ def fusion_passes(model: nn.Module) -> list[Any]:
     if _has(model, nn.Dropout):
         names.append("remove-dropout")
     names.append("fuse-linear-relu")
-    if _has(model, nn.modules.conv._ConvNd) and "fuse-conv-relu" in fxlab.registered_passes():
-        names.append("fuse-conv-relu")  # a pass of its own, where this fxlab has it
+    if _has(model, nn.modules.conv._ConvNd):
+        names.append("fuse-conv-relu")
     return [fxlab.get_pass(n)() for n in names]
 
 

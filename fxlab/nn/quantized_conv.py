@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core import LeafModule
+from .fused import ConvReLU
 from . import kernels
 from .quantized import _EPS, _HALF_NAMES, _onnx_exporting, graph_capture, int8_matmul, quantize_weight
 
@@ -65,7 +66,9 @@ def conv_geometry(conv: nn.Module) -> tuple[_Pair, _Pair, _Pair, _Pair] | str:
     """``(kernel, stride, padding, dilation)`` of an ``nn.Conv1d`` / ``nn.Conv2d`` as 2-D pairs, or
     the reason (text) it cannot be quantized here: ``groups > 1``, a padding mode other than zeros,
     or ``padding='same'`` that pads one side more than the other."""
-    ndim = 1 if isinstance(conv, nn.Conv1d) else 2
+    ndim = len(conv.kernel_size)
+    if ndim not in (1, 2):
+        return f"a {ndim}-d convolution is not quantized (1-d and 2-d only); left in float32"
     if conv.groups != 1:
         return f"groups={conv.groups} (grouped / depthwise conv) is not quantized; left in float32"
     if conv.padding_mode != "zeros":
@@ -110,7 +113,8 @@ def _int_gemm(xq: Tensor, wq: Tensor) -> Tensor:
 class _ConvBase(kernels.CacheFree, nn.Module, LeafModule):
     """Shapes and geometry of a quantized conv, its (…1d / …2d) input handling and its printout.
 
-    Subclasses implement ``conv2d(x4d)`` on a (B, C, H, W) input with the 2-D geometry pairs.
+    Subclasses implement ``conv2d(x4d)`` on a (B, C, H, W) input with the 2-D geometry pairs;
+    ``relu`` (a fused ``ConvReLU`` was quantized) applies the ReLU in place on the fresh output.
     """
 
     ndim: int = 2
@@ -124,8 +128,10 @@ class _ConvBase(kernels.CacheFree, nn.Module, LeafModule):
         padding: int | Sequence[int] = 0,
         dilation: int | Sequence[int] = 1,
         bias: bool = True,
+        relu: bool = False,
     ) -> None:
         super().__init__()
+        self.relu = bool(relu)
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         n = self.ndim
         self.kernel_size = _pair(kernel_size, n, 1)
@@ -139,14 +145,15 @@ class _ConvBase(kernels.CacheFree, nn.Module, LeafModule):
 
     @classmethod
     def from_float(cls, conv: nn.Module, **kwargs):
-        """The quantized module for ``conv`` (an ``nn.Conv1d`` / ``nn.Conv2d``; see :func:`conv_geometry`)."""
+        """The quantized module for ``conv`` (an ``nn.Conv1d`` / ``nn.Conv2d``, or a fused ``ConvReLU``
+        of one, whose ReLU the module then applies; see :func:`conv_geometry`)."""
         geometry = conv_geometry(conv)
         if isinstance(geometry, str):
             raise ValueError(f"cannot quantize {conv}: {geometry}")
         kernel, stride, padding, dilation = geometry
         n = cls.ndim
         module = cls(conv.in_channels, conv.out_channels, kernel[2 - n:], stride[2 - n:], padding[2 - n:],
-                     dilation[2 - n:], bias=conv.bias is not None, **kwargs)
+                     dilation[2 - n:], bias=conv.bias is not None, relu=isinstance(conv, ConvReLU), **kwargs)
         with torch.no_grad():
             module._set_weight(conv.weight.detach())
             if conv.bias is not None:
@@ -158,9 +165,8 @@ class _ConvBase(kernels.CacheFree, nn.Module, LeafModule):
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.ndim == 2:
-            return self.conv2d(x)
-        return self.conv2d(x.unsqueeze(-2)).squeeze(-2)
+        y = self.conv2d(x) if self.ndim == 2 else self.conv2d(x.unsqueeze(-2)).squeeze(-2)
+        return torch.relu_(y) if self.relu else y
 
     def conv2d(self, x: Tensor) -> Tensor:  # pragma: no cover
         raise NotImplementedError
@@ -188,6 +194,8 @@ class _ConvBase(kernels.CacheFree, nn.Module, LeafModule):
         parts.extend(self._details())
         if self.bias is None:
             parts.append("bias=False")
+        if self.relu:
+            parts.append("relu")
         return ", ".join(parts)
 
     def __repr__(self) -> str:  # one line, like the quantized Linears

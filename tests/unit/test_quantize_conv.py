@@ -270,6 +270,36 @@ def test_onnx_export_of_dynamic_conv_is_its_integer_arithmetic(tmp_path) -> None
     fxlab.export_onnx(gm, tmp_path / "cnn.onnx", example_input=images(4))  # checked against PyTorch within 1e-4
 
 
+@pytest.mark.parametrize("mode", CONV_MODE_NAMES)
+def test_a_fused_conv_relu_is_quantized_with_its_relu(monkeypatch, tmp_path, mode: str) -> None:
+    """fuse-conv-relu then quantize-conv: each ConvReLU becomes the quantized conv with ``relu``,
+    computing exactly what quantizing the unfused conv and then the ReLU computes; it saves, loads
+    and exports like the others."""
+    monkeypatch.setitem(MODELS, "qconv-smallcnn", SmallCNN)
+    x = images(8)
+    fused = fxlab.apply(net(), f"fuse-conv-relu,quantize-conv{{mode={mode}}}")
+    plain = fxlab.apply(net(), f"quantize-conv{{mode={mode}}}")
+    for name in ("conv1", "conv2"):
+        module = fused.get_submodule(name)
+        assert type(module) is CLASSES[mode][1] and module.relu and repr(module).endswith(", relu)")
+    assert not plain.conv1.relu and "relu" not in repr(plain.conv1)
+    assert fxlab.records(fused)[-1].rewritten == ["conv1", "conv2"]
+    assert [node for node, _ in fxlab.records(fused)[-1].skipped] == ["fc"]  # the Linear only
+    assert torch.equal(fused(x), plain(x))
+    loaded = fxlab.load(fxlab.save(fused, tmp_path / "fused.pth"))
+    assert torch.equal(loaded(x), fused(x)) and loaded.conv1.relu
+    one_d = fxlab.apply(net("conv1dnet"), f"fuse-conv-relu,quantize-conv{{mode={mode}}}")
+    assert type(one_d.conv) is CLASSES[mode][0] and one_d.conv.relu
+    rows = torch.randn(2, 1, 28, 28)
+    assert torch.equal(one_d(rows), fxlab.apply(net("conv1dnet"), f"quantize-conv{{mode={mode}}}")(rows))
+
+
+def test_onnx_export_of_a_quantized_conv_relu(tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    gm = fxlab.apply(net(), "fuse-conv-relu,quantize-conv{mode=dynamic}")
+    fxlab.export_onnx(gm, tmp_path / "cnn.onnx", example_input=images(4))  # checked against PyTorch within 1e-4
+
+
 # -- sites: what each quantize pass rewrote and left alone ------------------------------------------
 
 

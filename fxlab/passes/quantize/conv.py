@@ -21,6 +21,7 @@ from torch import fx, nn
 from ..._util import set_submodule
 from ...core import Selector, describe_selector, select
 from ...errors import PassError, did_you_mean
+from ...nn.fused import ConvReLU
 from ...nn.quantized_conv import (
     HalfConv1d,
     HalfConv2d,
@@ -59,7 +60,7 @@ def register_conv_handler(config_type: type) -> Callable[[ConvHandler], ConvHand
 
 
 def _two(conv: nn.Module, one: type, two: type) -> type:
-    return one if isinstance(conv, nn.Conv1d) else two
+    return one if len(conv.kernel_size) == 1 else two
 
 
 @register_conv_handler(Int8DynamicConfig)
@@ -78,8 +79,9 @@ def _half(conv: nn.Module, config: HalfConfig) -> nn.Module:
 
 
 def is_float_conv(module: nn.Module | None) -> bool:
-    """A plain ``nn.Conv1d`` / ``nn.Conv2d`` (not a subclass with its own forward)."""
-    return type(module) in _CONVS
+    """A plain ``nn.Conv1d`` / ``nn.Conv2d`` (not a subclass with its own forward), or one fused with
+    its ReLU by ``fuse-conv-relu`` (``ConvReLU``; the quantized module keeps the ReLU)."""
+    return type(module) in _CONVS or (type(module) is ConvReLU and len(module.kernel_size) in (1, 2))
 
 
 @register_pass
