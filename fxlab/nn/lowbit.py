@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import kernels
-from .quantized import _EPS, _LinearBase, _relu, graph_capture, quantize_rows
+from .quantized import _EPS, _LinearBase, _relu, finish_from_float, graph_capture, quantize_rows
 
 __all__ = [
     "Float8WeightLinear",
@@ -254,10 +254,7 @@ class _PackedLinear(_LinearBase):
         with torch.no_grad():
             module.weight_packed = pack(q, cls.bits)
             module.weight_scale = scale.float().contiguous()
-            if linear.bias is not None:
-                module.bias.data = linear.bias.detach().float().clone()
-        module.train(linear.training)
-        return module.to(linear.weight.device)
+        return finish_from_float(module, linear)
 
     def dequantized_weight(self) -> Tensor:
         """The float32 weight this module computes with (torch ops)."""
@@ -418,10 +415,7 @@ class Float8WeightLinear(_LinearBase):
         with torch.no_grad():
             module.weight = w8
             module.weight_scale = scale
-            if linear.bias is not None:
-                module.bias.data = linear.bias.detach().float().clone()
-        module.train(linear.training)
-        return module.to(linear.weight.device)
+        return finish_from_float(module, linear)
 
     def dequantized_weight(self) -> Tensor:
         """The float32 weight: the e4m3 values widened, times the channel scales."""

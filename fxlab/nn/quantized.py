@@ -75,6 +75,17 @@ _HALF_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 # the arithmetic
 
 
+
+def finish_from_float(module: nn.Module, source: nn.Module) -> nn.Module:
+    """``module``, just built from the float ``source`` (a Linear or a conv), given ``source``'s bias
+    (as float32), train/eval mode and device: the common end of every ``from_float``."""
+    if source.bias is not None:
+        with torch.no_grad():
+            module.bias.data = source.bias.detach().float().clone()
+    module.train(source.training)
+    return module.to(source.weight.device)
+
+
 def quantize_weight(weight: Tensor) -> tuple[Tensor, Tensor]:
     """Symmetric per-output-channel int8: ``weight ≈ q * scale[:, None]``, ``q`` in [-127, 127].
 
@@ -423,10 +434,7 @@ class _Int8WeightLinear(_LinearBase):
         with torch.no_grad():
             module.weight.data = q
             module.weight_scale = scale
-            if linear.bias is not None:
-                module.bias.data = linear.bias.detach().float().clone()
-        module.train(linear.training)
-        return module.to(linear.weight.device)
+        return finish_from_float(module, linear)
 
     def dequantized_weight(self) -> Tensor:
         """The float32 weight this module computes with: ``weight * weight_scale[:, None]``."""
@@ -522,10 +530,7 @@ class HalfLinear(_LinearBase):
         module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, relu=relu, dtype=dtype)
         with torch.no_grad():
             module.weight.data = linear.weight.detach().to(dtype).clone()
-            if linear.bias is not None:
-                module.bias.data = linear.bias.detach().float().clone()
-        module.train(linear.training)
-        return module.to(linear.weight.device)
+        return finish_from_float(module, linear)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -40,7 +40,15 @@ from torch import Tensor, nn
 from ..core import LeafModule
 from .fused import ConvReLU
 from . import kernels
-from .quantized import _EPS, _HALF_NAMES, _onnx_exporting, graph_capture, int8_matmul, quantize_weight
+from .quantized import (
+    _EPS,
+    _HALF_NAMES,
+    _onnx_exporting,
+    finish_from_float,
+    graph_capture,
+    int8_matmul,
+    quantize_weight,
+)
 
 __all__ = [
     "HalfConv1d",
@@ -156,10 +164,7 @@ class _ConvBase(kernels.CacheFree, nn.Module, LeafModule):
                      dilation[2 - n:], bias=conv.bias is not None, relu=isinstance(conv, ConvReLU), **kwargs)
         with torch.no_grad():
             module._set_weight(conv.weight.detach())
-            if conv.bias is not None:
-                module.bias.data = conv.bias.detach().float().clone()
-        module.train(conv.training)
-        return module.to(conv.weight.device)
+        return finish_from_float(module, conv)
 
     def _set_weight(self, weight: Tensor) -> None:  # pragma: no cover
         raise NotImplementedError
