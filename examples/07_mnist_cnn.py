@@ -14,6 +14,7 @@ Environment: FXLAB_DATA (MNIST root; fetched if missing), FXLAB_OUT (output fold
 """
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -22,7 +23,7 @@ import fxlab
 from fxlab.data import load
 from fxlab.models import MnistCNN
 from fxlab.serialization import load_file
-from fxlab.train import evaluate, fit
+from fxlab.train import evaluate, fit_recipe, recipe_for
 
 QUICK = os.environ.get("FXLAB_QUICK") == "1"
 OUT = Path(os.environ.get("FXLAB_OUT", "out"))
@@ -33,8 +34,9 @@ mnist = load(device="cpu")  # FXLAB_DATA, else fxlab's cache folder (fetched onc
 # 1. what the classic training script leaves behind ------------------------------------------------
 torch.manual_seed(0)
 model = MnistCNN()
-fit(model, mnist, epochs=1 if QUICK else 2, lr=2e-3, max_steps=150 if QUICK else None, seed=0, progress=False,
-    device="cpu", evaluate_each_epoch=False)
+recipe = replace(recipe_for("mnist-cnn"), epochs=1 if QUICK else 2, seed=0)  # its own recipe, shortened
+fit_recipe(model, mnist, recipe, max_steps=150 if QUICK else None, progress=False, device="cpu",
+           evaluate_each_epoch=False)
 path = OUT / "mnist_cnn.pt"
 torch.save(model.state_dict(), path)
 print(f"wrote {path}: a bare state dict of {len(model.state_dict())} tensors")

@@ -24,7 +24,9 @@ def test_mnist_cnn_learns_and_its_loss_is_the_nll(mnist_root: Path) -> None:
     ds = load(mnist_root, device="cpu")
     torch.manual_seed(0)
     model = build("mnist-cnn")
-    fit(model, ds, epochs=1, lr=2e-3, max_steps=120, seed=0, progress=False, device="cpu", evaluate_each_epoch=False)
+    recipe = recipe_for("mnist-cnn")  # batch 128, torch's threads: a conv net's settings
+    fit(model, ds, epochs=1, lr=recipe.lr, batch_size=recipe.batch_size, threads=recipe.threads, max_steps=120, seed=0,
+        progress=False, device="cpu", evaluate_each_epoch=False)
     ev = evaluate(model, ds)
     assert ev.accuracy > 93.0
     model.eval()
