@@ -242,13 +242,16 @@ class _Run:
         if retry is not p:  # an approximate step that missed its budget: once more, trained through its quantizer
             log.info("step %d %s missed its budget: again with %g QAT epoch(s)", index, p, AUTO_QAT_EPOCHS)
             p = retry
-            step, model, outputs = self.check(index, p, *self._apply(p))
+            step, model, outputs = self.check(index, p, *self._apply(p), plain_accuracy=step.accuracy)
         self.current, self.outputs, self.reference = model, outputs, step.final_accuracy
         self._observed = _calibrates(p)
         return step
 
-    def check(self, index: int, p: Pass, new: fx.GraphModule, record: PassRecord) -> tuple[Step, fx.GraphModule, torch.Tensor]:
+    def check(self, index: int, p: Pass, new: fx.GraphModule, record: PassRecord, *,
+              plain_accuracy: float | None = None) -> tuple[Step, fx.GraphModule, torch.Tensor]:
         """Check ``new`` (the current model after ``p``, as ``apply`` recorded it) against ``p``'s contract.
+        ``plain_accuracy``: for a pass trained through its quantizer, the accuracy of its plain
+        conversion when already measured (else :meth:`_qat` measures it).
 
         Returns (the step, the model the next step would start from, its outputs); the run itself
         is left as it was (``step`` advances it; bisection checks many candidates from one start).
@@ -287,25 +290,26 @@ class _Run:
             nodes=[r.to_dict() for r in nodes] if nodes is not None else None,
             first_divergence=(first_divergence(nodes, p.kind, self.settings.tolerance) if nodes is not None else None),
             rewritten=record.rewritten, skipped=record.skipped, sensitivity=record.sensitivity,
-            qat=self._qat(p, ev.accuracy, verdict.budget),
+            qat=self._qat(p, ev.accuracy, verdict.budget, plain_accuracy),
         )
         log.info("step %d %s (%s): %s", index, step.pass_text, step.kind, step.verdict)
         model = probe if verdict.outputs is not None else new
         step.graph_before, step.graph_after = self.current, model  # for the HTML report
         return step, model, (verdict.outputs if verdict.outputs is not None else after)
 
-    def _qat(self, p: Pass, accuracy: float, budget: float | None) -> dict[str, Any] | None:
+    def _qat(self, p: Pass, accuracy: float, budget: float | None,
+             plain_accuracy: float | None = None) -> dict[str, Any] | None:
         """For a step that trained through its quantizer: the plain conversion's accuracy (the same
-        pass without training, applied to the same model), the accuracy after QAT, and the budget."""
+        pass without training, applied to the same model; measured unless given), the accuracy
+        after QAT, and the budget."""
         from ..train import evaluate
 
         epochs = getattr(p, "qat_epochs", 0)
         if not epochs:
             return None
-        untrained = {"qat_epochs": 0, **({"data": None} if hasattr(p, "data") else {})}
-        plain = apply(self.current, [dataclasses.replace(p, **untrained)])
-        plain.to(self.device).eval()
-        plain_accuracy = evaluate(plain, self.mnist, device=self.device).accuracy
+        if plain_accuracy is None:  # applied as any step is (its data, calibration and device)
+            plain, _ = self._apply(dataclasses.replace(p, qat_epochs=0))
+            plain_accuracy = evaluate(plain, self.mnist, device=self.device).accuracy
         lost = self.reference - plain_accuracy
         return {"epochs": epochs, "plain_accuracy": plain_accuracy, "qat_accuracy": accuracy, "budget": budget,
                 "recovered": (accuracy - plain_accuracy) / lost if lost > 0 else None}
