@@ -139,20 +139,30 @@ def forced(name: str) -> Iterator[None]:
     ...     policy()
     'torch'
     """
-    global _POLICY
+    with _setting("_POLICY", name.strip().lower(), keep_decisions=True):
+        yield
+
+
+@contextlib.contextmanager
+def _setting(name: str, value: Any, *, keep_decisions: bool) -> Iterator[None]:
+    """This module's global ``name`` set to ``value`` within the block, in-memory decisions cleared
+    on entry; on exit the global is restored and the decisions made before the block come back
+    (``keep_decisions``) or are forgotten (read again from the cache file)."""
+    g = globals()
     with _LOCK:
-        saved, saved_memo = _POLICY, {name_: dict(op._memo) for name_, op in _OPS.items()}
-        _POLICY = name.strip().lower()
+        saved, saved_memo = g[name], {op_name: dict(op._memo) for op_name, op in _OPS.items()}
+        g[name] = value
         for op in _OPS.values():
             op._memo.clear()
     try:
         yield
     finally:
         with _LOCK:
-            _POLICY = saved
-            for name_, op in _OPS.items():
+            g[name] = saved
+            for op_name, op in _OPS.items():
                 op._memo.clear()
-                op._memo.update(saved_memo.get(name_, {}))
+                if keep_decisions:
+                    op._memo.update(saved_memo.get(op_name, {}))
 
 
 def bucket(rows: int, k: int, n: int) -> str:
@@ -409,19 +419,8 @@ def remeasured() -> Iterator[None]:
     """Within this block, under policy ``auto``, every shape bucket is measured afresh (the cache
     file is not read, and is updated with the new decisions); in-memory decisions are forgotten
     on entry. ``python -m fxlab.bench --suite kernels`` measures this way."""
-    global _READ_DISK
-    with _LOCK:
-        saved = _READ_DISK
-        _READ_DISK = False
-        for op in _OPS.values():
-            op._memo.clear()
-    try:
+    with _setting("_READ_DISK", False, keep_decisions=False):
         yield
-    finally:
-        with _LOCK:
-            _READ_DISK = saved
-            for op in _OPS.values():
-                op._memo.clear()
 
 
 def ops() -> dict[str, Op]:
