@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import FxlabError, did_you_mean
-from .base import SeedModel, _plain  # noqa: F401 - re-exported: SeedModel lived here
+from .base import SeedModel  # noqa: F401 - re-exported: SeedModel lived here
 
 IMG_SIZE = 28 * 28
 
