@@ -138,6 +138,8 @@ class Split:
 
     def batch(self, index: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor]:
         """(normalised images, labels) of the rows ``index`` selects (a tensor of indices or a slice)."""
+        if isinstance(index, torch.Tensor) and index.dtype != torch.bool:  # index_select: a third of advanced indexing's cost here
+            return normalise(self.pixels.index_select(0, index)), self.labels.index_select(0, index)
         return normalise(self.pixels[index]), self.labels[index]
 
     def batches(

@@ -20,6 +20,8 @@ from .. import data as mnist_data
 from .._util import default_device, eval_mode, model_device, saved_modes
 from ..data import MNIST
 from ..errors import FxlabError
+from .chain import LinearChain
+from .optim import AdamSteps, adam
 from .recipe import DEFAULT_RECIPE, Evaluation, History, Recipe
 
 log = logging.getLogger(__name__)
@@ -106,15 +108,6 @@ def _intra_op_threads(n: int) -> Any:
         torch.set_num_threads(saved)
 
 
-def _adam(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """Adam with its fused kernel (one kernel for every parameter's update; CPU and CUDA since torch
-    2.4), else the multi-tensor ``foreach`` path: the same update rule, fewer per-step kernel calls."""
-    try:
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
-    except (RuntimeError, TypeError, ValueError):  # an older torch, or a device without the fused kernel
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
-
-
 def fit(
     model: nn.Module,
     data: MNIST | str | os.PathLike[str] | None = None,
@@ -164,7 +157,7 @@ def fit(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise FxlabError("the model has no trainable parameters")
-    optimizer = _adam(params, lr, weight_decay)
+    optimizer = adam(params, lr, weight_decay)
     steps_per_epoch = math.ceil(len(ds.train) / batch_size)
     total = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
     run = _Run(train_model, ds, optimizer, _scheduler(optimizer, schedule, lr, total), dev, batch_size, total,
@@ -203,6 +196,9 @@ class _Run:
         local = math.ceil(batch_size / world)  # each rank trains on its slice of every global batch
         self.lo, self.hi = rank * local, min((rank + 1) * local, batch_size)
         self.step = 0
+        # MLPs of Linears and ReLUs: the same gradients without the autograd engine (see .chain)
+        self.chain = LinearChain.of(model) if world == 1 else None
+        self.optimizer_step = AdamSteps(optimizer)
         self.last_lr = float(optimizer.param_groups[0]["lr"])
 
     def epoch(self, bar: Any) -> dict[str, Any]:
@@ -237,11 +233,14 @@ class _Run:
 
     def _batch(self, idx: torch.Tensor, loss_sum: torch.Tensor, correct: torch.Tensor) -> tuple[torch.Tensor, int]:
         x, y = self.ds.train.batch(idx)
-        out = self.model(x)
-        loss = F.cross_entropy(out, y, label_smoothing=self.label_smoothing)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        if self.chain is not None:
+            out, loss = self.chain.step(x, y, self.label_smoothing)
+        else:
+            out = self.model(x)
+            loss = F.cross_entropy(out, y, label_smoothing=self.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        self.optimizer_step()
         self.last_lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used
         if self.scheduler is not None:
             self.scheduler.step()

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from fxlab.data import MNIST, Split, normalise
 from fxlab.models import build
 from fxlab.train import DEFAULT_RECIPE, RECIPES, Recipe, fit
-from fxlab.train.loop import _adam
+from fxlab.train.optim import adam as _adam
 
 
 def _old_key(**fields) -> str:
