@@ -89,14 +89,17 @@ def finish_from_float(module: nn.Module, source: nn.Module) -> nn.Module:
 def quantize_weight(weight: Tensor) -> tuple[Tensor, Tensor]:
     """Symmetric per-output-channel int8: ``weight ≈ q * scale[:, None]``, ``q`` in [-127, 127].
 
+    Each channel's scale is the one of least squared reconstruction error among ``max|w| / 127``
+    and that range clipped by up to half (:func:`fxlab.nn.scales.quantize_symmetric`).
+
     >>> q, s = quantize_weight(torch.tensor([[0.5, -1.0], [0.0, 0.0]]))
     >>> q.tolist(), [round(v, 5) for v in s.tolist()]
     ([[64, -127], [0, 0]], [0.00787, 0.0])
     """
-    w = weight.detach().float()
-    scale = w.abs().amax(dim=1) / 127
-    q = torch.round(w / scale.clamp_min(_EPS)[:, None]).clamp_(-127, 127).to(torch.int8)
-    return q, scale
+    from .scales import quantize_symmetric
+
+    q, scale = quantize_symmetric(weight, -127, 127)
+    return q.to(torch.int8), scale
 
 
 def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,79 @@
+"""Symmetric integer scales chosen by the squared error of the weights they reconstruct.
+
+One scale per slice of the last dimension (an output channel, or a group of inputs): ``w ≈ q * s``
+with integer codes ``q = clamp(round(w / s), qmin, qmax)`` and no zero point. Rather than always
+mapping ``max|w|`` onto ``qmax`` (``s = max|w| / qmax``, which spends the code range on one
+outlier), the scale is the candidate of least ``Σ (q·s − w)²`` over its slice, among
+
+* ``s = r · max|w| / qmax`` for every clipping ratio ``r`` in :data:`CLIP_RATIOS` (1.00 down to
+  0.50 in steps of 0.01; ``r = 1`` is the plain absmax scale, so the error is never larger than
+  its error), and
+* where the code range is asymmetric (int4: [-8, 7]), ``s = r · m / qmin`` with ``m`` the slice's
+  extreme (the element of largest magnitude, with its sign): the extreme maps onto -8, one more
+  step than 7, and a positive extreme gets a negative scale (llama.cpp's ``d = max / -8``).
+  Everything that multiplies codes by scales is indifferent to the sign.
+
+This is the clipping search of llama.cpp's quantizers and AWQ's ``auto_clip`` (which minimise
+reconstruction error over a grid of shrunk ranges), done without calibration data: it sees the
+weights only. Ties keep the earlier candidate in the order above, so the choice is deterministic.
+It runs when a module is built from a float one, and at every step of quantization-aware training
+(which quantizes as the conversion will): a few passes over the weight per candidate, ≈ 10 ms for
+a 784×128 weight on one core. The int8 and int4 Linears, the int8 convs and quantization-aware training's fake
+quantization all take their codes and scales from :func:`quantize_symmetric`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["CLIP_RATIOS", "quantize_symmetric"]
+
+#: Clipping ratios tried, as fractions of ``max|w|`` mapped onto ``qmax`` (the first is the plain scale).
+CLIP_RATIOS = tuple(1 - i / 100 for i in range(51))
+
+
+def _codes(w: Tensor, scale: Tensor, qmin: int, qmax: int) -> Tensor:
+    """``clamp(round(w / scale), qmin, qmax)`` as float (``scale`` keeps ``w``'s rank; a zero scale,
+    that of an all-zero row, codes 0)."""
+    return torch.round(w / torch.where(scale == 0, 1.0, scale)).clamp_(qmin, qmax)
+
+
+def quantize_symmetric(w: Tensor, qmin: int, qmax: int) -> tuple[Tensor, Tensor]:
+    """Codes and scales of ``w`` (any shape, one scale per slice of the last dimension) with the
+    least squared reconstruction error among the candidates above: ``(q float, codes in
+    [qmin, qmax], w's shape; scale float32, w's shape without its last dimension)``.
+
+    Here ``max|w| / 7`` leaves a squared error of 0.0047 (codes 7, 4, 2, -1); mapping the extreme onto
+    -8 leaves 0.0014:
+
+    >>> q, s = quantize_symmetric(torch.tensor([[1.0, 0.52, 0.27, -0.1]]), -8, 7)
+    >>> q.tolist(), round(float(s), 4)
+    ([[-8.0, -4.0, -2.0, 1.0]], -0.125)
+
+    int8 (the codes of :func:`fxlab.nn.quantized.quantize_weight`), an all-zero row scaled by 0:
+
+    >>> q, s = quantize_symmetric(torch.tensor([[0.5, -1.0], [0.0, 0.0]]), -127, 127)
+    >>> q.tolist(), [round(v, 5) for v in s.tolist()]
+    ([[64.0, -127.0], [0.0, 0.0]], [0.00787, 0.0])
+    """
+    if qmin > 0 or qmax <= 0 or -qmin < qmax:
+        raise ValueError(f"a symmetric code range holds 0 and -qmax: got [{qmin}, {qmax}]")
+    w = w.detach().float()
+    amax = w.abs().amax(dim=-1, keepdim=True)
+    candidates = [amax * (r / qmax) for r in CLIP_RATIOS]
+    if -qmin > qmax:  # the extreme of either sign onto qmin (a negative scale for a positive extreme)
+        extreme = torch.where(w.amax(dim=-1, keepdim=True) >= amax, amax, -amax)
+        candidates += [extreme * (r / qmin) for r in CLIP_RATIOS]
+    best_q = best_s = best_err = None
+    for scale in candidates:
+        q = _codes(w, scale, qmin, qmax)
+        err = (q * scale - w).square_().sum(dim=-1, keepdim=True)
+        if best_err is None:
+            best_q, best_s, best_err = q, scale, err
+            continue
+        better = err < best_err
+        best_q = torch.where(better, q, best_q)
+        best_s = torch.where(better, scale, best_s)
+        best_err = torch.where(better, err, best_err)
+    return best_q, best_s.squeeze(-1)
