@@ -90,7 +90,7 @@ def quantize_weight(weight: Tensor) -> tuple[Tensor, Tensor]:
     """Symmetric per-output-channel int8: ``weight ≈ q * scale[:, None]``, ``q`` in [-127, 127].
 
     Each channel's scale is the one of least squared reconstruction error among ``max|w| / 127``
-    and that range clipped by up to half (:func:`fxlab.nn.scales.quantize_symmetric`).
+    and that range clipped by up to 40 % (:func:`fxlab.nn.scales.quantize_symmetric`).
 
     >>> q, s = quantize_weight(torch.tensor([[0.5, -1.0], [0.0, 0.0]]))
     >>> q.tolist(), [round(v, 5) for v in s.tolist()]

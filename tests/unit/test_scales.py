@@ -27,14 +27,18 @@ def test_least_error_among_the_candidates(qmin: int, qmax: int) -> None:
     assert torch.equal(got, _error(w, s[:, None], qmin, qmax))  # the codes are those of the scale
     amax = w.abs().amax(dim=1, keepdim=True)
     plain = _error(w, amax * (1 / qmax), qmin, qmax)
-    assert bool((got <= plain).all()) and bool((got < plain).any())
+    def at_most(err: torch.Tensor) -> bool:  # up to the float rounding of a candidate's scale
+        return bool((got <= err * (1 + 1e-5) + 1e-9).all())
+
+    assert at_most(plain)
     for r in CLIP_RATIOS:  # no candidate of the grid does better
-        assert bool((got <= _error(w, amax * (r / qmax), qmin, qmax)).all())
+        assert at_most(_error(w, amax * (r / qmax), qmin, qmax))
     if qmin == -qmax:
         assert bool((s >= 0).all())
     else:
         extreme = torch.where(w.amax(dim=1, keepdim=True) >= amax, amax, -amax)
-        assert bool((got <= _error(w, extreme / qmin, qmin, qmax)).all())
+        assert at_most(_error(w, extreme / qmin, qmin, qmax))
+        assert bool((got < plain * 0.99).any())  # the extra step of [-8, 7] pays
 
 
 def test_zero_rows_and_refused_ranges() -> None:
