@@ -17,8 +17,10 @@ This is the clipping search of llama.cpp's quantizers and AWQ's ``auto_clip`` (w
 reconstruction error over a grid of shrunk ranges), done without calibration data: it sees the
 weights only. Ties keep the earlier candidate in the order above, so the choice is deterministic.
 It runs when a module is built from a float one, and at every step of quantization-aware training
-(which quantizes as the conversion will): a few passes over the weight per candidate, 10–30 ms
-for a 784×128 weight on one core, which makes a QAT step of a small MLP several times slower. The int8 and int4 Linears, the int8 convs and quantization-aware training's fake
+(which quantizes as the conversion will): a few passes over the weight per candidate, in chunks
+small enough to stay in cache (≈ 5 ms for the int8 and 10–15 ms for the int4 weights of
+``mymodule`` on one core; a 0.1-epoch QAT run of it took 0.8–0.9 s against 0.6 s with the plain
+absmax scale, on a loaded 2-core machine). The int8 and int4 Linears, the int8 convs and quantization-aware training's fake
 quantization all take their codes and scales from :func:`quantize_symmetric`.
 """
 
@@ -32,7 +34,7 @@ __all__ = ["CLIP_RATIOS", "quantize_symmetric"]
 #: Clipping ratios tried, as fractions of ``max|w|`` mapped onto ``qmax`` (the first is the plain scale).
 CLIP_RATIOS = tuple(1 - i / 50 for i in range(21))
 #: The search quantizes this many elements (candidates × weight) in one go.
-_CHUNK = 1 << 22
+_CHUNK = 1 << 20
 
 
 def _codes(w: Tensor, scale: Tensor, qmin: int, qmax: int) -> Tensor:
