@@ -20,8 +20,9 @@ It runs when a module is built from a float one, and at every step of quantizati
 (which quantizes as the conversion will): a few passes over the weight per candidate, in chunks
 small enough to stay in cache (≈ 5 ms for the int8 and 10–15 ms for the int4 weights of
 ``mymodule`` on one core; a 0.1-epoch QAT run of it took 0.8–0.9 s against 0.6 s with the plain
-absmax scale, on a loaded 2-core machine). The int8 and int4 Linears, the int8 convs and quantization-aware training's fake
-quantization all take their codes and scales from :func:`quantize_symmetric`.
+absmax scale, on a loaded 2-core machine). The int8 and int4 Linears, the int8 convs and
+quantization-aware training's fake quantization all take their codes and scales from
+:func:`quantize_symmetric`.
 """
 
 from __future__ import annotations
