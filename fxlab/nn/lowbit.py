@@ -20,10 +20,10 @@ nothing float is cached beside the packed weights.
 
 The weight is ``(code - 2**(bits-1)) * scale`` (:func:`dequantize`): int4 codes ``q`` in [-8, 7]
 with one scale per group, the one of least squared error among ``max|w| / 7``, the extreme onto
--8 (a negative scale where the extreme is positive) and both clipped by up to 40 %
-(:mod:`fxlab.nn.scales`); ternary ``q`` in [-1, 1] with ``scale = mean|w|`` per channel
+-8 (a negative scale where the extreme is positive) and both clipped by up to 40 %, the best then
+refined by ±2 % (:mod:`fxlab.nn.scales`); ternary ``q`` in [-1, 1] with ``scale = mean|w|`` per channel
 (``round(w / scale)`` clamped).
-:func:`fake_quantize_weight` computes that float weight from a float one in differentiable torch
+:func:`fake_quantize_weight` computes that float weight from a float one in torch
 ops, which is what quantization-aware training (:mod:`fxlab.passes.quantize.qat`) trains through.
 
 Paths on CPU, chosen by measurement (``python -m fxlab.bench --suite lowbit``), with the Numba
@@ -156,7 +156,8 @@ def quantize_int4(weight: Tensor, group_size: int | None) -> tuple[Tensor, Tenso
     ``(q int8 (n, k) in [-8, 7], scale float32 (n, groups))``, each group's scale the one of least
     squared reconstruction error (:func:`fxlab.nn.scales.quantize_symmetric`): ``max|w| / 7`` or
     the group's extreme onto -8 (negative scales for positive extremes, as llama.cpp's ``max / -8``),
-    each clipped by up to 40 %. Here both groups are coded without error (``max|w| / 7`` would not):
+    each clipped by up to 40 %, the best then refined by ±2 %. Here both groups are coded without
+    error (``max|w| / 7`` would not):
 
     >>> q, s = quantize_int4(torch.tensor([[0.7, -0.35, -0.8, 0.1]]), 2)
     >>> q.tolist(), [round(v, 4) for v in s[0].tolist()]

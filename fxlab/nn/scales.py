@@ -7,11 +7,16 @@ outlier), the scale is the candidate of least ``Σ (q·s − w)²`` over its sli
 
 * ``s = r · max|w| / qmax`` for every clipping ratio ``r`` in :data:`CLIP_RATIOS` (1.00 down to
   0.60 in steps of 0.02; ``r = 1`` is the plain absmax scale, so the error is never larger than
-  its error), and
+  its error, up to the float rounding of that scale), and
 * where the code range is asymmetric (int4: [-8, 7]), ``s = r · m / qmin`` with ``m`` the slice's
   extreme (the element of largest magnitude, with its sign): the extreme maps onto -8, one more
   step than 7, and a positive extreme gets a negative scale (llama.cpp's ``d = max / -8``).
   Everything that multiplies codes by scales is indifferent to the sign.
+
+The best of these is then refined: that scale times each of :data:`REFINE_FACTORS` (0.98 to 1.02 in
+steps of 0.002), again keeping the least error. The refinement matters at int8, whose useful
+clipping is finer than the grid (3 % less squared error on the seed models against 0.1 % from the
+grid alone); at int4 it adds half a percent.
 
 This is the clipping search of llama.cpp's quantizers and AWQ's ``auto_clip`` (which minimise
 reconstruction error over a grid of shrunk ranges), done without calibration data: it sees the
@@ -30,10 +35,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["CLIP_RATIOS", "quantize_symmetric"]
+__all__ = ["CLIP_RATIOS", "REFINE_FACTORS", "quantize_symmetric"]
 
 #: Clipping ratios tried, as fractions of ``max|w|`` mapped onto ``qmax`` (the first is the plain scale).
 CLIP_RATIOS = tuple(1 - i / 50 for i in range(21))
+#: Then the best scale times each of these factors (0.98 to 1.02 in steps of 0.002; the coarse grid's
+#: neighbours are 2–3.4 % apart), kept where that lowers the error further.
+REFINE_FACTORS = tuple(1 + j / 500 for j in range(-10, 11) if j)
 #: The search quantizes this many elements (candidates × weight) in one go.
 _CHUNK = 1 << 20
 
@@ -50,17 +58,18 @@ def quantize_symmetric(w: Tensor, qmin: int, qmax: int) -> tuple[Tensor, Tensor]
     [qmin, qmax], w's shape; scale float32, w's shape without its last dimension)``.
 
     Here ``max|w| / 7`` leaves a squared error of 0.0047 (codes 7, 4, 2, -1); mapping the extreme onto
-    -8 leaves 0.0014:
+    -8 (``s = -0.125``) leaves 0.0014, and refining that scale by 0.8 % 0.0013:
 
     >>> q, s = quantize_symmetric(torch.tensor([[1.0, 0.52, 0.27, -0.1]]), -8, 7)
     >>> q.tolist(), round(float(s), 4)
-    ([[-8.0, -4.0, -2.0, 1.0]], -0.125)
+    ([[-8.0, -4.0, -2.0, 1.0]], -0.126)
 
-    int8 (the codes of :func:`fxlab.nn.quantized.quantize_weight`), an all-zero row scaled by 0:
+    int8 (the codes of :func:`fxlab.nn.quantized.quantize_weight`); ``63 · s`` lands nearer 0.5 than
+    ``64 / 127`` does, and an all-zero row is scaled by 0:
 
     >>> q, s = quantize_symmetric(torch.tensor([[0.5, -1.0], [0.0, 0.0]]), -127, 127)
     >>> q.tolist(), [round(v, 5) for v in s.tolist()]
-    ([[64.0, -127.0], [0.0, 0.0]], [0.00787, 0.0])
+    ([[63.0, -126.0], [0.0, 0.0]], [0.00794, 0.0])
     """
     if qmin > 0 or qmax <= 0 or -qmin < qmax:
         raise ValueError(f"a symmetric code range holds 0 and -qmax: got [{qmin}, {qmax}]")
@@ -71,7 +80,15 @@ def quantize_symmetric(w: Tensor, qmin: int, qmax: int) -> tuple[Tensor, Tensor]
     if -qmin > qmax:  # the extreme of either sign onto qmin (a negative scale for a positive extreme)
         extreme = torch.where(w.amax(dim=-1, keepdim=True) >= amax, amax, -amax)
         candidates = torch.cat([candidates, extreme * (ratios / qmin)])
-    # all candidates at once, in chunks of at most _CHUNK elements; ties keep the earlier candidate
+    scale, err = _least_error(w, candidates, qmin, qmax)
+    factors = torch.tensor(REFINE_FACTORS, dtype=torch.float32, device=w.device).reshape(-1, *[1] * w.dim())
+    scale, _ = _least_error(w, torch.cat([scale.unsqueeze(0), scale * factors]), qmin, qmax)
+    return _codes(w, scale, qmin, qmax), scale.squeeze(-1)
+
+
+def _least_error(w: Tensor, candidates: Tensor, qmin: int, qmax: int) -> tuple[Tensor, Tensor]:
+    """Of ``candidates`` (candidates, ..., 1), each slice's scale of least squared error and that error;
+    ties keep the earlier candidate. All candidates at once, in chunks of at most ``_CHUNK`` elements."""
     step = max(1, _CHUNK // max(w.numel(), 1))
     best_s = best_err = None
     for chunk in candidates.split(step):
@@ -83,4 +100,4 @@ def quantize_symmetric(w: Tensor, qmin: int, qmax: int) -> tuple[Tensor, Tensor]
         else:
             better = err < best_err
             best_s, best_err = torch.where(better, scale, best_s), torch.where(better, err, best_err)
-    return _codes(w, best_s, qmin, qmax), best_s.squeeze(-1)
+    return best_s, best_err

@@ -97,8 +97,8 @@ def test_int4_codes_and_scales() -> None:
         plain_err = (torch.round(block / plain).clamp(-8, 7) * plain - block).square().sum(dim=1)
         group_err = err[:, g * 32:(g + 1) * 32].sum(dim=1)
         assert bool((group_err <= plain_err).all())  # the search includes the absmax scale
-        # a scale never clips more than 40 % of the range away
-        assert bool((s[:, g].abs() >= block.abs().amax(dim=1) * 0.6 / 8 - 1e-7).all())
+        # a scale never clips more than 40 % of the range away (and 2 % of refinement)
+        assert bool((s[:, g].abs() >= block.abs().amax(dim=1) * 0.6 * 0.98 / 8 - 1e-7).all())
     assert bool((s < 0).any()), "positive extremes onto -8: negative scales"
     q_again, s_again = quantize_int4(w, 32)
     assert torch.equal(q, q_again) and torch.equal(s, s_again)
