@@ -23,9 +23,10 @@ reconstruction error over a grid of shrunk ranges), done without calibration dat
 weights only. Ties keep the earlier candidate in the order above, so the choice is deterministic.
 It runs when a module is built from a float one, and at every step of quantization-aware training
 (which quantizes as the conversion will): a few passes over the weight per candidate, in chunks
-small enough to stay in cache (≈ 5 ms for the int8 and 10–15 ms for the int4 weights of
-``mymodule`` on one core; a 0.1-epoch QAT run of it took 0.8–0.9 s against 0.6 s with the plain
-absmax scale, on a loaded 2-core machine). The int8 and int4 Linears, the int8 convs and
+small enough to stay in cache (a few ms for the int8 and 10–30 ms for the int4 weights of
+``mymodule`` on one core). That makes quantization-aware training of a small MLP several times
+slower: a 0.1-epoch int4 QAT run of ``mymodule`` took 0.9–2.1 s against 0.3–0.4 s with the plain
+absmax scale (alternating runs on a loaded 2-core machine). The int8 and int4 Linears, the int8 convs and
 quantization-aware training's fake quantization all take their codes and scales from
 :func:`quantize_symmetric`.
 """
