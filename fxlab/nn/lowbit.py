@@ -21,10 +21,10 @@ nothing float is cached beside the packed weights.
 The weight is ``(code - 2**(bits-1)) * scale`` (:func:`dequantize`): int4 codes ``q`` in [-8, 7]
 with one scale per group, the one of least squared error among ``max|w| / 7``, the extreme onto
 -8 (a negative scale where the extreme is positive) and both clipped by up to 40 %, the best then
-refined by ±2 % (:mod:`fxlab.nn.scales`); ternary ``q`` in [-1, 1] with ``scale = mean|w|`` per channel
-(``round(w / scale)`` clamped).
-:func:`fake_quantize_weight` computes that float weight from a float one in torch
-ops, which is what quantization-aware training (:mod:`fxlab.passes.quantize.qat`) trains through.
+refined by ±2 % (:mod:`fxlab.nn.scales`); ternary ``q`` in [-1, 1] with ``scale = mean|w|`` per
+channel (``round(w / scale)`` clamped). :func:`fake_quantize_weight` computes that float weight
+from a float one in torch ops, which is what quantization-aware training
+(:mod:`fxlab.passes.quantize.qat`) trains through.
 
 Paths on CPU, chosen by measurement (``python -m fxlab.bench --suite lowbit``), with the Numba
 kernels of :mod:`fxlab.nn.kernels.lowbit` under the same guard as the int8 ones:
