@@ -19,10 +19,12 @@ so a fresh module of the same shape (and group size) accepts ``load_state_dict(s
 nothing float is cached beside the packed weights.
 
 The weight is ``(code - 2**(bits-1)) * scale`` (:func:`dequantize`): int4 codes ``q`` in [-8, 7]
-with ``scale = max|w| / 7`` per group (so ``q`` in [-7, 7] from rounding), ternary ``q`` in
-[-1, 1] with ``scale = mean|w|`` per channel (``round(w / scale)`` clamped).
-:func:`fake_quantize_weight` computes that float weight from a float one in differentiable torch
-ops, which is what quantization-aware training (:mod:`fxlab.passes.quantize.qat`) trains through.
+with one scale per group, the one of least squared error among ``max|w| / 7``, the extreme onto
+-8 (a negative scale where the extreme is positive) and both clipped by up to 40 %, the best then
+refined by ±2 % (:mod:`fxlab.nn.scales`); ternary ``q`` in [-1, 1] with ``scale = mean|w|`` per
+channel (``round(w / scale)`` clamped). :func:`fake_quantize_weight` computes that float weight
+from a float one in torch ops, which is what quantization-aware training
+(:mod:`fxlab.passes.quantize.qat`) trains through.
 
 Paths on CPU, chosen by measurement (``python -m fxlab.bench --suite lowbit``), with the Numba
 kernels of :mod:`fxlab.nn.kernels.lowbit` under the same guard as the int8 ones:
@@ -56,6 +58,7 @@ from torch import Tensor, nn
 
 from . import kernels
 from .quantized import _EPS, _LinearBase, _relu, finish_from_float, graph_capture, quantize_rows
+from .scales import quantize_symmetric
 
 __all__ = [
     "Float8WeightLinear",
@@ -150,18 +153,19 @@ def _grouped(w: Tensor, group: int) -> Tensor:
 
 def quantize_int4(weight: Tensor, group_size: int | None) -> tuple[Tensor, Tensor]:
     """Symmetric int4 per group of ``group_size`` inputs (``None``: per output channel):
-    ``(q int8 (n, k) in [-7, 7], scale float32 (n, groups))`` with ``scale = max|w| / 7``.
+    ``(q int8 (n, k) in [-8, 7], scale float32 (n, groups))``, each group's scale the one of least
+    squared reconstruction error (:func:`fxlab.nn.scales.quantize_symmetric`): ``max|w| / 7`` or
+    the group's extreme onto -8 (negative scales for positive extremes, as llama.cpp's ``max / -8``),
+    each clipped by up to 40 %, the best then refined by ±2 %. Here both groups are coded without
+    error (``max|w| / 7`` would not):
 
-    >>> q, s = quantize_int4(torch.tensor([[0.7, -0.35, 0.1, 0.0]]), 2)
+    >>> q, s = quantize_int4(torch.tensor([[0.7, -0.35, -0.8, 0.1]]), 2)
     >>> q.tolist(), [round(v, 4) for v in s[0].tolist()]
-    ([[7, -4, 7, 0]], [0.1, 0.0143])
+    ([[-8, 4, -8, 1]], [-0.0875, 0.1])
     """
     w = weight.detach().float()
-    group = group_size or w.shape[1]
-    g = _grouped(w, group)
-    scale = g.abs().amax(dim=2) / 7
-    q = torch.round(g / scale.clamp_min(_EPS)[:, :, None]).clamp_(-8, 7)
-    return q.reshape(w.shape[0], -1)[:, : w.shape[1]].to(torch.int8), scale
+    q, scale = quantize_symmetric(_grouped(w, group_size or w.shape[1]), -8, 7)
+    return _ungroup(q, *w.shape).to(torch.int8), scale
 
 
 def quantize_ternary(weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -189,9 +193,9 @@ def quantize_fp8(weight: Tensor) -> tuple[Tensor, Tensor]:
 
 def fake_quantize_weight(weight: Tensor, kind: str, group_size: int | None = None) -> Tensor:
     """The float weight a low-bit module of ``kind`` (``"int4"``, ``"int2"``, ``"fp8"``) computes
-    with, from a float ``weight``, in differentiable torch ops (the rounding itself has no gradient:
-    quantization-aware training wraps this in a straight-through estimator). Equal to the module's
-    dequantized weight.
+    with, from a float ``weight``, in torch ops (the rounding has no gradient: quantization-aware
+    training wraps this in a straight-through estimator). Equal to the module's dequantized weight:
+    int4 takes the very codes and scales of :func:`quantize_int4`.
 
     >>> linear = torch.nn.Linear(40, 8)
     >>> m = Int4WeightOnlyLinear.from_float(linear, group_size=32)
@@ -199,12 +203,9 @@ def fake_quantize_weight(weight: Tensor, kind: str, group_size: int | None = Non
     True
     """
     if kind == "int4":
-        n, k = weight.shape
-        group = group_size or k
-        g = _grouped(weight, group)
-        scale = g.detach().abs().amax(dim=2, keepdim=True) / 7
-        q = torch.round(g / scale.clamp_min(_EPS)).clamp(-8, 7)
-        return _ungroup(q, n, k) * _group_scales(scale.reshape(n, -1), k, group)
+        k = weight.shape[1]
+        q, scale = quantize_int4(weight, group_size)
+        return q.float() * _group_scales(scale, k, group_size or k)
     if kind == "int2":
         scale = weight.detach().abs().mean(dim=1, keepdim=True)
         return torch.round(weight / scale.clamp_min(_EPS)).clamp(-1, 1) * scale

@@ -89,14 +89,19 @@ def finish_from_float(module: nn.Module, source: nn.Module) -> nn.Module:
 def quantize_weight(weight: Tensor) -> tuple[Tensor, Tensor]:
     """Symmetric per-output-channel int8: ``weight ≈ q * scale[:, None]``, ``q`` in [-127, 127].
 
+    Each channel's scale is the one of least squared reconstruction error among ``max|w| / 127``,
+    that range clipped by up to 40 %, and the best of those refined by ±2 %
+    (:func:`fxlab.nn.scales.quantize_symmetric`): here 63 and -126 steps reconstruct both weights
+    better than 64 and -127 steps of ``1 / 127``.
+
     >>> q, s = quantize_weight(torch.tensor([[0.5, -1.0], [0.0, 0.0]]))
     >>> q.tolist(), [round(v, 5) for v in s.tolist()]
-    ([[64, -127], [0, 0]], [0.00787, 0.0])
+    ([[63, -126], [0, 0]], [0.00794, 0.0])
     """
-    w = weight.detach().float()
-    scale = w.abs().amax(dim=1) / 127
-    q = torch.round(w / scale.clamp_min(_EPS)[:, None]).clamp_(-127, 127).to(torch.int8)
-    return q, scale
+    from .scales import quantize_symmetric
+
+    q, scale = quantize_symmetric(weight, -127, 127)
+    return q.to(torch.int8), scale
 
 
 def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
