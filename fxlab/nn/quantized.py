@@ -296,18 +296,38 @@ def _half_native(m: Any, x: Tensor, weight: Tensor, bias: Tensor | None, relu: b
 _MKLDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-def _half_native_packed(m: Any, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
-    """:func:`_half_native` on oneDNN's pre-packed copy of the half weight (kept on the module until
-    the weight changes; never in state dicts, pickles or copies)."""
-    if weight.is_inference():  # in-place writes to it could not be seen
-        return _half_native(m, x, weight, bias, relu)
+def _packed_half(m: Any, x: Tensor, weight: Tensor) -> Tensor | None:
+    """oneDNN's pre-packed copy of the half ``weight`` (kept on the module until the weight changes;
+    never in state dicts, pickles or copies); None for an inference tensor, whose in-place writes
+    could not be seen."""
+    if weight.is_inference():
+        return None
     key = (weight.data_ptr(), weight._version, tuple(weight.shape))
     cached = m.__dict__.get("_fxlab_packed")
     if cached is None or cached[0] != key:
         cached = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), x.shape[0]))
         m.__dict__["_fxlab_packed"] = cached
-    y = torch.ops.mkldnn._linear_pointwise(x.to(weight.dtype), cached[1], None, "none", [], "")
+    return cached[1]
+
+
+def _half_native_packed(m: Any, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+    """:func:`_half_native` on oneDNN's pre-packed copy of the half weight."""
+    packed = _packed_half(m, x, weight)
+    if packed is None:
+        return _half_native(m, x, weight, bias, relu)
+    y = torch.ops.mkldnn._linear_pointwise(x.to(weight.dtype), packed, None, "none", [], "")
     return _relu(torch.add(bias, y) if bias is not None else y.to(x.dtype), relu)
+
+
+def _half_packed_numba(m: Any, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+    """:func:`_half_native_packed` with the half output widened, the float32 bias added and the ReLU
+    applied in one Numba pass on the calling thread (the same float32 additions as ``torch.add``)."""
+    packed = _packed_half(m, x, weight)
+    if packed is None:
+        return _half_native(m, x, weight, bias, relu)
+    y = torch.ops.mkldnn._linear_pointwise(x.to(weight.dtype), packed, None, "none", [], "")
+    _, b, _ = kernels.arrays(m, weight, bias)
+    return kernels.half_finish(_numba(), y, b, relu)
 
 
 def _half_bound(unit: float) -> Any:
@@ -357,6 +377,11 @@ HALF_OPS = {
         choice.Candidate("onednn", _half_native_packed,
                          functools.partial(lambda d: _MKLDNN_LINEAR and _native_half_on_cpu(d), dtype),
                          f"no native {name} dot products on this CPU, or no oneDNN Linear in this torch"),
+        choice.Candidate("onednn+numba", _half_packed_numba,
+                         functools.partial(lambda d: _MKLDNN_LINEAR and _native_half_on_cpu(d) and _numba_available(),
+                                           dtype),
+                         f"no native {name} dot products on this CPU, no oneDNN Linear in this torch, or "
+                         "Numba kernels off"),
     ], bound=_half_bound(2.0**-8 if dtype is torch.bfloat16 else 2.0**-11))
     for dtype, name in _HALF_NAMES.items()
 }
