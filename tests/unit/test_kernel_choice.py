@@ -21,6 +21,7 @@ def cache(tmp_path, monkeypatch):
     """A fresh user cache and no decisions in memory; the policy ``auto`` with the kernels on."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(choice, "_load_per_cpu", lambda: 0.25)  # a quiet machine, whatever runs beside
+    monkeypatch.setattr(choice, "_pool_contended", lambda: False)
     choice.reset(disk=True)
     with kernels.enabled(), choice.forced("auto"):
         yield tmp_path
@@ -176,3 +177,20 @@ def test_each_candidate_is_judged_by_its_median_not_its_best_call(cache, monkeyp
         c = choice.choose(op, None, torch.randn(4, 6), 6)
     d = choice.decisions()[-1]
     assert d.times_us["spiky"] > d.times_us["torch"] and c.name == "torch" == d.chosen
+
+
+def test_a_starved_thread_pool_counts_as_busy_whatever_the_load_average(cache, monkeypatch) -> None:
+    monkeypatch.setattr(choice, "_pool_contended", lambda: True)
+    with torch.no_grad():
+        _module()(torch.randn(40, 96))
+    d = [d for d in choice.decisions() if d.op == "dynamic"][-1]
+    assert d.busy and "thread pool" in d.reason and not choice.cache_path().exists()
+
+
+def test_the_thread_pool_probe_needs_a_pool() -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert choice._pool_contended() is False  # one thread: nothing to starve
+    finally:
+        torch.set_num_threads(threads)

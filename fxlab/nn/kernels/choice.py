@@ -12,8 +12,8 @@ reference's (int8 codes equal, floats within the mode's rounding), and keeps the
 file under the user cache (``<cache>/fxlab/kernels/``, written atomically), named by a key of the
 CPU model, its ISA flags, and the torch, numba and fxlab versions, like Inductor's autotune cache:
 another machine or another torch measures afresh. A decision measured while the machine is busy
-(its 1-minute load average above its CPU count: other work then weighs on the times, on torch's
-multi-threaded ops most) is used but not written to disk, and measured again after ``RECHECK_S``
+(its 1-minute load average above its CPU count, or torch's thread pool starved by other work:
+other work then weighs on the times, on torch's multi-threaded ops most) is used but not written to disk, and measured again after ``RECHECK_S``
 seconds once the machine is no longer busy.
 
 ``FXLAB_KERNELS`` (read at import) sets the policy:
@@ -292,11 +292,36 @@ def _load_per_cpu() -> float | None:
         return None
 
 
+#: torch's intra-op thread pool splits an elementwise op from this many elements (``at::internal::GRAIN_SIZE``)
+_GRAIN = 32768
+_PROBE: dict[int, Tensor] = {}
+
+
+def _pool_contended() -> bool:
+    """Whether torch's intra-op thread pool is starved by other work right now: an in-place add split
+    over the pool's threads (``_GRAIN`` elements each) is compared with one on half a grain, which
+    runs on the calling thread alone. Without contention the split one takes about twice as long
+    (twice the elements per thread) plus a fork-join of µs; when another process holds a core it
+    waits for a scheduler slice (ms, a thousand times longer, as does every multi-threaded GEMM).
+    Best of three each: a spike does not count, only lasting contention."""
+    threads = torch.get_num_threads()
+    if threads < 2:
+        return False
+    with torch.no_grad():
+        if threads not in _PROBE:
+            _PROBE[threads] = torch.zeros(_GRAIN * threads + _GRAIN // 2)
+        whole = _PROBE[threads]
+        part = whole[: _GRAIN // 2]
+        serial = min(_once(lambda: part.add_(0.0)) for _ in range(3))
+        split = min(_once(lambda: whole[_GRAIN // 2 :].add_(0.0)) for _ in range(3))
+    return split > 10 * serial + 50e-6
+
+
 def _busy() -> bool:
-    """Whether more work wanted the CPUs than there are over the last minute (load average above
-    the CPU count): times then reflect the others' work as much as the candidates'."""
+    """Whether other work weighs on the times now: the 1-minute load average above the CPU count,
+    or torch's thread pool starved (:func:`_pool_contended`)."""
     load = _load_per_cpu()
-    return load is not None and load > 1.0
+    return (load is not None and load > 1.0) or _pool_contended()
 
 
 def _once(fn: Callable[[], Tensor], repeat: int = 1) -> float:
@@ -344,7 +369,7 @@ def _measure(op: Op, key: str, module: Any, x: Tensor, args: tuple[Any, ...]) ->
     per candidate is spent. Each candidate's output is checked against the reference's first
     (:func:`mismatch`): one that is not the mode's numbers is never chosen."""
     samples: dict[str, list[float]] = {}
-    load_before = _load_per_cpu()
+    load_before, contended = _load_per_cpu(), _pool_contended()
     times: dict[str, float | None] = {}
     rejected: dict[str, str] = {}
     calls: dict[str, Callable[[], Tensor]] = {}
@@ -392,9 +417,11 @@ def _measure(op: Op, key: str, module: Any, x: Tensor, args: tuple[Any, ...]) ->
     reason = ("only candidate" if len(best) <= 1
               else f"fastest of {len(best)} exact candidates (medians of up to {rounds} rounds)")
     load = max((v for v in (load_before, _load_per_cpu()) if v is not None), default=None)
-    busy = load is not None and load > 1.0
+    contended = contended or _pool_contended()
+    busy = (load is not None and load > 1.0) or contended
     if busy and len(best) > 1:
-        reason += f"; the machine was busy (load {load:.1f} per CPU): not cached, measured again later"
+        why = "torch's thread pool starved by other work" if contended else f"load {load:.1f} per CPU"
+        reason += f"; the machine was busy ({why}): not cached, measured again later"
     decision = Decision(op.name, key, chosen, reason, times, rejected, load=None if load is None else round(load, 2),
                         busy=busy and len(best) > 1)
     log.info("kernel choice %s %s: %s (%s)", op.name, key, chosen,
