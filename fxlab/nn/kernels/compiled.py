@@ -129,7 +129,8 @@ def quantize_rows(x_at, m, k, eps, q_at, scale_at):  # pragma: no cover - compil
 @numba.njit(**_EXACT)
 def quantize_rows_float(x_at, m, k, eps, q_at, scale_at):  # pragma: no cover - compiled
     """:func:`quantize_rows` with the codes written as float32 (integers in [-127, 127]), for a
-    float32 GEMM of the codes (exact while ``k * 127**2 < 2**24``)."""
+    float32 GEMM of the codes (exact while ``k * 127**2 < 2**24``; int8 dynamic's
+    ``numba+float_mm``, and int8-int4's many-row path, whose weights are small integers too)."""
     x = numba.carray(_f32p(x_at), (m, k))
     q = numba.carray(_f32p(q_at), (m, k))
     scale = numba.carray(_f32p(scale_at), m)
