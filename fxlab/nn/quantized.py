@@ -10,8 +10,10 @@ Implementations, chosen by measurement (:mod:`fxlab.nn.kernels.choice`; README, 
 
 * Each Linear registers an op (``DYNAMIC_OP``, ``WEIGHT_ONLY_OP``, ``HALF_OPS``, ``STATIC_OP``)
   whose first candidate is the reference in torch ops and whose others are the fused Numba kernels
-  of :mod:`fxlab.nn.kernels` (whole Linears, or the steps around ``torch._int_mm``),
-  ``torch._weight_int8pack_mm`` and native half GEMMs (plain, or oneDNN on a pre-packed weight).
+  of :mod:`fxlab.nn.kernels` (whole Linears, or the steps around ``torch._int_mm`` or around a
+  float32 GEMM of the int8 codes, exact up to ``FLOAT_MM_MAX_K`` inputs),
+  ``torch._weight_int8pack_mm`` and native half GEMMs (plain, or oneDNN on a pre-packed weight,
+  its output widened with the bias and ReLU by torch ops or by one Numba pass).
   On CPU inference the first call on a shape bucket times the candidates that give the mode's
   numbers and keeps the fastest (cached on disk per machine); ``FXLAB_KERNELS`` forces one.
 * int8 × int8 → int32: ``torch._int_mm`` (oneDNN on CPU). On CUDA it needs more than 16 rows and
