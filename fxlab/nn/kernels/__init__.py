@@ -261,8 +261,10 @@ def linear_half(k: ModuleType, x: Tensor, w_bits: np.ndarray, fp16: bool, bias: 
 def half_finish(k: ModuleType, y: Tensor, bias: np.ndarray, relu: bool) -> Tensor:
     """``float32(y) + bias`` (then ReLU) for the 2-D bfloat16 / float16 output ``y`` of a half GEMM."""
     m, n = y.shape
-    if not y.is_contiguous() or n != (bias.shape[0] or n):
-        raise ValueError(f"half GEMM output of shape {tuple(y.shape)} does not fit a bias of {bias.shape[0]}")
+    if y.dtype not in (torch.bfloat16, torch.float16) or n != (bias.shape[0] or n):
+        raise ValueError(f"half GEMM output of shape {tuple(y.shape)} ({y.dtype}) does not fit a bias of {bias.shape[0]}")
+    if not y.is_contiguous():  # the kernel reads by address, row after row
+        y = y.contiguous()
     out = _empty(m, n)
     k.half_finish(y.data_ptr(), m, n, y.dtype == torch.float16, bias, relu, out.data_ptr())
     return out
