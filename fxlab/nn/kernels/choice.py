@@ -294,27 +294,25 @@ def _load_per_cpu() -> float | None:
 
 #: torch's intra-op thread pool splits an elementwise op from this many elements (``at::internal::GRAIN_SIZE``)
 _GRAIN = 32768
-_PROBE: dict[int, Tensor] = {}
+_PROBE: list[Tensor] = []
 
 
 def _pool_contended() -> bool:
-    """Whether torch's intra-op thread pool is starved by other work right now: an in-place add split
-    over the pool's threads (``_GRAIN`` elements each) is compared with one on half a grain, which
-    runs on the calling thread alone. Without contention the split one takes about twice as long
-    (twice the elements per thread) plus a fork-join of µs; when another process holds a core it
-    waits for a scheduler slice (ms, a thousand times longer, as does every multi-threaded GEMM).
+    """Whether torch's intra-op thread pool is starved by other work right now: an in-place add
+    of two grains, which the pool splits over two threads, is compared with one of half a grain,
+    which runs on the calling thread alone. Without contention the split one takes about twice as
+    long (twice the elements per thread) plus a fork-join of µs; when another process holds a core
+    it waits for a scheduler slice (ms, a thousand times longer, as every multi-threaded GEMM does).
     Best of three each: a spike does not count, only lasting contention."""
-    threads = torch.get_num_threads()
-    if threads < 2:
+    if torch.get_num_threads() < 2:
         return False
     with torch.no_grad():
-        if threads not in _PROBE:
-            _PROBE[threads] = torch.zeros(_GRAIN * threads + _GRAIN // 2)
-        whole = _PROBE[threads]
-        part = whole[: _GRAIN // 2]
+        if not _PROBE:
+            _PROBE.append(torch.zeros(2 * _GRAIN + _GRAIN // 2))
+        part, split = _PROBE[0][: _GRAIN // 2], _PROBE[0][_GRAIN // 2 :]
         serial = min(_once(lambda: part.add_(0.0)) for _ in range(3))
-        split = min(_once(lambda: whole[_GRAIN // 2 :].add_(0.0)) for _ in range(3))
-    return split > 10 * serial + 50e-6
+        parallel = min(_once(lambda: split.add_(0.0)) for _ in range(3))
+    return parallel > 10 * serial + 50e-6
 
 
 def _busy() -> bool:
