@@ -303,16 +303,16 @@ def _pool_contended() -> bool:
     which runs on the calling thread alone. Without contention the split one takes about twice as
     long (twice the elements per thread) plus a fork-join of µs; when another process holds a core
     it waits for a scheduler slice (ms, a thousand times longer, as every multi-threaded GEMM does).
-    Best of three each: a spike does not count, only lasting contention."""
+    Best of three each (the split one stops at its first quick call): a spike does not count, only
+    lasting contention."""
     if torch.get_num_threads() < 2:
         return False
     with torch.no_grad():
         if not _PROBE:
             _PROBE.append(torch.zeros(2 * _GRAIN + _GRAIN // 2))
         part, split = _PROBE[0][: _GRAIN // 2], _PROBE[0][_GRAIN // 2 :]
-        serial = min(_once(lambda: part.add_(0.0)) for _ in range(3))
-        parallel = min(_once(lambda: split.add_(0.0)) for _ in range(3))
-    return parallel > 10 * serial + 50e-6
+        limit = 10 * min(_once(lambda: part.add_(0.0)) for _ in range(3)) + 50e-6
+        return all(_once(lambda: split.add_(0.0)) > limit for _ in range(3))  # stops at the first quick one
 
 
 def _busy() -> bool:
