@@ -10,8 +10,7 @@ Implementations, chosen by measurement (:mod:`fxlab.nn.kernels.choice`; README, 
 
 * Each Linear registers an op (``DYNAMIC_OP``, ``WEIGHT_ONLY_OP``, ``HALF_OPS``, ``STATIC_OP``)
   whose first candidate is the reference in torch ops and whose others are the fused Numba kernels
-  of :mod:`fxlab.nn.kernels` (whole Linears, or the steps around ``torch._int_mm`` or around a
-  float32 GEMM of the int8 codes, exact up to ``FLOAT_MM_MAX_K`` inputs),
+  of :mod:`fxlab.nn.kernels` (whole Linears, or the steps around ``torch._int_mm``),
   ``torch._weight_int8pack_mm`` and native half GEMMs (plain, or oneDNN on a pre-packed weight,
   its output widened with the bias and ReLU by torch ops or by one Numba pass).
   On CPU inference the first call on a shape bucket times the candidates that give the mode's
@@ -268,23 +267,6 @@ def _dynamic_numba_int_mm(m: Any, x: Tensor, weight: Tensor, w_scale: Tensor, bi
     return kernels.scale_rows_cols(k, int8_matmul(xq, weight), x_scale, ws, b, relu)
 
 
-#: int8 × int8 products summed in float32 stay exact integers while ``K · 127² < 2**24``.
-FLOAT_MM_MAX_K = (2**24 - 1) // 127**2
-
-
-def _dynamic_numba_float_mm(m: Any, x: Tensor, weight: Tensor, w_scale: Tensor, bias: Tensor | None,
-                            relu: bool) -> Tensor:
-    """The int8 dynamic arithmetic with the GEMM in float32: the int8 codes of the activations and
-    weights held as floats, whose products and sums are exact integers up to ``FLOAT_MM_MAX_K``
-    inputs (so the sums equal ``torch._int_mm``'s), for shapes too small for the int8 GEMM's set-up."""
-    if x.shape[1] > FLOAT_MM_MAX_K:
-        raise ValueError(f"{x.shape[1]} inputs: float32 sums of int8 products are exact up to {FLOAT_MM_MAX_K}")
-    k = _numba()
-    _, ws, b = kernels.arrays(m, weight, w_scale, bias)
-    xq, x_scale = kernels.quantize_rows_float(k, x, _EPS)
-    return kernels.scale_rows_cols_float(k, torch.mm(xq, weight.t().float()), x_scale, ws, b, relu)
-
-
 def _w8_torch(m: Any, x: Tensor, weight: Tensor, w_scale: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
     return _relu(linear_int8_weight(x, weight, w_scale, bias), relu)
 
@@ -380,7 +362,6 @@ DYNAMIC_OP = choice.Op("dynamic", [
     choice.Candidate("torch", _dynamic_torch, note="torch ops: per-row quantization, torch._int_mm, addcmul"),
     choice.Candidate("numba", _dynamic_numba, _numba_available, _NUMBA_NOTE),
     choice.Candidate("numba+int_mm", _dynamic_numba_int_mm, _numba_available, _NUMBA_NOTE),
-    choice.Candidate("numba+float_mm", _dynamic_numba_float_mm, _numba_available, _NUMBA_NOTE),
 ])
 WEIGHT_ONLY_OP = choice.Op("weight-only", [
     choice.Candidate("torch", _w8_torch, note="int8 weights to float, float32 GEMM, addcmul"),

@@ -239,22 +239,3 @@ def test_the_half_gemm_epilogue_adds_the_bias_as_torch_add_does(dtype, bias: boo
         with torch.no_grad(), kernels.enabled():
             assert torch.equal(quantized._half_packed_numba(m, x, m.weight, m.bias, relu),
                                quantized._half_native_packed(m, x, m.weight, m.bias, relu))
-
-
-def test_the_float_gemm_of_int8_codes_gives_the_int8_gemms_sums_up_to_its_width() -> None:
-    from fxlab.nn import quantized
-
-    torch.manual_seed(5)
-    width = quantized.FLOAT_MM_MAX_K
-    assert width * 127**2 < 2**24 <= (width + 1) * 127**2
-    m = Int8DynamicLinear.from_float(nn.Linear(width, 6), relu=True)
-    with torch.no_grad():
-        m.weight.fill_(-127)  # the largest sums there are
-    x = torch.full((3, width), -5.0)
-    args = (m.weight, m.weight_scale, m.bias, True)
-    with torch.no_grad(), kernels.enabled():
-        assert torch.equal(quantized._dynamic_numba_float_mm(m, x, *args), quantized._dynamic_numba_int_mm(m, x, *args))
-        wide = Int8DynamicLinear.from_float(nn.Linear(width + 1, 6))
-        with pytest.raises(ValueError, match="exact up to"):
-            quantized._dynamic_numba_float_mm(wide, torch.randn(2, width + 1), wide.weight, wide.weight_scale,
-                                              wide.bias, False)

@@ -12,8 +12,6 @@ kernel              replaces                                        used by (can
 ``quantize_rows``   abs-max per row, reciprocal, scale, round,      ``Int8DynamicLinear``
                     cast (5-6 ops)                                  (``numba+int_mm``)
 ``scale_rows_cols`` scale product, ``addcmul``, ReLU                ``Int8DynamicLinear`` (same)
-``quantize_rows_float``, ``scale_rows_cols_float``: the same with the codes and sums held as float32
-                    (exact integers) around a float32 GEMM          (``numba+float_mm``)
 ``dynamic_linear``  all of the above and ``torch._int_mm``          ``Int8DynamicLinear`` (``numba``)
 ``linear_w8``       int8 → float weights, GEMM, scale, bias, ReLU   ``Int8WeightOnlyLinear`` (same)
 ``linear_half``     bf16/fp16 → float weights, GEMM, bias, ReLU     ``HalfLinear`` (``numba``)
@@ -211,25 +209,6 @@ def scale_rows_cols(k: ModuleType, acc: Tensor, row_scale: Tensor, col_scale: np
     m = acc.shape[0]
     out = _empty(m, col_scale.shape[0])
     k.scale_rows_cols(acc.data_ptr(), m, row_scale.data_ptr(), col_scale, bias, relu, out.data_ptr())
-    return out
-
-
-def quantize_rows_float(k: ModuleType, x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    """:func:`quantize_rows` with the int8 codes held as float32 values."""
-    m, n = x.shape
-    q, scale = _empty(m, n), _empty(m, 1)
-    k.quantize_rows_float(x.data_ptr(), m, n, eps, q.data_ptr(), scale.data_ptr())
-    return q, scale
-
-
-def scale_rows_cols_float(k: ModuleType, acc: Tensor, row_scale: Tensor, col_scale: np.ndarray, bias: np.ndarray,
-                          relu: bool) -> Tensor:
-    """:func:`scale_rows_cols` for a float32 ``acc`` (contiguous) holding integer sums."""
-    m = acc.shape[0]
-    if not acc.is_contiguous() or acc.dtype != torch.float32 or acc.shape[1] != col_scale.shape[0]:
-        raise ValueError(f"accumulator of shape {tuple(acc.shape)} ({acc.dtype}) does not fit {col_scale.shape[0]} columns")
-    out = _empty(m, col_scale.shape[0])
-    k.scale_rows_cols_float(acc.data_ptr(), m, row_scale.data_ptr(), col_scale, bias, relu, out.data_ptr())
     return out
 
 

@@ -129,8 +129,7 @@ def quantize_rows(x_at, m, k, eps, q_at, scale_at):  # pragma: no cover - compil
 @numba.njit(**_EXACT)
 def quantize_rows_float(x_at, m, k, eps, q_at, scale_at):  # pragma: no cover - compiled
     """:func:`quantize_rows` with the codes written as float32 (integers in [-127, 127]), for a
-    float32 GEMM of the codes (exact while ``k * 127**2 < 2**24``; int8 dynamic's
-    ``numba+float_mm``, and int8-int4's many-row path, whose weights are small integers too)."""
+    float32 GEMM of the codes (int8-int4's many-row path)."""
     x = numba.carray(_f32p(x_at), (m, k))
     q = numba.carray(_f32p(q_at), (m, k))
     scale = numba.carray(_f32p(scale_at), m)
@@ -140,19 +139,6 @@ def quantize_rows_float(x_at, m, k, eps, q_at, scale_at):  # pragma: no cover - 
         for j in range(k):
             q[i, j] = np.rint(x[i, j] * inv)
         scale[i] = amax * (_ONE / _F127)
-
-
-@numba.njit(**_EXACT)
-def scale_rows_cols_float(acc_at, m, row_scale_at, col_scale, bias, relu, out_at):  # pragma: no cover - compiled
-    """:func:`scale_rows_cols` for a float32 ``acc`` holding integers (exactly the int32 sums)."""
-    n = col_scale.shape[0]
-    acc = numba.carray(_f32p(acc_at), (m, n))
-    row_scale = numba.carray(_f32p(row_scale_at), m)
-    out = numba.carray(_f32p(out_at), (m, n))
-    for i in range(m):
-        r = row_scale[i]
-        for o in range(n):
-            out[i, o] = _finish(acc[i, o] * (r * col_scale[o]), bias, o, relu)
 
 
 @numba.njit(**_EXACT)
