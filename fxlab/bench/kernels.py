@@ -28,7 +28,7 @@ METHOD = (
     "quantize-linear) and run "
     "once per batch size under torch.no_grad() with FXLAB_KERNELS=auto, every shape bucket measured afresh: "
     "each available candidate runs once as a warm-up and to check its output against the reference "
-    "(int8 codes equal, floats within the mode's rounding), then the candidates take turns for 5-15 rounds "
+    "(int8 codes equal, floats within the mode's rounding), then the candidates take turns for 3-15 rounds "
     "(about 3 ms each at most; a kernel of a few µs timed over several calls a round), and the median of each "
     "is kept; the fastest median is chosen. Times are medians, µs per call on the first input of that bucket. "
     "A decision measured while the machine was busy is marked * and not cached."

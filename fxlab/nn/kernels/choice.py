@@ -6,7 +6,7 @@ torch ops (the reference), ``torch._int_mm``, oneDNN, the Numba kernels of :mod:
 native half GEMMs. Which is fastest depends on the CPU (AVX512-VNNI, AVX512-BF16, AMX), the
 libraries and the shape, so no constant picks it. The first call of an op on a *shape bucket*
 (rows rounded up to a power of two × in-features × out-features) times every candidate that is
-exact for the mode on that very input (a warm-up call, then 5-15 interleaved rounds within about
+exact for the mode on that very input (a warm-up call, then 3-15 interleaved rounds within about
 3 ms each, each candidate's median over the rounds compared), checks each one's output against the
 reference's (int8 codes equal, floats within the mode's rounding), and keeps the fastest. Decisions are cached in memory and in a JSON
 file under the user cache (``<cache>/fxlab/kernels/``, written atomically), named by a key of the
@@ -60,7 +60,7 @@ __all__ = ["Candidate", "Decision", "Op", "bucket", "cache_path", "choose", "dec
 #: Seconds of timed calls per candidate after which measuring stops (once ``MIN_ROUNDS`` have run).
 TIME_BUDGET = 3e-3
 #: Rounds at least and at most: each candidate's median over the rounds decides.
-MIN_ROUNDS = 5
+MIN_ROUNDS = 3
 MAX_ROUNDS = 15
 #: One timed sample is this many seconds of back-to-back calls at least (up to ``MAX_REPEAT`` calls):
 #: a kernel of a few µs is timed over several calls, so the timer and one stray interrupt weigh less.
