@@ -11,8 +11,7 @@ Implementations, chosen by measurement (:mod:`fxlab.nn.kernels.choice`; README, 
 * Each Linear registers an op (``DYNAMIC_OP``, ``WEIGHT_ONLY_OP``, ``HALF_OPS``, ``STATIC_OP``)
   whose first candidate is the reference in torch ops and whose others are the fused Numba kernels
   of :mod:`fxlab.nn.kernels` (whole Linears, or the steps around ``torch._int_mm``),
-  ``torch._weight_int8pack_mm`` and native half GEMMs (plain, or oneDNN on a pre-packed weight,
-  its output widened with the bias and ReLU by torch ops or by one Numba pass).
+  ``torch._weight_int8pack_mm`` and native half GEMMs (plain, or oneDNN on a pre-packed weight).
   On CPU inference the first call on a shape bucket times the candidates that give the mode's
   numbers and keeps the fastest (cached on disk per machine); ``FXLAB_KERNELS`` forces one.
 * int8 × int8 → int32: ``torch._int_mm`` (oneDNN on CPU). On CUDA it needs more than 16 rows and
@@ -297,38 +296,18 @@ def _half_native(m: Any, x: Tensor, weight: Tensor, bias: Tensor | None, relu: b
 _MKLDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-def _packed_half(m: Any, x: Tensor, weight: Tensor) -> Tensor | None:
-    """oneDNN's pre-packed copy of the half ``weight`` (kept on the module until the weight changes;
-    never in state dicts, pickles or copies); None for an inference tensor, whose in-place writes
-    could not be seen."""
-    if weight.is_inference():
-        return None
+def _half_native_packed(m: Any, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+    """:func:`_half_native` on oneDNN's pre-packed copy of the half weight (kept on the module until
+    the weight changes; never in state dicts, pickles or copies)."""
+    if weight.is_inference():  # in-place writes to it could not be seen
+        return _half_native(m, x, weight, bias, relu)
     key = (weight.data_ptr(), weight._version, tuple(weight.shape))
     cached = m.__dict__.get("_fxlab_packed")
     if cached is None or cached[0] != key:
         cached = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), x.shape[0]))
         m.__dict__["_fxlab_packed"] = cached
-    return cached[1]
-
-
-def _half_native_packed(m: Any, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
-    """:func:`_half_native` on oneDNN's pre-packed copy of the half weight."""
-    packed = _packed_half(m, x, weight)
-    if packed is None:
-        return _half_native(m, x, weight, bias, relu)
-    y = torch.ops.mkldnn._linear_pointwise(x.to(weight.dtype), packed, None, "none", [], "")
+    y = torch.ops.mkldnn._linear_pointwise(x.to(weight.dtype), cached[1], None, "none", [], "")
     return _relu(torch.add(bias, y) if bias is not None else y.to(x.dtype), relu)
-
-
-def _half_packed_numba(m: Any, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
-    """:func:`_half_native_packed` with the half output widened, the float32 bias added and the ReLU
-    applied in one Numba pass on the calling thread (the same float32 additions as ``torch.add``)."""
-    packed = _packed_half(m, x, weight)
-    if packed is None:
-        return _half_native(m, x, weight, bias, relu)
-    y = torch.ops.mkldnn._linear_pointwise(x.to(weight.dtype), packed, None, "none", [], "")
-    _, b, _ = kernels.arrays(m, weight, bias)
-    return kernels.half_finish(_numba(), y, b, relu)
 
 
 def _half_bound(unit: float) -> Any:
@@ -378,11 +357,6 @@ HALF_OPS = {
         choice.Candidate("onednn", _half_native_packed,
                          functools.partial(lambda d: _MKLDNN_LINEAR and _native_half_on_cpu(d), dtype),
                          f"no native {name} dot products on this CPU, or no oneDNN Linear in this torch"),
-        choice.Candidate("onednn+numba", _half_packed_numba,
-                         functools.partial(lambda d: _MKLDNN_LINEAR and _native_half_on_cpu(d) and _numba_available(),
-                                           dtype),
-                         f"no native {name} dot products on this CPU, no oneDNN Linear in this torch, or "
-                         "Numba kernels off"),
     ], bound=_half_bound(2.0**-8 if dtype is torch.bfloat16 else 2.0**-11))
     for dtype, name in _HALF_NAMES.items()
 }

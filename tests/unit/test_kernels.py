@@ -217,25 +217,3 @@ def test_every_candidate_gives_the_modes_numbers(op: str, rows: int, relu: bool)
                 assert torch.equal(m(x), out)
             ran += 1
         assert ran >= 1  # the Numba kernels (oneDNN for linear-relu) at least
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("relu", [False, True])
-def test_the_half_gemm_epilogue_adds_the_bias_as_torch_add_does(dtype, bias: bool, relu: bool) -> None:
-    from fxlab.nn import quantized
-
-    torch.manual_seed(3)
-    m = HalfLinear.from_float(nn.Linear(40, 24, bias=bias), relu=relu, dtype=dtype)
-    y = (torch.randn(33, 24) * 3).to(dtype)  # a half GEMM's output
-    expected = torch.add(m.bias, y) if bias else y.float()
-    expected = expected.relu_() if relu else expected
-    with kernels.enabled():
-        _, b, _ = kernels.arrays(m, m.weight, m.bias)
-        got = kernels.half_finish(kernels._kernels(), y, b, relu)
-    assert got.dtype == torch.float32 and torch.equal(got, expected)  # the same float32 additions, bit for bit
-    if quantized._native_half_on_cpu(dtype) and quantized._MKLDNN_LINEAR:
-        x = torch.randn(33, 40)
-        with torch.no_grad(), kernels.enabled():
-            assert torch.equal(quantized._half_packed_numba(m, x, m.weight, m.bias, relu),
-                               quantized._half_native_packed(m, x, m.weight, m.bias, relu))

@@ -15,7 +15,6 @@ kernel              replaces                                        used by (can
 ``dynamic_linear``  all of the above and ``torch._int_mm``          ``Int8DynamicLinear`` (``numba``)
 ``linear_w8``       int8 → float weights, GEMM, scale, bias, ReLU   ``Int8WeightOnlyLinear`` (same)
 ``linear_half``     bf16/fp16 → float weights, GEMM, bias, ReLU     ``HalfLinear`` (``numba``)
-``half_finish``     half → float32, bias, ReLU after a half GEMM    ``HalfLinear`` (``onednn+numba``)
 ``quantize_affine`` scale, round, zero point, clamp, cast           ``Quantize``
 ``requantize``      ``addcmul``, round, clamp, cast                 ``Int8StaticLinear``
                                                                     (``numba+int_mm``)
@@ -234,18 +233,6 @@ def linear_half(k: ModuleType, x: Tensor, w_bits: np.ndarray, fp16: bool, bias: 
     m = _check(x, w_bits)
     out = _empty(m, w_bits.shape[0])
     k.linear_half(x.data_ptr(), m, w_bits, fp16, bias, relu, out.data_ptr())
-    return out
-
-
-def half_finish(k: ModuleType, y: Tensor, bias: np.ndarray, relu: bool) -> Tensor:
-    """``float32(y) + bias`` (then ReLU) for the 2-D bfloat16 / float16 output ``y`` of a half GEMM."""
-    m, n = y.shape
-    if y.dtype not in (torch.bfloat16, torch.float16) or n != (bias.shape[0] or n):
-        raise ValueError(f"half GEMM output of shape {tuple(y.shape)} ({y.dtype}) does not fit a bias of {bias.shape[0]}")
-    if not y.is_contiguous():  # the kernel reads by address, row after row
-        y = y.contiguous()
-    out = _empty(m, n)
-    k.half_finish(y.data_ptr(), m, n, y.dtype == torch.float16, bias, relu, out.data_ptr())
     return out
 
 

@@ -49,7 +49,6 @@ def _pointer_to(nbtype: types.Type):
 _f32p = _pointer_to(types.float32)
 _i32p = _pointer_to(types.int32)
 _i8p = _pointer_to(types.int8)
-_i16p = _pointer_to(types.int16)
 
 
 @intrinsic
@@ -123,21 +122,6 @@ def quantize_rows(x_at, m, k, eps, q_at, scale_at):  # pragma: no cover - compil
         inv = _F127 * (_ONE / amax)
         for j in range(k):
             q[i, j] = np.int8(np.rint(x[i, j] * inv))
-        scale[i] = amax * (_ONE / _F127)
-
-
-@numba.njit(**_EXACT)
-def quantize_rows_float(x_at, m, k, eps, q_at, scale_at):  # pragma: no cover - compiled
-    """:func:`quantize_rows` with the codes written as float32 (integers in [-127, 127]), for a
-    float32 GEMM of the codes (int8-int4's many-row path)."""
-    x = numba.carray(_f32p(x_at), (m, k))
-    q = numba.carray(_f32p(q_at), (m, k))
-    scale = numba.carray(_f32p(scale_at), m)
-    for i in range(m):
-        amax = _row_absmax(x, i, k, eps)
-        inv = _F127 * (_ONE / amax)
-        for j in range(k):
-            q[i, j] = np.rint(x[i, j] * inv)
         scale[i] = amax * (_ONE / _F127)
 
 
@@ -243,23 +227,6 @@ def linear_half(x_at, m, w_bits, fp16, bias, relu, out_at):  # pragma: no cover 
                 for j in range(k):
                     acc += x[i, j] * _bf16_to_f32(w_bits[o, j])
             out[i, o] = _finish(acc, bias, o, relu)
-
-
-@numba.njit(**_EXACT)
-def half_finish(y_at, m, n, fp16, bias, relu, out_at):  # pragma: no cover - compiled
-    """``out = float32(y) + bias`` (bias of length 0: none), then ReLU if asked, for the output
-    ``y`` (m, n) of a native bfloat16 / float16 (``fp16``) GEMM given by address: what
-    ``torch.add(bias, y)`` and ``relu_`` compute, in one pass."""
-    y = numba.carray(_i16p(y_at), (m, n))
-    out = numba.carray(_f32p(out_at), (m, n))
-    if fp16:
-        for i in range(m):
-            for o in range(n):
-                out[i, o] = _finish(_f16_to_f32(y[i, o]), bias, o, relu)
-    else:
-        for i in range(m):
-            for o in range(n):
-                out[i, o] = _finish(_bf16_to_f32(y[i, o]), bias, o, relu)
 
 
 # --------------------------------------------------------------------------------------------

@@ -32,7 +32,6 @@ import numba
 import numpy as np
 
 from .compiled import _EXACT, _F127, _JIT, _ONE, _ZERO, _f32p, _finish, _row_absmax
-from . import compiled as _compiled
 
 
 @numba.njit(**_EXACT)
@@ -136,5 +135,16 @@ def dynamic_linear_packed(x_at, m, packed, scales, k, group, bias, relu, eps, ou
             out[i, o] = _finish(y * row_scale[i], bias, o, relu)
 
 
-#: per-row int8 codes as float32 (before ``F.linear`` for many rows): the int8 kernels' own
-quantize_rows_float = _compiled.quantize_rows_float
+@numba.njit(**_EXACT)
+def quantize_rows_float(x_at, m, k, eps, q_at, scale_at):  # pragma: no cover - compiled
+    """:func:`fxlab.nn.kernels.compiled.quantize_rows`'s per-row int8 codes, written as float32
+    (integer values, ready for a float GEMM: no int8 → float pass), and the row scales (m, 1)."""
+    x = numba.carray(_f32p(x_at), (m, k))
+    q = numba.carray(_f32p(q_at), (m, k))
+    scale = numba.carray(_f32p(scale_at), m)
+    for i in range(m):
+        amax = _row_absmax(x, i, k, eps)
+        inv = _F127 * (_ONE / amax)
+        for j in range(k):
+            q[i, j] = np.rint(x[i, j] * inv)
+        scale[i] = amax * (_ONE / _F127)
