@@ -28,9 +28,10 @@ METHOD = (
     "quantize-linear) and run "
     "once per batch size under torch.no_grad() with FXLAB_KERNELS=auto, every shape bucket measured afresh: "
     "each available candidate runs once as a warm-up and to check its output against the reference "
-    "(int8 codes equal, floats within the mode's rounding), then the candidates take turns for 3-7 rounds "
-    "(about 2 ms each at most), and the best call of each is kept; the fastest is chosen. Times are µs per "
-    "call on the first input of that bucket."
+    "(int8 codes equal, floats within the mode's rounding), then the candidates take turns for 3-15 rounds "
+    "(about 3 ms each at most; a kernel of a few µs timed over several calls a round), and the median of each "
+    "is kept; the fastest median is chosen. Times are medians, µs per call on the first input of that bucket. "
+    "A decision measured while the machine was busy is marked * and not cached."
 )
 
 
@@ -70,7 +71,8 @@ def kernels_suite(cfg: Config, device: torch.device) -> dict[str, Any]:
                         before = len(choice.decisions())
                         gm(images[:batch])
                         for d in choice.decisions()[before:]:
-                            seen.setdefault((d.op, d.bucket), {"models": [], **d.to_json(), "source": d.source})
+                            seen.setdefault((d.op, d.bucket), {"models": [], **d.to_json(), "source": d.source,
+                                                                  "busy": d.busy})
                             entry = seen[(d.op, d.bucket)]
                             if name not in entry["models"]:
                                 entry["models"].append(name)
@@ -99,13 +101,17 @@ def kernels_tables(result: dict[str, Any], fmt: str = "simple") -> str:
         times = ", ".join(f"{n} {t:.1f}" + (f" ({t / best:.1f}×)" if best and n != r["chosen"] else "")
                           for n, t in sorted(timed.items(), key=lambda kv: kv[1]))
         left_out = "; ".join(f"{n}: {why}" for n, why in r["rejected"].items())
-        table.append([r["op"], r["bucket"], r["chosen"], times, left_out, ", ".join(r["models"])])
+        chosen = r["chosen"] + (" *" if r.get("busy") else "")
+        table.append([r["op"], r["bucket"], chosen, times, left_out, ", ".join(r["models"])])
     m = result["machine"]
     head = (f"kernel choices on {m['cpu']} (torch capability {m['torch_capability']}; ISA flags "
             f"{' '.join(m['isa_flags']) or 'none found'}; torch {m['torch']}, numba {m['numba']}, "
             f"{m['threads']} threads), cache {result['cache']}:\n\n")
     text = head + tabulate(table, headers=["op", "rows×K×N", "chosen", "candidates, µs per call (vs chosen)",
                                            "left out", "models"], tablefmt=fmt, disable_numparse=True)
+    if any(r.get("busy") for r in result["rows"]):
+        text += ("\n\n* measured while the machine was busy (load average above the CPU count, or torch's "
+                 "thread pool starved by other work): used in that run, not cached, measured again later")
     if result.get("failures"):
         text += "\n\nfailed: " + "; ".join(result["failures"])
     return text

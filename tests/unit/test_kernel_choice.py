@@ -3,6 +3,7 @@ policy, never on the autograd path or under graph capture, never an implementati
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 
@@ -19,6 +20,8 @@ from fxlab.nn.quantized import DYNAMIC_OP
 def cache(tmp_path, monkeypatch):
     """A fresh user cache and no decisions in memory; the policy ``auto`` with the kernels on."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(choice, "_load_per_cpu", lambda: 0.25)  # a quiet machine, whatever runs beside
+    monkeypatch.setattr(choice, "_pool_contended", lambda: False)
     choice.reset(disk=True)
     with kernels.enabled(), choice.forced("auto"):
         yield tmp_path
@@ -132,3 +135,62 @@ def test_a_candidate_that_is_not_exact_is_never_chosen(cache, caplog) -> None:
     d = choice.decisions()[-1]
     assert "fast" in d.rejected and d.times_us["fast"] is None
     assert "left out" in caplog.text
+
+
+def test_a_decision_taken_on_a_busy_machine_is_not_cached_and_is_measured_again(cache, monkeypatch) -> None:
+    load = [3.0]
+    monkeypatch.setattr(choice, "_load_per_cpu", lambda: load[0])
+    monkeypatch.setattr(choice, "RECHECK_S", 0.0)
+    m = _module()
+    x = torch.randn(40, 96)
+    with torch.no_grad():
+        m(x)
+        first = [d for d in choice.decisions() if d.op == "dynamic"][-1]
+        assert first.busy and first.load == 3.0 and "busy" in first.reason
+        assert not choice.cache_path().exists()  # not written: a later process measures afresh
+        m(x)  # still busy: the provisional choice runs, nothing measured
+        assert [d for d in choice.decisions() if d.op == "dynamic"][-1] is first
+        load[0] = 0.5
+        m(x)  # quiet now: measured again, and this decision is kept on disk
+    second = [d for d in choice.decisions() if d.op == "dynamic"][-1]
+    assert second is not first and not second.busy and second.load == 0.5
+    doc = json.loads(choice.cache_path().read_text())
+    assert doc["decisions"]["dynamic/64x96x24"]["chosen"] == second.chosen
+
+
+def test_each_candidate_is_judged_by_its_median_not_its_best_call(cache, monkeypatch) -> None:
+    """A candidate with one lucky fast call but slow ones otherwise loses to a steady one."""
+    clock = [0.0]
+    lucky = itertools.chain([0.0, 1e-6, 1e-6], itertools.repeat(50e-6))  # warm-up, two fast calls, then slow
+
+    def steady(module, x):
+        clock[0] += 20e-6
+        return x * 2
+
+    def spiky(module, x):
+        clock[0] += next(lucky)
+        return x * 2
+
+    monkeypatch.setattr(choice.time, "perf_counter", lambda: clock[0])
+    op = choice.Op("test-median", [choice.Candidate("torch", steady), choice.Candidate("spiky", spiky)], exact=True)
+    with torch.no_grad():
+        c = choice.choose(op, None, torch.randn(4, 6), 6)
+    d = choice.decisions()[-1]
+    assert d.times_us["spiky"] > d.times_us["torch"] and c.name == "torch" == d.chosen
+
+
+def test_a_starved_thread_pool_counts_as_busy_whatever_the_load_average(cache, monkeypatch) -> None:
+    monkeypatch.setattr(choice, "_pool_contended", lambda: True)
+    with torch.no_grad():
+        _module()(torch.randn(40, 96))
+    d = [d for d in choice.decisions() if d.op == "dynamic"][-1]
+    assert d.busy and "thread pool" in d.reason and not choice.cache_path().exists()
+
+
+def test_the_thread_pool_probe_needs_a_pool() -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert choice._pool_contended() is False  # one thread: nothing to starve
+    finally:
+        torch.set_num_threads(threads)

@@ -6,12 +6,15 @@ torch ops (the reference), ``torch._int_mm``, oneDNN, the Numba kernels of :mod:
 native half GEMMs. Which is fastest depends on the CPU (AVX512-VNNI, AVX512-BF16, AMX), the
 libraries and the shape, so no constant picks it. The first call of an op on a *shape bucket*
 (rows rounded up to a power of two × in-features × out-features) times every candidate that is
-exact for the mode on that very input (a warm-up call, then the best of a few calls within about a
-millisecond each), checks each one's output against the reference's (int8 codes equal, floats
-within the mode's rounding), and keeps the fastest. Decisions are cached in memory and in a JSON
+exact for the mode on that very input (a warm-up call, then 3-15 interleaved rounds within about
+3 ms each, each candidate's median over the rounds compared), checks each one's output against the
+reference's (int8 codes equal, floats within the mode's rounding), and keeps the fastest. Decisions are cached in memory and in a JSON
 file under the user cache (``<cache>/fxlab/kernels/``, written atomically), named by a key of the
 CPU model, its ISA flags, and the torch, numba and fxlab versions, like Inductor's autotune cache:
-another machine or another torch measures afresh.
+another machine or another torch measures afresh. A decision measured while the machine is busy
+(its 1-minute load average above its CPU count, or torch's thread pool starved by other work:
+other work then weighs on the times, on torch's multi-threaded ops most) is used but not written to disk, and measured again after ``RECHECK_S``
+seconds once the machine is no longer busy.
 
 ``FXLAB_KERNELS`` (read at import) sets the policy:
 
@@ -54,12 +57,21 @@ log = logging.getLogger(__name__)
 __all__ = ["Candidate", "Decision", "Op", "bucket", "cache_path", "choose", "decisions", "eligible", "forced",
            "machine", "machine_key", "mismatch", "ops", "policy", "remeasured", "reset"]
 
-#: Seconds of timed calls per candidate after which measuring stops (at least 3 rounds run).
-TIME_BUDGET = 2e-3
-#: Rounds at most: each candidate's best call of these is kept.
-TIME_CALLS = 7
+#: Seconds of timed calls per candidate after which measuring stops (once ``MIN_ROUNDS`` have run).
+TIME_BUDGET = 3e-3
+#: Rounds at least and at most: each candidate's median over the rounds decides.
+MIN_ROUNDS = 3
+MAX_ROUNDS = 15
+#: One timed sample is this many seconds of back-to-back calls at least (up to ``MAX_REPEAT`` calls):
+#: a kernel of a few µs is timed over several calls, so the timer and one stray interrupt weigh less.
+SAMPLE_TIME = 50e-6
+MAX_REPEAT = 16
 #: A candidate this many times slower than the fastest after two rounds is not timed further.
 DROP_FACTOR = 8.0
+#: (Kept for code that reads it: the most rounds before ``MAX_ROUNDS`` existed.)
+TIME_CALLS = 7
+#: Seconds after which a decision measured on a busy machine is measured again (once it is not busy).
+RECHECK_S = 10.0
 
 _POLICY = os.environ.get("FXLAB_KERNELS", "auto").strip().lower() or "auto"
 _LOCK = threading.RLock()
@@ -113,16 +125,20 @@ class Decision:
     times_us: dict[str, float | None] = field(default_factory=dict)  # None: not run (unavailable)
     rejected: dict[str, str] = field(default_factory=dict)  # candidate → why it was left out
     source: str = "measured"  # "measured" (this process), "disk" (the cache file), "forced"
+    load: float | None = None  # the 1-minute load average per CPU while it was measured (None: unknown)
+    busy: bool = False  # measured while other work wanted more CPUs than there are: not cached on disk
 
     def to_json(self) -> dict[str, Any]:
         return {"op": self.op, "bucket": self.bucket, "chosen": self.chosen, "reason": self.reason,
-                "times_us": self.times_us, "rejected": self.rejected}
+                "times_us": self.times_us, "rejected": self.rejected, "load": self.load}
 
 
 _OPS: dict[str, Op] = {}
 _READ_DISK = True
 _DECISIONS: dict[tuple[str, str], Decision] = {}
 _DISK: dict[str, Any] | None = None
+#: (op name, memo key) → (candidate, when to measure again): decisions measured on a busy machine
+_PROVISIONAL: dict[tuple[str, tuple[int, int, int]], tuple[Candidate, float]] = {}
 
 
 def policy() -> str:
@@ -152,6 +168,8 @@ def _setting(name: str, value: Any, *, keep_decisions: bool) -> Iterator[None]:
     with _LOCK:
         saved, saved_memo = g[name], {op_name: dict(op._memo) for op_name, op in _OPS.items()}
         g[name] = value
+        saved_provisional = dict(_PROVISIONAL)
+        _PROVISIONAL.clear()
         for op in _OPS.values():
             op._memo.clear()
     try:
@@ -159,6 +177,9 @@ def _setting(name: str, value: Any, *, keep_decisions: bool) -> Iterator[None]:
     finally:
         with _LOCK:
             g[name] = saved
+            _PROVISIONAL.clear()
+            if keep_decisions:
+                _PROVISIONAL.update(saved_provisional)
             for op_name, op in _OPS.items():
                 op._memo.clear()
                 if keep_decisions:
@@ -172,7 +193,7 @@ def bucket(rows: int, k: int, n: int) -> str:
 
 _is_grad_enabled = torch.is_grad_enabled
 _is_compiling = torch.compiler.is_compiling
-_is_tracing = torch.jit.is_tracing
+_is_tracing = getattr(torch._C, "_is_tracing", torch.jit.is_tracing)  # without the is_scripting() wrapper
 _is_fx_tracing = getattr(torch.fx._symbolic_trace, "_get_is_fx_tracing", lambda: False)
 _is_exporting = torch.compiler.is_exporting
 
@@ -197,7 +218,9 @@ def choose(op: Op, module: Any, x: Tensor, out_features: int, *args: Any) -> Can
     ``args``); None when no choice applies (see :func:`eligible`): the caller's reference path runs.
 
     Under policy ``auto`` the first call on a new shape bucket measures the candidates on ``x``.
-    (Called on every quantized forward: the checks of :func:`eligible` inlined, one dict lookup.)
+    (Called on every quantized forward: the checks of :func:`eligible` inlined, one dict lookup.
+    FX symbolic tracing needs no check of its own here (its thread-local flag costs 0.4 µs to read):
+    it hands modules a ``Proxy``, not a Tensor, and never runs a leaf module's forward.)
     """
     if (
         type(x) is not Tensor
@@ -206,7 +229,6 @@ def choose(op: Op, module: Any, x: Tensor, out_features: int, *args: Any) -> Can
         or not x.is_contiguous()
         or _is_compiling()
         or _is_tracing()
-        or _is_fx_tracing()
         or _is_exporting()
     ):
         return None
@@ -223,6 +245,15 @@ def _decide(op: Op, memo_key: tuple[int, int, int], module: Any, x: Tensor, args
         c = op._memo.get(memo_key)
         if c is not None:
             return c
+        held = _PROVISIONAL.get((op.name, memo_key))
+        if held is not None:  # measured on a busy machine: measured again once it is not
+            now = time.monotonic()
+            if now < held[1]:
+                return held[0]
+            if _busy():
+                _PROVISIONAL[(op.name, memo_key)] = (held[0], now + RECHECK_S)
+                return held[0]
+            del _PROVISIONAL[(op.name, memo_key)]
         bits, k, n = memo_key
         key = f"{1 << max(0, bits)}x{k}x{n}"
         pol = _POLICY
@@ -237,7 +268,10 @@ def _decide(op: Op, memo_key: tuple[int, int, int], module: Any, x: Tensor, args
         else:
             decision = _from_disk(op.name, key) or _measure(op, key, module, x, args)
         c = op.candidate(decision.chosen) or op.reference
-        op._memo[memo_key] = c
+        if decision.busy:
+            _PROVISIONAL[(op.name, memo_key)] = (c, time.monotonic() + RECHECK_S)
+        else:
+            op._memo[memo_key] = c
         _DECISIONS[(op.name, key)] = decision
         return c
 
@@ -249,10 +283,57 @@ def _available(c: Candidate) -> bool:
         return False
 
 
-def _once(fn: Callable[[], Tensor]) -> float:
+def _load_per_cpu() -> float | None:
+    """The 1-minute load average divided by the CPUs this process may use (None where unknown)."""
+    try:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return os.getloadavg()[0] / max(1, cpus)
+    except (AttributeError, OSError):  # no load average (Windows)
+        return None
+
+
+#: torch's intra-op thread pool splits an elementwise op from this many elements (``at::internal::GRAIN_SIZE``)
+_GRAIN = 32768
+_PROBE: list[Tensor] = []
+
+
+def _pool_contended() -> bool:
+    """Whether torch's intra-op thread pool is starved by other work right now: an in-place add
+    of two grains, which the pool splits over two threads, is compared with one of half a grain,
+    which runs on the calling thread alone. Without contention the split one takes about twice as
+    long (twice the elements per thread) plus a fork-join of µs; when another process holds a core
+    it waits for a scheduler slice (ms, a thousand times longer, as every multi-threaded GEMM does).
+    Best of three each (the split one stops at its first quick call): a spike does not count, only
+    lasting contention."""
+    if torch.get_num_threads() < 2:
+        return False
+    with torch.no_grad():
+        if not _PROBE:
+            _PROBE.append(torch.zeros(2 * _GRAIN + _GRAIN // 2))
+        part, split = _PROBE[0][: _GRAIN // 2], _PROBE[0][_GRAIN // 2 :]
+        limit = 10 * min(_once(lambda: part.add_(0.0)) for _ in range(3)) + 50e-6
+        return all(_once(lambda: split.add_(0.0)) > limit for _ in range(3))  # stops at the first quick one
+
+
+def _busy() -> bool:
+    """Whether other work weighs on the times now: the 1-minute load average above the CPU count,
+    or torch's thread pool starved (:func:`_pool_contended`)."""
+    load = _load_per_cpu()
+    return (load is not None and load > 1.0) or _pool_contended()
+
+
+def _once(fn: Callable[[], Tensor], repeat: int = 1) -> float:
+    """Seconds per call of ``fn``, over ``repeat`` calls back to back."""
     start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - start) / repeat
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def mismatch(op: Op, out: Tensor, ref: Tensor, module: Any, x: Tensor, *args: Any) -> str | None:
@@ -277,16 +358,20 @@ def mismatch(op: Op, out: Tensor, ref: Tensor, module: Any, x: Tensor, *args: An
 
 
 def _measure(op: Op, key: str, module: Any, x: Tensor, args: tuple[Any, ...]) -> Decision:
-    """Time the available candidates on ``x``, interleaved: round after round each one runs once
-    (a shared CPU's noise then hits them alike), the best call of each kept. A candidate over
-    4 × ``DROP_FACTOR`` × the best after one round, or ``DROP_FACTOR`` × after two, is dropped; rounds stop after ``TIME_CALLS``,
-    or after 3 once ``TIME_BUDGET`` per candidate is spent. Each candidate's output is checked
-    against the reference's first (:func:`mismatch`): one that is not the mode's numbers is never
-    chosen."""
-    best: dict[str, float] = {}
+    """Time the available candidates on ``x``, interleaved: round after round each one is timed
+    once (a shared CPU's load then hits them alike; the order alternates), and each candidate's
+    *median* over the rounds decides, so that neither one lucky call nor one spike of load does.
+    A sample is one call, or several back to back for a kernel of a few µs (``SAMPLE_TIME``).
+    A candidate over 4 × ``DROP_FACTOR`` × the fastest after one round, or ``DROP_FACTOR`` × after
+    two, is dropped; rounds stop after ``MAX_ROUNDS``, or after ``MIN_ROUNDS`` once ``TIME_BUDGET``
+    per candidate is spent. Each candidate's output is checked against the reference's first
+    (:func:`mismatch`): one that is not the mode's numbers is never chosen."""
+    samples: dict[str, list[float]] = {}
+    load_before, contended = _load_per_cpu(), _pool_contended()
     times: dict[str, float | None] = {}
     rejected: dict[str, str] = {}
     calls: dict[str, Callable[[], Tensor]] = {}
+    repeat: dict[str, int] = {}
     with torch.no_grad():
         ref = op.reference.fn(module, x, *args)
         for c in op.candidates:
@@ -307,25 +392,40 @@ def _measure(op: Op, key: str, module: Any, x: Tensor, args: tuple[Any, ...]) ->
                 continue
             calls[c.name] = functools.partial(c.fn, module, x, *args)
         spent = 0.0
-        for r in range(TIME_CALLS):
+        for r in range(MAX_ROUNDS):
             for name in list(calls) if r % 2 == 0 else list(calls)[::-1]:
-                dt = _once(calls[name])
-                spent += dt
-                best[name] = min(best.get(name, dt), dt)
-            if r <= 1:  # after one call each only the hopeless go (a spike of load is rarely that large)
-                fastest = min(best.values(), default=0.0)
+                n = repeat.get(name, 1)
+                dt = _once(calls[name], n)
+                spent += dt * n
+                samples.setdefault(name, []).append(dt)
+                if r == 0:  # from the second round on, a sample lasts SAMPLE_TIME at least
+                    repeat[name] = max(1, min(MAX_REPEAT, int(SAMPLE_TIME / max(dt, 1e-9))))
+            if r <= 1:  # after one round only the hopeless go (a spike of load is rarely that large)
+                typical = {n: min(v) if r == 0 else _median(v) for n, v in samples.items() if n in calls}
+                fastest = min(typical.values(), default=0.0)
                 factor = DROP_FACTOR * (4 if r == 0 else 1)
-                for name in [n for n, t in best.items() if n in calls and t > factor * fastest]:
+                for name in [n for n, t in typical.items() if t > factor * fastest]:
                     del calls[name]
-            if r >= 2 and spent >= TIME_BUDGET * max(1, len(best)):
+            if r + 1 >= MIN_ROUNDS and spent >= TIME_BUDGET * max(1, len(calls)):
                 break
+    best = {n: _median(v) for n, v in samples.items()}
     times.update({n: t * 1e6 for n, t in best.items()})
     chosen = min(best, key=best.__getitem__) if best else op.reference.name
-    reason = "only candidate" if len(best) <= 1 else f"fastest of {len(best)} exact candidates"
-    decision = Decision(op.name, key, chosen, reason, times, rejected)
+    rounds = max((len(v) for v in samples.values()), default=0)
+    reason = ("only candidate" if len(best) <= 1
+              else f"fastest of {len(best)} exact candidates (medians of up to {rounds} rounds)")
+    load = max((v for v in (load_before, _load_per_cpu()) if v is not None), default=None)
+    contended = contended or _pool_contended()
+    busy = (load is not None and load > 1.0) or contended
+    if busy and len(best) > 1:
+        why = "torch's thread pool starved by other work" if contended else f"load {load:.1f} per CPU"
+        reason += f"; the machine was busy ({why}): not cached, measured again later"
+    decision = Decision(op.name, key, chosen, reason, times, rejected, load=None if load is None else round(load, 2),
+                        busy=busy and len(best) > 1)
     log.info("kernel choice %s %s: %s (%s)", op.name, key, chosen,
              ", ".join(f"{n} {t:.1f} µs" for n, t in times.items() if t is not None))
-    _to_disk(decision)
+    if not decision.busy:
+        _to_disk(decision)
     return decision
 
 
@@ -399,7 +499,7 @@ def _from_disk(op: str, key: str) -> Decision | None:
     if not isinstance(d, dict) or target is None or target.candidate(str(d.get("chosen"))) is None:
         return None
     return Decision(op, key, d["chosen"], d.get("reason", ""), dict(d.get("times_us", {})),
-                    dict(d.get("rejected", {})), source="disk")
+                    dict(d.get("rejected", {})), source="disk", load=d.get("load"))
 
 
 def _to_disk(decision: Decision) -> None:
@@ -439,6 +539,7 @@ def reset(*, disk: bool = False) -> None:
     with _LOCK:
         for op in _OPS.values():
             op._memo.clear()
+        _PROVISIONAL.clear()
         _DECISIONS.clear()
         if disk:
             _DISK = None
