@@ -188,7 +188,7 @@ class LinearChain:
                 bias = linear.bias
                 h = torch.addmm(bias, h, linear.weight.t()) if bias is not None else h.mm(linear.weight.t())
                 if relu:
-                    h = torch.relu(h)
+                    h = h.relu_()
         logits = h
         loss, g = cross_entropy_and_grad(logits, y, label_smoothing)
         with torch.no_grad():

@@ -25,8 +25,9 @@ class AdamSteps:
     and runs hooks and checks around the update; at batch 64 on an MNIST MLP that is ~0.1 ms of a
     ~1 ms step. After the first real step (which creates the state), this calls the function
     ``Adam.step`` itself calls, ``torch.optim.adam.adam``, with the same arguments, on the
-    optimizer's own state tensors: the same kernel on the same numbers, so the same update bit for
-    bit. Whenever anything differs from that simple case (several parameter groups, a parameter
+    optimizer's own state tensors (for the fused kernel and parameters on one device in one dtype,
+    the two ops that function ends in: ``_foreach_add_`` on the step counts, ``_fused_adam_``):
+    the same kernel on the same numbers, so the same update bit for bit. Whenever anything differs from that simple case (several parameter groups, a parameter
     without a gradient, step hooks, a grad scaler) it calls ``optimizer.step()``.
 
     >>> p = torch.nn.Parameter(torch.ones(2))
@@ -42,6 +43,7 @@ class AdamSteps:
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
         self.optimizer = optimizer
         self._state: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] | None = None
+        self._one_fused_group = False
 
     def _simple(self) -> bool:
         opt = self.optimizer
@@ -67,6 +69,12 @@ class AdamSteps:
                         and not any(p.is_complex() for p in params):
                     self._state = (params, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
                                    [s["step"] for s in states])
+                    group = opt.param_groups[0]
+                    self._one_fused_group = bool(
+                        group["fused"] and hasattr(torch, "_fused_adam_") and not isinstance(group["lr"], torch.Tensor)
+                        and len({(p.device, p.dtype) for p in params}) == 1
+                        and all(s.device == params[0].device for s in self._state[3])
+                    )
             return
         params, exp_avgs, exp_avg_sqs, steps = self._state
         grads = [p.grad for p in params]
@@ -79,6 +87,12 @@ class AdamSteps:
         group = opt.param_groups[0]
         beta1, beta2 = group["betas"]
         with torch.no_grad():
+            if self._one_fused_group:  # what torch.optim.adam._fused_adam does for one device and dtype
+                torch._foreach_add_(steps, 1)
+                torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=group["lr"],
+                                   beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
+                                   maximize=False, grad_scale=None, found_inf=None)
+                return
             adam_module.adam(
                 params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, has_complex=False, beta1=beta1,
                 beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
