@@ -163,6 +163,8 @@ class LinearChain:
         weights = [p for linear, _ in layers for p in linear.parameters()]
         if any(p.dtype != torch.float32 or not p.requires_grad for p in weights):
             return None
+        if len({id(p) for p in weights}) != len(weights):  # a Linear called twice, or tied weights:
+            return None  # autograd sums the gradients of every use; this step would keep the last
         log.debug("training %s with the hand-written chain step", type(model).__name__)
         return cls(layers)
 

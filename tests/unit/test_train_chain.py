@@ -55,7 +55,11 @@ def test_what_is_not_a_chain() -> None:
     hooked = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
     hooked[2].register_forward_hook(lambda *a: None)
     residual = _Residual()
-    for model in (relu_last, dropout, frozen, hooked, residual):
+    twice = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    twice.append(twice[0])  # the same Linear called twice
+    tied = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+    tied[2].weight = tied[0].weight
+    for model in (relu_last, dropout, frozen, hooked, residual, twice, tied):
         assert LinearChain.of(model) is None, model
     assert LinearChain.of(nn.Sequential(nn.Linear(4, 3), nn.Dropout(0.0), nn.Identity(), nn.Linear(3, 2))) is not None
 
