@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import logging
 import struct
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
+
+from ..errors import FxlabError
 
 log = logging.getLogger(__name__)
 
@@ -182,26 +185,26 @@ class LinearChain:
         first = self.layers[0][0]
         h = x.reshape(x.shape[0], -1)
         if h.shape[1] != first.in_features:
-            raise ValueError(f"input of {h.shape[1]} features for a first Linear of {first.in_features}")
+            raise FxlabError(f"input of {h.shape[1]} features for a first Linear of {first.in_features}")
         inputs: list[Tensor] = []
         with torch.no_grad():
             for linear, relu in self.layers:
                 inputs.append(h)
-                bias = linear.bias
-                h = torch.addmm(bias, h, linear.weight.t()) if bias is not None else h.mm(linear.weight.t())
+                params = linear._parameters  # Module.__getattr__ costs more than the small ops here
+                bias = params["bias"]
+                h = torch.addmm(bias, h, params["weight"].t()) if bias is not None else h.mm(params["weight"].t())
                 if relu:
                     h = h.relu_()
-        logits = h
-        loss, g = cross_entropy_and_grad(logits, y, label_smoothing)
-        with torch.no_grad():
+            logits = h
+            loss, g = cross_entropy_and_grad(logits, y, label_smoothing)
             for i in range(len(self.layers) - 1, -1, -1):
-                linear, _ = self.layers[i]
+                params = self.layers[i][0]._parameters
                 h_in = inputs[i]
-                linear.weight.grad = g.t().mm(h_in)
-                if linear.bias is not None:
-                    linear.bias.grad = g.sum(0)
+                params["weight"].grad = g.t().mm(h_in)
+                if params["bias"] is not None:
+                    params["bias"].grad = g.sum(0)
                 if i:
-                    g = g.mm(linear.weight)
+                    g = g.mm(params["weight"])
                     if self.layers[i - 1][1]:
                         g = torch.ops.aten.threshold_backward(g, h_in, 0)
         return logits, loss.detach()
