@@ -40,6 +40,7 @@ from ..core import LeafModule
 from . import kernels
 from .kernels import choice
 from .fused import linear_flops
+from .scales import quantize_symmetric
 
 __all__ = [
     "Dequantize",
@@ -61,9 +62,6 @@ CPU_WEIGHT_ROWS = 6
 #: Outside CPU inference, a native half GEMM (oneDNN, ~20 µs to set up) is used from this many
 #: multiply-adds up on CPUs with native half dot products.
 CPU_HALF_MIN_MACS = 2**20
-#: (No longer used to choose: the whole-Linear kernels are candidates at every size, measured per
-#: shape bucket. Kept for code that reads it.)
-KERNEL_MAX_ROWS = 8
 
 _EPS = 1e-12
 #: ATen splits an elementwise op over threads from this many elements (``at::internal::GRAIN_SIZE``).
@@ -98,8 +96,6 @@ def quantize_weight(weight: Tensor) -> tuple[Tensor, Tensor]:
     >>> q.tolist(), [round(v, 5) for v in s.tolist()]
     ([[63, -126], [0, 0]], [0.00794, 0.0])
     """
-    from .scales import quantize_symmetric
-
     q, scale = quantize_symmetric(weight, -127, 127)
     return q.to(torch.int8), scale
 

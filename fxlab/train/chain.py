@@ -21,6 +21,8 @@ import struct
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
+from torch.nn.modules import module as module_mod
+from torch.nn.utils import parametrize
 
 from ..errors import FxlabError
 
@@ -34,9 +36,6 @@ _FLATTEN_METHODS = {"view", "reshape", "flatten"}
 
 def _hooked(module: nn.Module) -> bool:
     """Whether running ``module`` by hand would skip something its call does."""
-    from torch.nn.modules import module as module_mod
-    from torch.nn.utils import parametrize
-
     return bool(
         module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
         or getattr(module, "_backward_pre_hooks", None)

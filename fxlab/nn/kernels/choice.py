@@ -42,6 +42,7 @@ import json
 import logging
 import os
 import platform
+import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -68,8 +69,6 @@ SAMPLE_TIME = 50e-6
 MAX_REPEAT = 16
 #: A candidate this many times slower than the fastest after two rounds is not timed further.
 DROP_FACTOR = 8.0
-#: (Kept for code that reads it: the most rounds before ``MAX_ROUNDS`` existed.)
-TIME_CALLS = 7
 #: Seconds after which a decision measured on a busy machine is measured again (once it is not busy).
 RECHECK_S = 10.0
 
@@ -315,11 +314,15 @@ def _pool_contended() -> bool:
         return all(_once(lambda: split.add_(0.0)) > limit for _ in range(3))  # stops at the first quick one
 
 
+def _overloaded(load: float | None) -> bool:
+    """Whether a load average per CPU (:func:`_load_per_cpu`) means more work than CPUs."""
+    return load is not None and load > 1.0
+
+
 def _busy() -> bool:
     """Whether other work weighs on the times now: the 1-minute load average above the CPU count,
     or torch's thread pool starved (:func:`_pool_contended`)."""
-    load = _load_per_cpu()
-    return (load is not None and load > 1.0) or _pool_contended()
+    return _overloaded(_load_per_cpu()) or _pool_contended()
 
 
 def _once(fn: Callable[[], Tensor], repeat: int = 1) -> float:
@@ -328,12 +331,6 @@ def _once(fn: Callable[[], Tensor], repeat: int = 1) -> float:
     for _ in range(repeat):
         fn()
     return (time.perf_counter() - start) / repeat
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def mismatch(op: Op, out: Tensor, ref: Tensor, module: Any, x: Tensor, *args: Any) -> str | None:
@@ -401,14 +398,14 @@ def _measure(op: Op, key: str, module: Any, x: Tensor, args: tuple[Any, ...]) ->
                 if r == 0:  # from the second round on, a sample lasts SAMPLE_TIME at least
                     repeat[name] = max(1, min(MAX_REPEAT, int(SAMPLE_TIME / max(dt, 1e-9))))
             if r <= 1:  # after one round only the hopeless go (a spike of load is rarely that large)
-                typical = {n: min(v) if r == 0 else _median(v) for n, v in samples.items() if n in calls}
+                typical = {n: min(v) if r == 0 else statistics.median(v) for n, v in samples.items() if n in calls}
                 fastest = min(typical.values(), default=0.0)
                 factor = DROP_FACTOR * (4 if r == 0 else 1)
                 for name in [n for n, t in typical.items() if t > factor * fastest]:
                     del calls[name]
             if r + 1 >= MIN_ROUNDS and spent >= TIME_BUDGET * max(1, len(calls)):
                 break
-    best = {n: _median(v) for n, v in samples.items()}
+    best = {n: statistics.median(v) for n, v in samples.items()}
     times.update({n: t * 1e6 for n, t in best.items()})
     chosen = min(best, key=best.__getitem__) if best else op.reference.name
     rounds = max((len(v) for v in samples.values()), default=0)
@@ -416,7 +413,7 @@ def _measure(op: Op, key: str, module: Any, x: Tensor, args: tuple[Any, ...]) ->
               else f"fastest of {len(best)} exact candidates (medians of up to {rounds} rounds)")
     load = max((v for v in (load_before, _load_per_cpu()) if v is not None), default=None)
     contended = contended or _pool_contended()
-    busy = (load is not None and load > 1.0) or contended
+    busy = _overloaded(load) or contended
     if busy and len(best) > 1:
         why = "torch's thread pool starved by other work" if contended else f"load {load:.1f} per CPU"
         reason += f"; the machine was busy ({why}): not cached, measured again later"
