@@ -18,7 +18,7 @@ figures that matter are ratios measured together):
   the candidates' times and what was left out (``kernels.py``; measured afresh, the cache updated).
 - ``explain``: ``fxlab.bisect``'s verifications on pipelines of 4, 16 and 64 steps (logarithmic), and
   the overhead of per-node numerics on a verification step (``explain.py``).
-- ``lowbit``: the packed int4 / int8-int4 / ternary Linears' CPU paths (fused Numba kernel, kernel-written
+- ``lowbit``: the packed int4 / int8-int4 / int2 Linears' CPU paths (fused Numba kernel, kernel-written
   float weight + ``F.linear``) against unpacking the weight to float32 in torch ops + ``F.linear``, at
   batch 1 and 256 (``lowbit.py``).
 - ``torchao``: each fxlab quantization mode next to torchao's nearest config on the trained seed

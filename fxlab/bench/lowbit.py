@@ -1,6 +1,6 @@
-"""The lowbit suite: the packed int4 / ternary Linears' CPU paths against unpack + ``F.linear``.
+"""The lowbit suite: the packed int4 / int2 Linears' CPU paths against unpack + ``F.linear``.
 
-For each packed module (int4 weight-only, int8-int4, ternary; group 32 where it applies) on the
+For each packed module (int4 weight-only, int8-int4, int2; group 32) on the
 seeds' widest layers (784→128 and 784→312), at batch 1 and 256, timed side by side in interleaved
 rounds (:func:`fxlab.bench.harness.compare`):
 
@@ -62,7 +62,7 @@ def lowbit_suite(cfg: Config) -> dict[str, Any]:
     from ..nn.lowbit import Int2WeightOnlyLinear, Int4WeightOnlyLinear, Int8Int4Linear
 
     torch.manual_seed(0)
-    modules = {"int4": (Int4WeightOnlyLinear, 32), "int8-int4": (Int8Int4Linear, 32), "int2": (Int2WeightOnlyLinear, None)}
+    modules = {"int4": (Int4WeightOnlyLinear, 32), "int8-int4": (Int8Int4Linear, 32), "int2": (Int2WeightOnlyLinear, 32)}
     shapes = SHAPES[:1] if cfg.quick else SHAPES
     rows = []
     with torch.inference_mode():

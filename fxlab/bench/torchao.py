@@ -110,10 +110,14 @@ def _int8_intx(q: ModuleType, group_size: int) -> Any:
                    weight_granularity=PerGroup(group_size))
 
 
-def _int2(q: ModuleType, group_size: int) -> Any:
-    from torchao.quantization.granularity import PerGroup
+def _intx(dtype: torch.dtype) -> Callable[[ModuleType, int], Any]:
+    """torchao's ``IntxWeightOnlyConfig`` (group-wise, symmetric, any device) at ``dtype``."""
+    def make(q: ModuleType, group_size: int) -> Any:
+        from torchao.quantization.granularity import PerGroup
 
-    return _config(q, "IntxWeightOnlyConfig", weight_dtype=torch.int2, granularity=PerGroup(group_size))
+        return _config(q, "IntxWeightOnlyConfig", weight_dtype=dtype, granularity=PerGroup(group_size))
+
+    return make
 
 
 INT4_ATTEMPTS = (
@@ -122,6 +126,8 @@ INT4_ATTEMPTS = (
     Attempt("Int4WeightOnlyConfig(group_size={g}, int4_packing_format='tile_packed_to_4d'), bf16 model",
             lambda q, g: _config(q, "Int4WeightOnlyConfig", group_size=g, int4_packing_format="tile_packed_to_4d"),
             torch.bfloat16),
+    # torchao ≥ 0.15 has no CPU layout for Int4WeightOnlyConfig; its int4 weight-only on CPU is this one
+    Attempt("IntxWeightOnlyConfig(weight_dtype=torch.int4, group_size={g})", _intx(torch.int4)),
 )
 #: ``Int8DynamicActivationInt4WeightConfig`` where torchao still has it, else its successor (torchao 0.18 has only
 #: this one) ``Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4)``.
@@ -144,7 +150,7 @@ PAIRS: tuple[Pair, ...] = (
     Pair("int4", "int4", INT4_ATTEMPTS, grouped=True, latency_target=True),
     Pair("int8-int4", "int8-int4", INT8_INT4_ATTEMPTS, grouped=True, latency_target=True),
     Pair("fp8", "fp8", (Attempt("Float8WeightOnlyConfig()", lambda q, g: _config(q, "Float8WeightOnlyConfig")),)),
-    Pair("int2", "int2", (Attempt("IntxWeightOnlyConfig(weight_dtype=torch.int2, group_size={g})", _int2),),
+    Pair("int2", "int2", (Attempt("IntxWeightOnlyConfig(weight_dtype=torch.int2, group_size={g})", _intx(torch.int2)),),
          grouped=True),
     Pair("int8-int4 + QAT", "int8-int4", INT8_INT4_ATTEMPTS, grouped=True, qat=True),
 )

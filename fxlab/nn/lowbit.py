@@ -1,4 +1,4 @@
-"""Low-bit Linears: int4 and ternary (int2) weights packed into bytes, fp8 (e4m3) weights.
+"""Low-bit Linears: int4 and int2 weights packed into bytes, fp8 (e4m3) weights.
 
 ========================  ==========================================  ========================================
 module                    weights (state dict)                        activations
@@ -8,8 +8,8 @@ module                    weights (state dict)                        activation
                           inputs (``weight_scale`` float32 (out,
                           groups)); ``group_size=None``: per channel
 ``Int8Int4Linear``        as ``Int4WeightOnlyLinear``                 int8, symmetric per row, at run time
-``Int2WeightOnlyLinear``  ternary {-1, 0, 1}, four a byte, one scale  float32
-                          per output channel (the mean of ``|w|``)
+``Int2WeightOnlyLinear``  int2 (codes [-2, 1]), four a byte, scales    float32
+                          as ``Int4WeightOnlyLinear``'s
 ``Float8WeightLinear``    float8 e4m3 (``weight``), one float32       float32 on CPU; e4m3 per row on CUDA
                           scale per output channel                    (compute capability ≥ 8.9)
 ========================  ==========================================  ========================================
@@ -18,11 +18,10 @@ Every module saves and loads through its state dict (``bias`` float32 beside the
 so a fresh module of the same shape (and group size) accepts ``load_state_dict(strict=True)``;
 nothing float is cached beside the packed weights.
 
-The weight is ``(code - 2**(bits-1)) * scale`` (:func:`dequantize`): int4 codes ``q`` in [-8, 7]
-with one scale per group, the one of least squared error among ``max|w| / 7``, the extreme onto
--8 (a negative scale where the extreme is positive) and both clipped by up to 40 %, the best then
-refined by ±2 % (:mod:`fxlab.nn.scales`); ternary ``q`` in [-1, 1] with ``scale = mean|w|`` per
-channel (``round(w / scale)`` clamped). :func:`fake_quantize_weight` computes that float weight
+The weight is ``(code - 2**(bits-1)) * scale`` (:func:`dequantize`): codes ``q`` in [-8, 7] (int4)
+or [-2, 1] (int2) with one scale per group, the one of least squared error among ``max|w| / qmax``,
+the extreme onto ``qmin`` (a negative scale where the extreme is positive) and both clipped by up to
+40 %, the best then refined by ±2 % (:mod:`fxlab.nn.scales`). :func:`fake_quantize_weight` computes that float weight
 from a float one in torch ops, which is what quantization-aware training
 (:mod:`fxlab.passes.quantize.qat`) trains through.
 
@@ -69,7 +68,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Group sizes of the int4 modes (``None``: one scale per output channel).
+#: Group sizes of the grouped modes (int4, int8-int4, int2) (``None``: one scale per output channel).
 GROUP_SIZES = (32, 64, 128, None)
 #: The fused unpack-and-dot kernels run for at most this many rows; more rows write the float
 #: weight and call ``F.linear`` (measured by ``python -m fxlab.bench --suite lowbit``).
@@ -151,35 +150,33 @@ def _grouped(w: Tensor, group: int) -> Tensor:
     return F.pad(w, (0, -k % group)).reshape(n, -1, group)
 
 
-def quantize_int4(weight: Tensor, group_size: int | None) -> tuple[Tensor, Tensor]:
-    """Symmetric int4 per group of ``group_size`` inputs (``None``: per output channel):
-    ``(q int8 (n, k) in [-8, 7], scale float32 (n, groups))``, each group's scale the one of least
-    squared reconstruction error (:func:`fxlab.nn.scales.quantize_symmetric`): ``max|w| / 7`` or
-    the group's extreme onto -8 (negative scales for positive extremes, as llama.cpp's ``max / -8``),
-    each clipped by up to 40 %, the best then refined by ±2 %. Here both groups are coded without
-    error (``max|w| / 7`` would not):
+def quantize_grouped(weight: Tensor, group_size: int | None, bits: int = 4) -> tuple[Tensor, Tensor]:
+    """Symmetric ``bits``-bit codes (4: [-8, 7]; 2: [-2, 1]) per group of ``group_size`` inputs
+    (``None``: per output channel): ``(q int8 (n, k), scale float32 (n, groups))``, each group's scale
+    the one of least squared reconstruction error (:func:`fxlab.nn.scales.quantize_symmetric`):
+    ``max|w| / qmax`` or the group's extreme onto ``qmin`` (negative scales for positive extremes, as
+    llama.cpp's ``max / -8``), each clipped by up to 40 %, the best then refined by ±2 %. Here both
+    int4 groups are coded without error (``max|w| / 7`` would not):
 
-    >>> q, s = quantize_int4(torch.tensor([[0.7, -0.35, -0.8, 0.1]]), 2)
+    >>> q, s = quantize_grouped(torch.tensor([[0.7, -0.35, -0.8, 0.1]]), 2)
     >>> q.tolist(), [round(v, 4) for v in s[0].tolist()]
     ([[-8, 4, -8, 1]], [-0.0875, 0.1])
+
+    2 bits use all four codes: the extreme onto -2 puts ±0.5 and 0 on the grid as well.
+
+    >>> q, s = quantize_grouped(torch.tensor([[1.0, 0.5, -0.5, 0.0]]), None, bits=2)
+    >>> q.tolist(), [round(v, 4) for v in s[0].tolist()]
+    ([[-2, -1, 1, 0]], [-0.5])
     """
     w = weight.detach().float()
-    q, scale = quantize_symmetric(_grouped(w, group_size or w.shape[1]), -8, 7)
+    qmax = (1 << (bits - 1)) - 1
+    q, scale = quantize_symmetric(_grouped(w, group_size or w.shape[1]), -qmax - 1, qmax)
     return _ungroup(q, *w.shape).to(torch.int8), scale
 
 
-def quantize_ternary(weight: Tensor) -> tuple[Tensor, Tensor]:
-    """Ternary weights per output channel: ``scale = mean|w|``, ``q = clamp(round(w / scale), -1, 1)``;
-    returns ``(q int8 (n, k), scale float32 (n, 1))``.
-
-    >>> q, s = quantize_ternary(torch.tensor([[0.9, -0.1, -0.5, 0.2]]))
-    >>> q.tolist(), round(float(s), 4)
-    ([[1, 0, -1, 0]], 0.425)
-    """
-    w = weight.detach().float()
-    scale = w.abs().mean(dim=1, keepdim=True)
-    q = torch.round(w / scale.clamp_min(_EPS)).clamp_(-1, 1)
-    return q.to(torch.int8), scale
+def quantize_int4(weight: Tensor, group_size: int | None) -> tuple[Tensor, Tensor]:
+    """int4 codes in [-8, 7] and scales per group: :func:`quantize_grouped` at 4 bits."""
+    return quantize_grouped(weight, group_size, 4)
 
 
 def quantize_fp8(weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -195,20 +192,17 @@ def fake_quantize_weight(weight: Tensor, kind: str, group_size: int | None = Non
     """The float weight a low-bit module of ``kind`` (``"int4"``, ``"int2"``, ``"fp8"``) computes
     with, from a float ``weight``, in torch ops (the rounding has no gradient: quantization-aware
     training wraps this in a straight-through estimator). Equal to the module's dequantized weight:
-    int4 takes the very codes and scales of :func:`quantize_int4`.
+    int4 and int2 take the very codes and scales of :func:`quantize_grouped`.
 
     >>> linear = torch.nn.Linear(40, 8)
     >>> m = Int4WeightOnlyLinear.from_float(linear, group_size=32)
     >>> torch.equal(fake_quantize_weight(linear.weight, "int4", 32), m.dequantized_weight())
     True
     """
-    if kind == "int4":
+    if kind in ("int4", "int2"):
         k = weight.shape[1]
-        q, scale = quantize_int4(weight, group_size)
+        q, scale = quantize_grouped(weight, group_size, 4 if kind == "int4" else 2)
         return q.float() * _group_scales(scale, k, group_size or k)
-    if kind == "int2":
-        scale = weight.detach().abs().mean(dim=1, keepdim=True)
-        return torch.round(weight / scale.clamp_min(_EPS)).clamp(-1, 1) * scale
     if kind == "fp8":
         scale = weight.detach().abs().amax(dim=1) / FP8_MAX
         w8 = (weight / scale.clamp_min(_EPS)[:, None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
@@ -360,31 +354,33 @@ def _quantize_rows_any(x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class Int2WeightOnlyLinear(_PackedLinear):
-    """Ternary weights {-1, 0, 1} (2 bits, four a byte), one scale per output channel (``mean|w|``).
+    """2-bit weights, codes [-2, 1] (four a byte), symmetric scales per group of ``group_size`` inputs,
+    chosen as int4's are; float activations.
 
-    A stress mode: accuracy visibly drops; quantization-aware training wins much of it back.
+    A stress mode: accuracy visibly drops (more than int4's at the same group size); quantization-aware
+    training wins much of it back.
 
-    >>> m = Int2WeightOnlyLinear.from_float(torch.nn.Linear(784, 128))
+    >>> m = Int2WeightOnlyLinear.from_float(torch.nn.Linear(784, 128), group_size=32)
     >>> m
-    Int2WeightOnlyLinear(784→128, ternary, per-channel)
-    >>> m.weight_packed.shape
-    torch.Size([128, 196])
+    Int2WeightOnlyLinear(784→128, group=32)
+    >>> m.weight_packed.shape, m.weight_scale.shape
+    (torch.Size([128, 196]), torch.Size([128, 25]))
     """
 
     bits = 2
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, relu: bool = False,
-                 group_size: int | None = None) -> None:
-        if group_size is not None:
-            raise ValueError("Int2WeightOnlyLinear has one scale per output channel: group_size must be None")
-        super().__init__(in_features, out_features, bias=bias, relu=relu)
-
     @classmethod
     def quantize(cls, weight: Tensor, group_size: int | None) -> tuple[Tensor, Tensor]:
-        return quantize_ternary(weight)
+        return quantize_grouped(weight, group_size, 2)
 
-    def _details(self) -> list[str]:
-        return ["ternary", "per-channel"]
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any) -> None:
+        # int2 files saved before int2 had groups hold one scale per channel (ternary codes, a subset
+        # of [-2, 1]) under a pipeline without group_size: they load as a per-channel module
+        scale = state_dict.get(prefix + "weight_scale")
+        if isinstance(scale, Tensor) and scale.dim() == 2 and scale.shape[1] == 1 != self.weight_scale.shape[1]:
+            self.group_size, self.group = None, self.in_features
+            self.weight_scale = torch.ones(self.out_features, 1)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
 
 class Float8WeightLinear(_LinearBase):

@@ -1,5 +1,5 @@
 """Low-bit quantization on trained seed models, judged on real MNIST: every mode and int4 group
-size within its budget on every seed; the ternary stress mode visibly loses accuracy."""
+size within its budget on every seed; the int2 stress mode visibly loses accuracy."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from fxlab.train import evaluate
 
 #: (mode, group_size) pairs beyond the default configurations the regression suite verifies
 CASES = [("int4", 32), ("int4", 64), ("int4", 128), ("int4", None), ("int8-int4", 32), ("int8-int4", None),
-         ("fp8", 32), ("int2", 32)]
+         ("fp8", 32), ("int2", 32), ("int2", None)]
 
 
 @pytest.mark.parametrize("model_name", seed_names())
@@ -27,8 +27,11 @@ def test_every_low_bit_mode_within_its_budget(trained, mnist, model_name: str) -
         assert drops[(mode, group)] <= p.budget, f"{p} on {model_name}: {base:.2f}% → {base - drops[(mode, group)]:.2f}%"
     # the budgets are small where the scheme is good: int4 and fp8 lose well under a point here
     assert max(drops[c] for c in CASES if c[0] != "int2") < 0.5
-    # ternary weights are a stress mode: they cost visibly more than int4 (QAT wins it back: test_qat)
-    assert drops[("int2", 32)] > 1.0 + drops[("int4", None)], drops
+    # int2 is a stress mode: it costs more than int4 at the same group size, visibly so on every seed
+    # (0.4-4.5 points here; QAT wins it back: test_qat_wins_back_at_least_half_of_the_lost_accuracy)
+    for group in (32, None):
+        assert drops[("int2", group)] > drops[("int4", group)] + 0.1, drops
+    assert max(drops[("int2", 32)], drops[("int2", None)]) > 0.4, drops
 
 
 # -- quantization-aware training -----------------------------------------------------------------
@@ -65,7 +68,7 @@ def test_verify_reports_plain_and_qat_accuracy_with_the_budget(trained, mnist) -
     assert fuse.qat is None and quant.qat is not None
     assert quant.pass_text == "quantize-linear{mode=int2 qat_epochs=0.5}"
     q = quant.qat
-    assert q["qat_accuracy"] == quant.accuracy and q["budget"] == quant.budget == 25.0
+    assert q["qat_accuracy"] == quant.accuracy and q["budget"] == quant.budget == 10.0
     assert q["plain_accuracy"] < q["qat_accuracy"] and q["recovered"] > 0.5
     text = report.text(diffs=False)
     assert f"plain conversion {q['plain_accuracy']:.2f}%" in text and f"{q['qat_accuracy']:.2f}%" in text

@@ -15,7 +15,7 @@ from seed_helpers import assert_close
 
 MODE_NAMES = list(MODES)
 BUDGETS = {"dynamic": 0.3, "weight-only": 0.3, "static": 0.5, "bf16": 0.1, "fp16": 0.1,
-           "int4": 0.5, "int8-int4": 0.5, "fp8": 0.1, "int2": 25.0}
+           "int4": 0.5, "int8-int4": 0.5, "fp8": 0.1, "int2": 10.0}
 
 
 @pytest.fixture

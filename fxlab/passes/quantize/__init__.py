@@ -98,11 +98,12 @@ def _selectors_set(options: dict[str, Any]) -> dict[str, Any]:
 @register_pass
 @dataclass
 class QuantizeLinear(Pass):
-    """Swap nn.Linear (and fused LinearReLU) modules for quantized ones: int8, int4, ternary, fp8 or half.
+    """Swap nn.Linear (and fused LinearReLU) modules for quantized ones: int8, int4, int2, fp8 or half.
 
     ``mode`` is one of ``dynamic``, ``weight-only``, ``bf16``, ``fp16``, ``static``, ``int4``,
     ``int8-int4``, ``fp8``, ``int2`` (see ``MODES``); ``group_size`` (32, 64, 128 or None: per
-    output channel; default 32) is the int4 modes' scale group;
+    output channel; default 32) is the scale group of the grouped modes (``GROUPED_MODES``: int4,
+    int8-int4, int2);
     ``targets`` selects the Linears (default: all), ``exclude`` keeps some in float;
     ``calibration`` (static mode) is an iterable of input batches, or of ``(inputs, labels)``:
     static mode is then ``quantize-prepare``, those batches, ``quantize-convert`` in one call.
@@ -159,7 +160,7 @@ class QuantizeLinear(Pass):
         if self.group_size not in GROUP_SIZES or isinstance(self.group_size, bool):
             raise PassError(f"quantize-linear: group_size={self.group_size!r}: give 32, 64, 128 or none (per channel)")
         if self.group_size != 32 and self.mode not in GROUPED_MODES:
-            raise PassError(f"quantize-linear: group_size applies to the int4 modes ({', '.join(GROUPED_MODES)}), "
+            raise PassError(f"quantize-linear: group_size applies to the grouped modes ({', '.join(GROUPED_MODES)}), "
                             f"not to mode={self.mode}: leave it out")
         epochs = self.qat_epochs
         if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or not math.isfinite(epochs) or epochs < 0:
@@ -175,7 +176,7 @@ class QuantizeLinear(Pass):
 
     @property
     def config(self) -> QuantConfig:
-        """The config of this pass's mode (with this pass's ``group_size`` for the int4 modes)."""
+        """The config of this pass's mode (with this pass's ``group_size`` for the grouped modes)."""
         config = MODES[self.mode]
         if self.mode in GROUPED_MODES:
             config = dataclasses.replace(config, group_size=self.group_size)

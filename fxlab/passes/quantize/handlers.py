@@ -134,4 +134,6 @@ def _fp8(gm: fx.GraphModule, nodes: list[fx.Node], config: Float8WeightConfig, c
 
 @register_handler(Int2WeightOnlyConfig)
 def _int2(gm: fx.GraphModule, nodes: list[fx.Node], config: Int2WeightOnlyConfig, calibration: Any) -> fx.GraphModule:
-    return swap_linears(gm, nodes, lambda linear, relu: Int2WeightOnlyLinear.from_float(linear, relu=relu))
+    return swap_linears(
+        gm, nodes, lambda linear, relu: Int2WeightOnlyLinear.from_float(linear, relu=relu, group_size=config.group_size)
+    )

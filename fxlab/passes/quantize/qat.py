@@ -14,7 +14,7 @@ Python, or from ``fxlab.verify``) runs three steps on its own copy of the model:
    as without QAT.
 
 A fake quantizer is registered per config type (:func:`register_fake_quant`), like the handlers:
-int4, int8-int4, ternary, fp8, int8 dynamic and weight-only.
+int4, int8-int4, int2, fp8, int8 dynamic and weight-only.
 
 >>> import torch
 >>> from fxlab.passes.quantize.configs import MODES
@@ -98,7 +98,7 @@ def _int8_int4(config: Int8Int4Config) -> FakeQuant:
 
 @register_fake_quant(Int2WeightOnlyConfig)
 def _int2(config: Int2WeightOnlyConfig) -> FakeQuant:
-    return (lambda w: fake_quantize_weight(w, "int2")), False, "ternary"
+    return (lambda w: fake_quantize_weight(w, "int2", config.group_size)), False, f"int2, {_group(config)}"
 
 
 @register_fake_quant(Float8WeightConfig)
