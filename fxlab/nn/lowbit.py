@@ -330,13 +330,13 @@ class Int8Int4Linear(Int4WeightOnlyLinear):
         if k is not None:
             lk, packed, scales, b = rest
             m = x.shape[0]
+            xq, x_scale = torch.empty(m, self.in_features), torch.empty(m, 1)
+            k.quantize_rows_float(x.data_ptr(), m, self.in_features, _EPS, xq.data_ptr(), x_scale.data_ptr())
             if m <= LOWBIT_KERNEL_MAX_ROWS:
                 out = torch.empty(m, self.out_features)
-                lk.dynamic_linear_packed(x.data_ptr(), m, packed, scales, self.in_features, self.group, b, relu,
-                                         _EPS, out.data_ptr())
+                lk.dynamic_linear_packed(xq.data_ptr(), m, x_scale.data_ptr(), packed, scales, self.in_features,
+                                         self.group, b, relu, out.data_ptr())
                 return out
-            xq, x_scale = torch.empty(m, self.in_features), torch.empty(m, 1)
-            lk.quantize_rows_float(x.data_ptr(), m, self.in_features, _EPS, xq.data_ptr(), x_scale.data_ptr())
             y = F.linear(xq, self._float_weight(lk, packed, scales))
         else:
             xq, x_scale = _quantize_rows_any(x)

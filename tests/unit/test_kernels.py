@@ -52,6 +52,34 @@ def test_quantize_rows_matches_torch_exactly(shape: tuple[int, int]) -> None:
     assert torch.equal(q, q_ref) and torch.equal(s, s_ref)
 
 
+def _rounding_edge_rows(count: int) -> torch.Tensor:
+    """Rows whose codes ``round(x * (127 * (1 / max|x|)))`` come out otherwise when that product is
+    taken in float64 rather than float32 (each row: its absmax, then a value on such an edge)."""
+    torch.manual_seed(3)
+    amax = torch.rand(200_000) * 3 + 0.01
+    inv = amax.reciprocal() * 127.0  # float32, as the reference computes it
+    x = (torch.randint(0, 127, (200_000,)) + 0.5) / inv  # near a tie between two codes
+    x32 = torch.round(x * inv)
+    x64 = torch.round(x.double() * (127.0 / amax.double().clamp_min(1e-12)))
+    edge = (x32.double() != x64).nonzero().flatten()[:count]
+    assert len(edge) == count, "no rounding edges found"
+    return torch.stack([amax[edge], x[edge]], dim=1)
+
+
+def test_kernels_quantize_in_float32_like_the_reference() -> None:
+    """The kernels' per-row int8 codes are float32 arithmetic throughout: where float64 would round a
+    product the other way, they still give the reference's codes (and the kernel choice never rejects
+    them as not the mode's numbers)."""
+    x = _rounding_edge_rows(16)
+    (q, s), (q_ref, s_ref) = _both(lambda: quantize_rows(x))
+    assert torch.equal(q, q_ref) and torch.equal(s, s_ref)
+    m = Int8DynamicLinear.from_float(nn.Linear(2, 3))
+    for name in ("numba", "numba+int_mm"):
+        fast, slow = _both(lambda: m(x), name)
+        assert torch.equal(fast, slow) or choice.mismatch(choice.ops()["dynamic"], fast, slow, m, x, m.weight,
+                                                          m.weight_scale, m.bias, False) is None
+
+
 @pytest.mark.parametrize("name", ["numba", "numba+int_mm"])
 @pytest.mark.parametrize("rows", [1, 5, 8, 9, 256])
 @pytest.mark.parametrize("relu", [False, True])

@@ -360,10 +360,10 @@ def test_quantizing_twice_names_the_low_bit_modules() -> None:
 
 @needs_kernels
 def test_float_codes_kernel_gives_quantize_rows_codes() -> None:
-    lk = lowbit._lowbit_kernels()
+    k = kernels._kernels()
     x = torch.randn(37, 784) * torch.rand(37, 1) * 10
     q, s = torch.empty(37, 784), torch.empty(37, 1)
-    lk.quantize_rows_float(x.data_ptr(), 37, 784, 1e-12, q.data_ptr(), s.data_ptr())
+    k.quantize_rows_float(x.data_ptr(), 37, 784, 1e-12, q.data_ptr(), s.data_ptr())
     with kernels.disabled():
         q_ref, s_ref = quantize_rows(x)
     assert torch.equal(q, q_ref.float()) and torch.equal(s, s_ref)

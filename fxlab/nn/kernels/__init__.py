@@ -12,7 +12,8 @@ kernel              replaces                                        used by (can
 ``quantize_rows``   abs-max per row, reciprocal, scale, round,      ``Int8DynamicLinear``
                     cast (5-6 ops)                                  (``numba+int_mm``)
 ``scale_rows_cols`` scale product, ``addcmul``, ReLU                ``Int8DynamicLinear`` (same)
-``dynamic_linear``  all of the above and ``torch._int_mm``          ``Int8DynamicLinear`` (``numba``)
+``dynamic_linear``  ``quantize_rows``, then the rest of the above   ``Int8DynamicLinear`` (``numba``)
+                    and ``torch._int_mm`` in one pass
 ``linear_w8``       int8 → float weights, GEMM, scale, bias, ReLU   ``Int8WeightOnlyLinear`` (same)
 ``linear_half``     bf16/fp16 → float weights, GEMM, bias, ReLU     ``HalfLinear`` (``numba``)
 ``quantize_affine`` scale, round, zero point, clamp, cast           ``Quantize``
@@ -213,10 +214,12 @@ def scale_rows_cols(k: ModuleType, acc: Tensor, row_scale: Tensor, col_scale: np
 
 def dynamic_linear(k: ModuleType, x: Tensor, w: np.ndarray, w_scale: np.ndarray, bias: np.ndarray, relu: bool,
                    eps: float) -> Tensor:
-    """The int8 dynamic Linear in one kernel (for few rows)."""
+    """The int8 dynamic Linear in two kernels (for few rows): the rows' codes (exact, as
+    :func:`quantize_rows`), then the integer dot products, scales, bias and ReLU."""
     m = _check(x, w)
-    out = _empty(m, w.shape[0])
-    k.dynamic_linear(x.data_ptr(), m, w, w_scale, bias, relu, eps, out.data_ptr())
+    q, scale, out = _empty(m, x.shape[1]), _empty(m), _empty(m, w.shape[0])
+    k.quantize_rows_float(x.data_ptr(), m, x.shape[1], eps, q.data_ptr(), scale.data_ptr())
+    k.dynamic_linear(q.data_ptr(), m, scale.data_ptr(), w, w_scale, bias, relu, out.data_ptr())
     return out
 
 

@@ -10,8 +10,9 @@ exact for the mode on that very input (a warm-up call, then 3-15 interleaved rou
 3 ms each, each candidate's median over the rounds compared), checks each one's output against the
 reference's (int8 codes equal, floats within the mode's rounding), and keeps the fastest. Decisions are cached in memory and in a JSON
 file under the user cache (``<cache>/fxlab/kernels/``, written atomically), named by a key of the
-CPU model, its ISA flags, and the torch, numba and fxlab versions, like Inductor's autotune cache:
-another machine or another torch measures afresh. A decision measured while the machine is busy
+CPU model, its ISA flags, torch's thread count, the torch, numba and fxlab versions and a hash of
+the code in ``fxlab/nn``, like Inductor's autotune cache: another machine, another torch or changed
+kernels measure afresh. A decision measured while the machine is busy
 (its 1-minute load average above its CPU count, or torch's thread pool starved by other work:
 other work then weighs on the times, on torch's multi-threaded ops most) is used but not written to disk, and measured again after ``RECHECK_S``
 seconds once the machine is no longer busy.
@@ -432,7 +433,8 @@ def _measure(op: Op, key: str, module: Any, x: Tensor, args: tuple[Any, ...]) ->
 
 @functools.cache
 def machine() -> dict[str, Any]:
-    """What a decision depends on besides the shape: CPU model and ISA flags, torch, numba, fxlab."""
+    """What a decision depends on besides the shape: CPU model and ISA flags, torch threads, torch,
+    numba, fxlab and the code of its modules."""
     import fxlab
 
     model, flags = platform.processor() or platform.machine(), []
@@ -456,7 +458,16 @@ def machine() -> dict[str, Any]:
     except ImportError:
         numba_version = None
     return {"cpu": model, "isa_flags": flags, "torch_capability": capability, "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "numba": numba_version, "fxlab": fxlab.__version__}
+            "torch": torch.__version__, "numba": numba_version, "fxlab": fxlab.__version__, "code": _code_hash()}
+
+
+def _code_hash() -> str:
+    """A hash of the modules the candidates live in (``fxlab/nn``): a changed kernel is measured
+    afresh, and so is one a bug had kept out, even where fxlab's version number stayed the same."""
+    digest = hashlib.sha1()
+    for path in sorted(Path(__file__).resolve().parents[1].rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def machine_key() -> str:

@@ -107,7 +107,22 @@ def _row_absmax(x, i, k, eps):  # pragma: no cover - compiled
     a = np.int32(0)
     for j in range(k):
         a = max(a, bits[i, j] & _ABS_BITS)
-    return max(_bits_to_f32(a), eps)
+    # eps arrives as a Python float: a float64 here would carry the row's arithmetic into float64,
+    # whose products round otherwise than the reference's float32 ones at a code's edge
+    return max(_bits_to_f32(a), np.float32(eps))
+
+
+@numba.njit(**_EXACT)
+def _quantize_row(x, i, k, eps, q):  # pragma: no cover - compiled
+    """Row ``i`` of ``x`` coded as :func:`quantize_rows` does, into ``q`` (k; int8 or float32 values);
+    returns the row's scale. Called only from kernels compiled without fast-math: Numba compiles a
+    callee with the flags of the caller that compiles it first (numba/numba#7168), and fast-math
+    reassociates ``x * (127 * (1 / a))``, which rounds some products otherwise than the reference."""
+    amax = _row_absmax(x, i, k, eps)
+    inv = _F127 * (_ONE / amax)
+    for j in range(k):
+        q[j] = np.rint(x[i, j] * inv)
+    return amax * (_ONE / _F127)
 
 
 @numba.njit(**_EXACT)
@@ -118,11 +133,18 @@ def quantize_rows(x_at, m, k, eps, q_at, scale_at):  # pragma: no cover - compil
     q = numba.carray(_i8p(q_at), (m, k))
     scale = numba.carray(_f32p(scale_at), m)
     for i in range(m):
-        amax = _row_absmax(x, i, k, eps)
-        inv = _F127 * (_ONE / amax)
-        for j in range(k):
-            q[i, j] = np.int8(np.rint(x[i, j] * inv))
-        scale[i] = amax * (_ONE / _F127)
+        scale[i] = _quantize_row(x, i, k, eps, q[i])
+
+
+@numba.njit(**_EXACT)
+def quantize_rows_float(x_at, m, k, eps, q_at, scale_at):  # pragma: no cover - compiled
+    """:func:`quantize_rows`'s codes written as float32 (integer values, ready for a float GEMM or a
+    fast-math kernel: no int8 → float pass), and the row scales (m floats)."""
+    x = numba.carray(_f32p(x_at), (m, k))
+    q = numba.carray(_f32p(q_at), (m, k))
+    scale = numba.carray(_f32p(scale_at), m)
+    for i in range(m):
+        scale[i] = _quantize_row(x, i, k, eps, q[i])
 
 
 @numba.njit(**_EXACT)
@@ -164,22 +186,19 @@ def _int_dot(a, w, o):  # pragma: no cover - compiled
 
 
 @numba.njit(**_JIT)
-def dynamic_linear(x_at, m, w, w_scale, bias, relu, eps, out_at):  # pragma: no cover - compiled
-    """The whole int8 dynamic Linear for a few rows: each row quantized as :func:`quantize_rows`
-    does, exact integer dot products with the int8 ``w`` (n, k) (what ``torch._int_mm``
-    computes), then ``acc * (scale * w_scale[o]) + bias[o]`` and ReLU if asked."""
+def dynamic_linear(q_at, m, row_scale_at, w, w_scale, bias, relu, out_at):  # pragma: no cover - compiled
+    """The rest of the int8 dynamic Linear for a few rows, from the rows' codes (float32 (m, k), from
+    :func:`quantize_rows_float`) and scales (m): exact integer dot products with the int8 ``w``
+    (n, k) (what ``torch._int_mm`` computes), then ``acc * (scale * w_scale[o]) + bias[o]`` and ReLU
+    if asked."""
     n, k = w.shape
-    x = numba.carray(_f32p(x_at), (m, k))
+    q = numba.carray(_f32p(q_at), (m, k))
+    row_scale = numba.carray(_f32p(row_scale_at), m)
     out = numba.carray(_f32p(out_at), (m, n))
-    q = np.empty(k, dtype=np.float32)
     for i in range(m):
-        amax = _row_absmax(x, i, k, eps)
-        inv = _F127 * (_ONE / amax)
-        for j in range(k):
-            q[j] = np.rint(x[i, j] * inv)
-        scale = amax * (_ONE / _F127)
+        scale = row_scale[i]
         for o in range(n):
-            out[i, o] = _finish(_int_dot(q, w, o) * (scale * w_scale[o]), bias, o, relu)
+            out[i, o] = _finish(_int_dot(q[i], w, o) * (scale * w_scale[o]), bias, o, relu)
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,11 +19,12 @@ kernel                      computes                                          us
                             bytes, no intermediate tensors)                   ``F.linear``
 ``linear_packed``           ``x @ W.T + b`` (ReLU), each weight row decoded   few rows
                             into an L1 buffer once and dotted with every row
-``dynamic_linear_packed``   per-row int8 ``x`` × int4 ``W``: exact integer    few rows (int8-int4)
-                            sums per group, then the scales
-``quantize_rows_float``     per-row int8 codes of ``x`` as float32 values     many rows (int8-int4),
-                            (what ``quantize_rows`` computes)                 before ``F.linear``
+``dynamic_linear_packed``   per-row int8 codes of ``x`` × int4 ``W``: exact   few rows (int8-int4)
+                            integer sums per group, then the scales
 ==========================  ================================================  ===================
+
+int8-int4's activations are coded first by :mod:`.compiled`'s ``quantize_rows_float`` (without
+fast-math, so the codes are the reference's).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .compiled import _EXACT, _F127, _JIT, _ONE, _ZERO, _f32p, _finish, _row_absmax
+from .compiled import _EXACT, _JIT, _ZERO, _f32p, _finish
 
 
 @numba.njit(**_EXACT)
@@ -101,23 +102,17 @@ def linear_packed(x_at, m, packed, scales, k, group, bits, bias, relu, out_at): 
 
 
 @numba.njit(**_JIT)
-def dynamic_linear_packed(x_at, m, packed, scales, k, group, bias, relu, eps, out_at):  # pragma: no cover - compiled
-    """int8 per-row activations × int4 group-wise weights for a few rows: each row quantized as
-    ``fxlab.nn.quantized.quantize_rows`` does; per group the exact integer sum of code products
-    (float32 holds it exactly: |sum| ≤ group · 127 · 8 < 2**24), times the group's scale; then
-    the row's scale and the bias."""
+def dynamic_linear_packed(q_at, m, row_scale_at, packed, scales, k, group, bias, relu, out_at):  # pragma: no cover - compiled
+    """int8 per-row activations × int4 group-wise weights for a few rows, from the rows' codes
+    (float32 (m, k), from ``quantize_rows_float``, as ``fxlab.nn.quantized.quantize_rows`` computes
+    them) and scales (m): per group the exact integer sum of code products (float32 holds it
+    exactly: |sum| ≤ group · 127 · 8 < 2**24), times the group's scale; then the row's scale and
+    the bias."""
     n = packed.shape[0]
     groups = scales.shape[1]
-    x = numba.carray(_f32p(x_at), (m, k))
+    q = numba.carray(_f32p(q_at), (m, k))
+    row_scale = numba.carray(_f32p(row_scale_at), m)
     out = numba.carray(_f32p(out_at), (m, n))
-    q = np.empty((m, k), dtype=np.float32)
-    row_scale = np.empty(m, dtype=np.float32)
-    for i in range(m):
-        amax = _row_absmax(x, i, k, eps)
-        inv = _F127 * (_ONE / amax)
-        for j in range(k):
-            q[i, j] = np.rint(x[i, j] * inv)
-        row_scale[i] = amax * (_ONE / _F127)
     wq = np.empty(packed.shape[1] * 2, dtype=np.float32)
     for o in range(n):
         _decode_codes(packed, o, 4, wq)
@@ -133,18 +128,3 @@ def dynamic_linear_packed(x_at, m, packed, scales, k, group, bias, relu, eps, ou
                     part += xs[j] * ws[j]
                 y += part * scales[o, g]
             out[i, o] = _finish(y * row_scale[i], bias, o, relu)
-
-
-@numba.njit(**_EXACT)
-def quantize_rows_float(x_at, m, k, eps, q_at, scale_at):  # pragma: no cover - compiled
-    """:func:`fxlab.nn.kernels.compiled.quantize_rows`'s per-row int8 codes, written as float32
-    (integer values, ready for a float GEMM: no int8 → float pass), and the row scales (m, 1)."""
-    x = numba.carray(_f32p(x_at), (m, k))
-    q = numba.carray(_f32p(q_at), (m, k))
-    scale = numba.carray(_f32p(scale_at), m)
-    for i in range(m):
-        amax = _row_absmax(x, i, k, eps)
-        inv = _F127 * (_ONE / amax)
-        for j in range(k):
-            q[i, j] = np.rint(x[i, j] * inv)
-        scale[i] = amax * (_ONE / _F127)
