@@ -7,7 +7,9 @@ rounds (:func:`fxlab.bench.harness.compare`):
 - ``fxlab``: the module's forward (the path it picks for the batch: ``LOWBIT_KERNEL_MAX_ROWS``);
 - ``fused kernel``: the fused unpack-and-dot Numba kernel forced, whatever the batch;
 - ``kernel weight + F.linear``: the float32 weight written by the Numba kernel, then ``F.linear``;
-- ``unpack + F.linear``: the baseline, the weight unpacked to float32 in torch ops, then ``F.linear``;
+- ``unpack + F.linear``: the baseline, the module's torch ops (kernels off): the weight unpacked to
+  float32, then ``F.linear`` (int8-int4: of its activations' int8 codes, then the row scales, as the
+  mode computes);
 - ``float32``: ``F.linear`` on the original float weight (for scale).
 
 Ratios are ``unpack + F.linear`` over each candidate (> 1: faster than the baseline). The targets:
@@ -22,7 +24,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 
 from .harness import compare, ratio, timing_fields
 from .targets import Target
@@ -52,8 +53,17 @@ def _forced(m: torch.nn.Module, x: torch.Tensor, max_rows: int) -> Callable[[], 
 
 
 def _unpack_linear(m: Any, x: torch.Tensor) -> Callable[[], Any]:
-    """The baseline: the packed weight unpacked to float32 in torch ops, then ``F.linear``."""
-    return lambda: F.linear(x, m.dequantized_weight(), m.bias)
+    """The baseline: the module's own arithmetic in torch ops, without the kernels: the packed weight
+    unpacked to float32, then ``F.linear`` (int8-int4: of the activations' int8 codes, which torch ops
+    compute first, then the row scales; a float GEMM of the unquantized activations would be another
+    function, and cheaper by the very quantization the mode does)."""
+    from ..nn import kernels
+
+    def call() -> Any:
+        with kernels.disabled():
+            return m(x)
+
+    return call
 
 
 def lowbit_suite(cfg: Config) -> dict[str, Any]:
