@@ -19,8 +19,8 @@ figures that matter are ratios measured together):
 - ``explain``: ``fxlab.bisect``'s verifications on pipelines of 4, 16 and 64 steps (logarithmic), and
   the overhead of per-node numerics on a verification step (``explain.py``).
 - ``lowbit``: the packed int4 / int8-int4 / int2 Linears' CPU paths (fused Numba kernel, kernel-written
-  float weight + ``F.linear``) against unpacking the weight to float32 in torch ops + ``F.linear``, at
-  batch 1 and 256 (``lowbit.py``).
+  float weight + ``F.linear``) against the same module's torch ops (the weight unpacked to float32,
+  then ``F.linear``), at batch 1 and 256 (``lowbit.py``).
 - ``torchao``: each fxlab quantization mode next to torchao's nearest config on the trained seed
   models: MNIST test accuracy, state-dict bytes, latency at batch 1 and 256 (``torchao.py``; needs
   the optional ``torchao``, ``pip install 'fxlab[bench]'``: without it the suite says it was not run).

@@ -174,11 +174,6 @@ def quantize_grouped(weight: Tensor, group_size: int | None, bits: int = 4) -> t
     return _ungroup(q, *w.shape).to(torch.int8), scale
 
 
-def quantize_int4(weight: Tensor, group_size: int | None) -> tuple[Tensor, Tensor]:
-    """int4 codes in [-8, 7] and scales per group: :func:`quantize_grouped` at 4 bits."""
-    return quantize_grouped(weight, group_size, 4)
-
-
 def quantize_fp8(weight: Tensor) -> tuple[Tensor, Tensor]:
     """float8 e4m3 weights with one scale per output channel (``max|w|`` maps to 448):
     ``(w8 float8_e4m3fn (n, k), scale float32 (n,))``."""
@@ -199,9 +194,10 @@ def fake_quantize_weight(weight: Tensor, kind: str, group_size: int | None = Non
     >>> torch.equal(fake_quantize_weight(linear.weight, "int4", 32), m.dequantized_weight())
     True
     """
-    if kind in ("int4", "int2"):
+    bits = {"int4": 4, "int2": 2}.get(kind)
+    if bits is not None:
         k = weight.shape[1]
-        q, scale = quantize_grouped(weight, group_size, 4 if kind == "int4" else 2)
+        q, scale = quantize_grouped(weight, group_size, bits)
         return q.float() * _group_scales(scale, k, group_size or k)
     if kind == "fp8":
         scale = weight.detach().abs().amax(dim=1) / FP8_MAX
@@ -237,15 +233,11 @@ class _PackedLinear(_LinearBase):
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
 
     @classmethod
-    def quantize(cls, weight: Tensor, group_size: int | None) -> tuple[Tensor, Tensor]:  # pragma: no cover
-        raise NotImplementedError
-
-    @classmethod
     def from_float(cls, linear: nn.Module, *, relu: bool = False, group_size: int | None = None) -> _PackedLinear:
         """Quantize ``linear`` (an ``nn.Linear``, or a fused ``LinearReLU`` with ``relu=True``)."""
         module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, relu=relu,
                      group_size=group_size)
-        q, scale = cls.quantize(linear.weight, group_size)
+        q, scale = quantize_grouped(linear.weight, group_size, cls.bits)
         with torch.no_grad():
             module.weight_packed = pack(q, cls.bits)
             module.weight_scale = scale.float().contiguous()
@@ -310,10 +302,6 @@ class Int4WeightOnlyLinear(_PackedLinear):
 
     bits = 4
 
-    @classmethod
-    def quantize(cls, weight: Tensor, group_size: int | None) -> tuple[Tensor, Tensor]:
-        return quantize_int4(weight, group_size)
-
 
 class Int8Int4Linear(Int4WeightOnlyLinear):
     """int8 activations (symmetric per row, at run time) × int4 group-wise weights.
@@ -369,17 +357,14 @@ class Int2WeightOnlyLinear(_PackedLinear):
 
     bits = 2
 
-    @classmethod
-    def quantize(cls, weight: Tensor, group_size: int | None) -> tuple[Tensor, Tensor]:
-        return quantize_grouped(weight, group_size, 2)
-
     def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any) -> None:
         # int2 files saved before int2 had groups hold one scale per channel (ternary codes, a subset
         # of [-2, 1]) under a pipeline without group_size: they load as a per-channel module
-        scale = state_dict.get(prefix + "weight_scale")
-        if isinstance(scale, Tensor) and scale.dim() == 2 and scale.shape[1] == 1 != self.weight_scale.shape[1]:
+        saved = state_dict.get(prefix + "weight_scale")
+        own = self._buffers["weight_scale"]
+        if isinstance(saved, Tensor) and saved.shape == (self.out_features, 1) and own.shape[1] != 1:
             self.group_size, self.group = None, self.in_features
-            self.weight_scale = torch.ones(self.out_features, 1)
+            self.weight_scale = own.new_ones(self.out_features, 1)
         super()._load_from_state_dict(state_dict, prefix, *args)
 
 

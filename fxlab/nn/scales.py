@@ -8,9 +8,10 @@ outlier), the scale is the candidate of least ``Σ (q·s − w)²`` over its sli
 * ``s = r · max|w| / qmax`` for every clipping ratio ``r`` in :data:`CLIP_RATIOS` (1.00 down to
   0.60 in steps of 0.02; ``r = 1`` is the plain absmax scale, so the error is never larger than
   its error, up to the float rounding of that scale), and
-* where the code range is asymmetric (int4: [-8, 7]), ``s = r · m / qmin`` with ``m`` the slice's
-  extreme (the element of largest magnitude, with its sign): the extreme maps onto -8, one more
-  step than 7, and a positive extreme gets a negative scale (llama.cpp's ``d = max / -8``).
+* where the code range is asymmetric (int4: [-8, 7]; int2: [-2, 1]), ``s = r · m / qmin`` with
+  ``m`` the slice's extreme (the element of largest magnitude, with its sign): the extreme maps onto
+  ``qmin``, one more step than ``qmax``, and a positive extreme gets a negative scale (llama.cpp's
+  ``d = max / -8``).
   Everything that multiplies codes by scales is indifferent to the sign.
 
 The best of these is then refined: that scale times each of :data:`REFINE_FACTORS` (0.98 to 1.02 in
@@ -26,9 +27,9 @@ It runs when a module is built from a float one, and at every step of quantizati
 small enough to stay in cache (a few ms for the int8 and 10–30 ms for the int4 weights of
 ``mymodule`` on one core). That makes quantization-aware training of a small MLP several times
 slower: a 0.1-epoch int4 QAT run of ``mymodule`` took 0.9–2.1 s against 0.3–0.4 s with the plain
-absmax scale (alternating runs on a loaded 2-core machine). The int8 and int4 Linears, the int8 convs and
-quantization-aware training's fake quantization all take their codes and scales from
-:func:`quantize_symmetric`.
+absmax scale (alternating runs on a loaded 2-core machine). The int8, int4 and int2 Linears, the
+int8 convs and quantization-aware training's fake quantization all take their codes and scales
+from :func:`quantize_symmetric`.
 """
 
 from __future__ import annotations

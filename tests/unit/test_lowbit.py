@@ -21,7 +21,7 @@ from fxlab.nn.lowbit import (
     dequantize,
     fake_quantize_weight,
     pack,
-    quantize_int4,
+    quantize_grouped,
     unpack,
 )
 from fxlab.nn.quantized import quantize_rows
@@ -87,7 +87,7 @@ def test_int4_holds_two_weights_a_byte() -> None:
 
 def test_int4_codes_and_scales() -> None:
     w = torch.randn(5, 70)
-    q, s = quantize_int4(w, 32)
+    q, s = quantize_grouped(w, 32)
     assert int(q.min()) >= -8 and int(q.max()) <= 7 and s.shape == (5, 3)
     wide = s.repeat_interleave(32, dim=1)[:, :70]
     err = (q.float() * wide - w).square().reshape(5, -1)
@@ -100,7 +100,7 @@ def test_int4_codes_and_scales() -> None:
         # a scale never clips more than 40 % of the range away (and 2 % of refinement)
         assert bool((s[:, g].abs() >= block.abs().amax(dim=1) * 0.6 * 0.98 / 8 - 1e-7).all())
     assert bool((s < 0).any()), "positive extremes onto -8: negative scales"
-    q_again, s_again = quantize_int4(w, 32)
+    q_again, s_again = quantize_grouped(w, 32)
     assert torch.equal(q, q_again) and torch.equal(s, s_again)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fxlab.nn.lowbit import Int4WeightOnlyLinear, Int8Int4Linear, fake_quantize_weight, quantize_int4
+from fxlab.nn.lowbit import Int4WeightOnlyLinear, Int8Int4Linear, fake_quantize_weight, quantize_grouped
 from fxlab.nn.quantized import Int8DynamicLinear, Int8WeightOnlyLinear, quantize_weight
 from fxlab.nn.scales import CLIP_RATIOS, quantize_symmetric
 
@@ -71,6 +71,6 @@ def test_int8_modules_store_the_searched_codes(cls: type) -> None:
 def test_int4_modules_qat_and_conversion_agree(cls: type, group: int | None) -> None:
     linear = torch.nn.Linear(70, 9)
     m = cls.from_float(linear, group_size=group)
-    q, s = quantize_int4(linear.weight, group)
+    q, s = quantize_grouped(linear.weight, group)
     assert torch.equal(m.weight_scale, s)
     assert torch.equal(fake_quantize_weight(linear.weight, "int4", group), m.dequantized_weight())

@@ -12,8 +12,8 @@ kernel              replaces                                        used by (can
 ``quantize_rows``   abs-max per row, reciprocal, scale, round,      ``Int8DynamicLinear``
                     cast (5-6 ops)                                  (``numba+int_mm``)
 ``scale_rows_cols`` scale product, ``addcmul``, ReLU                ``Int8DynamicLinear`` (same)
-``dynamic_linear``  ``quantize_rows``, then the rest of the above   ``Int8DynamicLinear`` (``numba``)
-                    and ``torch._int_mm`` in one pass
+``dynamic_linear``  ``torch._int_mm``, scaling, bias and ReLU in    ``Int8DynamicLinear`` (``numba``)
+                    one pass, on ``quantize_rows_float``'s codes
 ``linear_w8``       int8 → float weights, GEMM, scale, bias, ReLU   ``Int8WeightOnlyLinear`` (same)
 ``linear_half``     bf16/fp16 → float weights, GEMM, bias, ReLU     ``HalfLinear`` (``numba``)
 ``quantize_affine`` scale, round, zero point, clamp, cast           ``Quantize``
