@@ -633,6 +633,8 @@ class _QParams(kernels.CacheFree, nn.Module, LeafModule):
         it), cached until a buffer changes (assignment, ``fill_``, ``load_state_dict``)."""
         b = self._buffers
         scale, zero_point = b["scale"], b["zero_point"]
+        if scale.is_inference() or zero_point.is_inference():  # no version counter: never cached
+            return float(scale), float(scale.reciprocal()), int(zero_point)
         cached = self.__dict__.get("_values")
         if (
             cached is None

@@ -26,6 +26,7 @@ from fxlab.nn import (
 )
 from fxlab.passes import FuseLinearReLU, QuantizeConvert, QuantizeLinear, QuantizePrepare
 from fxlab.passes.quantize import MODES
+from seed_helpers import assert_close
 
 #: the int8 and half modes (the low-bit ones, int4 / int8-int4 / fp8 / int2: tests/unit/test_lowbit.py)
 MODE_NAMES = [m for m in MODES if m not in ("int4", "int8-int4", "fp8", "int2")]
@@ -398,6 +399,24 @@ def test_callers_model_is_untouched(mode: str) -> None:
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
     assert torch.equal(model(x), before)
     assert not any(isinstance(m, QUANTIZED) for m in model.modules())
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_quantized_under_inference_mode_runs_there_and_under_no_grad(mode: str) -> None:
+    """A model quantized inside ``torch.inference_mode()`` holds inference tensors (no version
+    counter): it computes what the same model quantized outside gives, in either context (up to
+    float32 rounding: the kernels chosen may sum in another order)."""
+    model = build("mymodule").eval()
+    x = torch.randn(300, 1, 28, 28)
+    with torch.no_grad():
+        expected = quantize(model, mode)(x)
+    with torch.inference_mode():
+        gm = quantize(model, mode)
+    assert all(t.is_inference() for t in gm.buffers())
+    for context in (torch.inference_mode, torch.no_grad, torch.inference_mode):
+        with context():
+            assert_close(gm(x), expected)
+            assert_close(gm(x[:1]), expected[:1])
 
 
 @pytest.mark.parametrize("mode", MODE_NAMES)
