@@ -44,6 +44,13 @@ def test_every_pair_is_a_row(suite: dict[str, Any]) -> None:
         for side in (fx, t):
             if side["status"] == "ok":
                 assert 0 < side["accuracy"] <= 100 and positive(side["state_dict_bytes"])
+                assert "correct" not in side and "module" not in side  # JSON only
+        if fx["status"] == t["status"] == "ok":  # the paired counts are the accuracies' difference, image by image
+            p = r["paired"]
+            assert (p["fxlab_only"] - p["torchao_only"]) / 100 == pytest.approx(fx["accuracy"] - t["accuracy"])
+            assert 0 < p["p"] <= 1
+        else:
+            assert r["paired"] is None
         for b in ("1", "256"):
             lat = r["latency"][b]
             for side, timing in (("fxlab", lat["fxlab"]), ("torchao", lat["torchao"])):
@@ -89,6 +96,7 @@ def test_targets_and_tables(suite: dict[str, Any]) -> None:
     text = ao.torchao_tables(suite)
     assert f"fxlab vs torchao {suite['torchao']} on cpu" in text
     assert "Int8DynamicActivationInt8WeightConfig()" in text and "Int8WeightOnlyConfig()" in text
+    assert "paired (test images)" in text and "right only fxlab/torchao" in text
 
 
 def test_torchao_side_groups_per_linear() -> None:

@@ -82,6 +82,37 @@ def test_targets_take_the_worst_model_and_say_why_not() -> None:
     assert ("fp8 latency vs torchao", "cpu") not in targets  # the latency target is for int8 / int4 modes
 
 
+def test_paired_comparison_counts_the_images_each_alone_gets_right() -> None:
+    fx = {"correct": torch.tensor([True, True, False, False, True, True])}
+    t = {"correct": torch.tensor([True, False, True, False, False, True])}
+    assert ao.paired(fx, t) == {"fxlab_only": 2, "torchao_only": 1, "p": 1.0}
+    assert ao.paired(fx, {"status": "not supported on cpu (X)"}) is None
+    # McNemar's exact test: the disagreements split as fair coins under "equally accurate"
+    assert ao.mcnemar_p(0, 0) == 1.0 and ao.mcnemar_p(3, 3) == 1.0
+    assert ao.mcnemar_p(0, 6) == pytest.approx(2 / 64) and ao.mcnemar_p(6, 0) == ao.mcnemar_p(0, 6)
+    assert ao.mcnemar_p(2, 8) == pytest.approx(2 * (1 + 10 + 45) / 1024)
+    assert ao.mcnemar_p(40, 80) < 0.001 < ao.mcnemar_p(45, 55)
+
+
+
+def test_accuracy_target_is_judged_on_the_paired_images() -> None:
+    """Trailing by a split chance explains meets it; trailing by one it does not, or with no paired figures, does not."""
+    def row(model: str, fx: float, t: float, only_fx: int, only_ao: int) -> dict:
+        r = _row("int4", model, fx, t, 1.1)
+        r["paired"] = {"fxlab_only": only_fx, "torchao_only": only_ao, "p": ao.mcnemar_p(only_fx, only_ao)}
+        return r
+
+    [acc, _] = ao.torchao_targets([row("a", 96.73, 96.79, 12, 18), row("b", 98.0, 97.9, 20, 10)])
+    assert acc.met is True and acc.measured == pytest.approx(-0.06) and "worst: a" in acc.where
+    assert "right only fxlab/torchao 12/18, McNemar p 0.36" in acc.note
+    [acc, _] = ao.torchao_targets([row("a", 96.7, 96.9, 15, 35), row("b", 98.0, 97.9, 20, 10)])
+    assert acc.met is False and "McNemar p 0.007" in acc.note
+    [acc, _] = ao.torchao_targets([_row("int4", "a", 96.73, 96.79, 1.1)])
+    assert acc.met is False  # no paired figures: the plain difference decides
+    [acc, _] = ao.torchao_targets([row("a", 99.0, 92.0, 700, 0)])
+    assert acc.met is True and "McNemar p < 0.0001" in acc.note
+
+
 def test_fxlab_side_of_a_pair() -> None:
     """A mode this fxlab has is built (fusion, then quantize-linear); one it lacks says so."""
     from fxlab.models import build
