@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .harness import Timing, compare, describe
+from .harness import Timing, compare, describe, ratio
 from .memory import peak_tensor_bytes, state_dict_bytes
 from .targets import QUANT_MODES, inference_targets
 
@@ -35,7 +35,8 @@ log = logging.getLogger("fxlab.bench")
 METHOD = (
     "Built-in models (seed MLPs, CNNs) with random weights (seeded), eval mode, under torch.no_grad(). Latency: seconds per "
     "forward of the whole batch, median over interleaved rounds; spread = IQR / median. "
-    "Throughput: images per second. speedup = float32 median / variant median (>1 is faster). "
+    "Throughput: images per second. speedup = median over rounds of float32 time / variant time in the same round "
+    "(>1 is faster). "
     "Peak tensor memory: bytes of tensors allocated and alive at once during one forward "
     "(CPU: replay of torch.profiler's allocation and free events; CUDA: max_memory_allocated), "
     "weights and input excluded. state_dict_bytes: size of torch.save(state_dict)."
@@ -219,7 +220,7 @@ def _row(name: str, v: Variant, batch: int, timing: Timing | str | None, base: T
         return row
     row.update(status="ok", latency=timing.to_json(), latency_ms=timing.median * 1e3, spread=timing.spread,
                throughput=batch / timing.median,
-               speedup=(base.median / timing.median) if isinstance(base, Timing) else None,
+               speedup=ratio(base, timing),
                peak_tensor_bytes=extra.get("peak"))
     return row
 

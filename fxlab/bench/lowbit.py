@@ -112,7 +112,8 @@ def lowbit_suite(cfg: Config) -> dict[str, Any]:
                       worst, "> 1.00× (every row)", ok if worst is not None else None,
                       f"worst {worst:.2f}× over {len(rows)} rows" if worst is not None else "not measured")]
     return {"rows": rows, "method": "each packed module's paths timed side by side in interleaved rounds (median); "
-                                    "speed-up = unpack + F.linear time / candidate time",
+                                    "speed-up = median over rounds of unpack + F.linear time / candidate time "
+                                    "in the same round",
             "targets": [t.to_json() for t in targets]}
 
 

@@ -47,11 +47,24 @@ def at_least(target: str, where: str, measured: float | None, minimum: float, no
 # inference
 
 
-def _median(rows: list[dict[str, Any]], model: str, variant: str, batch: int) -> float | None:
+def _latency(rows: list[dict[str, Any]], model: str, variant: str, batch: int) -> dict[str, Any] | None:
     for r in rows:
         if r["model"] == model and r["variant"] == variant and r["batch"] == batch:
-            return r["latency"]["median_s"] if r.get("status") == "ok" else None
+            return r["latency"] if r.get("status") == "ok" else None
     return None
+
+
+def _median(rows: list[dict[str, Any]], model: str, variant: str, batch: int) -> float | None:
+    t = _latency(rows, model, variant, batch)
+    return t["median_s"] if t else None
+
+
+def _speedup(rows: list[dict[str, Any]], model: str, slow: str, fast: str, batch: int) -> float | None:
+    """How many times faster variant ``fast`` ran than ``slow`` (same model and batch, timed in the same
+    rounds): the median of the per-round ratios (:func:`fxlab.bench.harness.latency_ratio`)."""
+    from .harness import latency_ratio
+
+    return latency_ratio(_latency(rows, model, slow, batch), _latency(rows, model, fast, batch))
 
 
 def _quantized(rows: list[dict[str, Any]], model: str, batch: int,
@@ -61,11 +74,11 @@ def _quantized(rows: list[dict[str, Any]], model: str, batch: int,
 
 
 def _fused_simplenn(rows: list[dict[str, Any]]) -> Target:
-    t, f, g = (_median(rows, "simplenn", v, 256) for v in ("float32", "fused", "GEMMs only"))
+    f, g = (_speedup(rows, "simplenn", "float32", v, 256) for v in ("fused", "GEMMs only"))
     note = "fused variant not available"
-    if t and f:
-        note = f"ceiling for exact float32 rewrites (GEMMs alone): {t / g:.2f}×" if g else ""
-    return at_least("fused SimpleNN speed-up", "simplenn, batch 256", t / f if t and f else None, 1.3, note)
+    if f:
+        note = f"ceiling for exact float32 rewrites (GEMMs alone): {g:.2f}×" if g else ""
+    return at_least("fused SimpleNN speed-up", "simplenn, batch 256", f, 1.3, note)
 
 
 def _vs_ao(rows: list[dict[str, Any]], model: str, device: Any) -> Target:
@@ -76,8 +89,9 @@ def _vs_ao(rows: list[dict[str, Any]], model: str, device: Any) -> Target:
         note = "no quantized variant" if not quant else (
             "torch.ao n/a on " + str(device) if device.type != "cpu" else "torch.ao failed")
         return Target(name, where, None, "≥ 1.00×", None, note)
-    best = min(quant, key=quant.__getitem__)
-    return at_least(name, where, ao / quant[best], 1.0, f"fastest: {best}")
+    over_ao = {mode: _speedup(rows, model, "torch.ao dynamic", mode, 256) or 0.0 for mode in quant}
+    best = max(over_ao, key=over_ao.__getitem__)
+    return at_least(name, where, over_ao[best], 1.0, f"fastest: {best}")
 
 
 def _slowest_at_batch_1(rows: list[dict[str, Any]], model: str) -> Target:
@@ -86,9 +100,9 @@ def _slowest_at_batch_1(rows: list[dict[str, Any]], model: str) -> Target:
     name, where, required = "slowest quantized mode vs float32", f"{model}, batch 1", "≤ 1.50× slower"
     if not t or not quant:
         return Target(name, where, None, required, None, "no quantized variant")
-    worst = max(quant, key=quant.__getitem__)
-    slowdown = quant[worst] / t
-    return Target(name, where, slowdown, required, slowdown <= 1.5, f"slowest: {worst}")
+    slowdowns = {mode: _speedup(rows, model, mode, "float32", 1) or 0.0 for mode in quant}
+    worst = max(slowdowns, key=slowdowns.__getitem__)
+    return Target(name, where, slowdowns[worst], required, slowdowns[worst] <= 1.5, f"slowest: {worst}")
 
 
 def _native_bf16(device: Any) -> bool:
@@ -105,8 +119,8 @@ def _bf16(rows: list[dict[str, Any]], model: str, device: Any) -> Target:
     name, where = "bf16 vs float32 (native bf16 only)", f"{model}, batch 256"
     if not _native_bf16(device):
         return Target(name, where, None, "≥ 1.50×", None, "no AVX512-BF16 or AMX on this CPU")
-    t, b = _median(rows, model, "float32", 256), _median(rows, model, "bf16", 256)
-    return at_least(name, where, t / b if t and b else None, 1.5, "" if b else "bf16 variant not available")
+    b = _speedup(rows, model, "float32", "bf16", 256)
+    return at_least(name, where, b, 1.5, "" if b else "bf16 variant not available")
 
 
 def inference_targets(rows: list[dict[str, Any]], device: Any) -> list[Target]:
@@ -118,8 +132,8 @@ def inference_targets(rows: list[dict[str, Any]], device: Any) -> list[Target]:
         out.append(_fused_simplenn(rows))
     if 256 in batches:
         for m in models:
-            t, d = _median(rows, m, "float32", 256), _median(rows, m, "dynamic", 256)
-            out.append(at_least("int8 dynamic vs float32", f"{m}, batch 256", t / d if t and d else None,
+            d = _speedup(rows, m, "float32", "dynamic", 256)
+            out.append(at_least("int8 dynamic vs float32", f"{m}, batch 256", d,
                                 1.0, "" if d else "dynamic variant not available"))
         out += [_vs_ao(rows, m, device) for m in models]
         out += [_bf16(rows, m, device) for m in models]

@@ -62,7 +62,7 @@ METHOD = (
     "MNIST test images (fxlab.train.evaluate); paired: test images only fxlab's model gets right / only torchao's, and "
     "the two-sided p of McNemar's exact test (a small p: the two differ beyond chance). state dict: bytes of torch.save(state_dict). Latency: ms per forward "
     "of the whole batch under torch.inference_mode, median over rounds in which float32, fxlab and torchao take "
-    "turns; fxlab speed-up = torchao median / fxlab median (>1: fxlab faster)."
+    "turns; fxlab speed-up = median over rounds of torchao time / fxlab time in the same round (>1: fxlab faster)."
 )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 
 from fxlab import bench
+from fxlab.bench import harness
 from fxlab.errors import WriteError
 from fxlab.cli import run
 
@@ -70,6 +72,10 @@ def test_inference(smoke: tuple[dict[str, Any], str]) -> None:
                 assert r["latency"]["rounds"] >= 3
                 assert r["peak_tensor_bytes"] >= 0 and positive(r["state_dict_bytes"])
                 assert r["throughput"] == pytest.approx(batch / r["latency"]["median_s"])
+                # speed-up: the median of same-round ratios against float32
+                per_round = [a / b for a, b in zip(base["latency"]["samples_s"], r["latency"]["samples_s"])]
+                assert len(per_round) == r["latency"]["rounds"] == base["latency"]["rounds"]
+                assert r["speedup"] == pytest.approx(statistics.median(per_round))
     # fxlab's own variants ran (the anchors may be missing where torch lacks them: their rows say why)
     ok = {(r["model"], r["variant"]) for r in rows if r["status"] == "ok"}
     assert {("simplenn", "fused"), *(("mymodule", mode) for mode in bench.QUANT_MODES)} <= ok
@@ -111,7 +117,7 @@ def test_targets(smoke: tuple[dict[str, Any], str]) -> None:
             "evaluation vs seeds' loop"} <= names
     for t in targets:
         assert t["met"] in (True, False, None)
-        if t["required"].endswith("points"):  # a difference of accuracies: any finite sign
+        if "points" in t["required"]:  # a difference of accuracies: any finite sign
             assert t["measured"] is None or math.isfinite(t["measured"])
         else:  # a ratio or a time
             assert t["measured"] is None or positive(t["measured"])
@@ -156,6 +162,22 @@ def test_compare_reports_failures_and_keeps_order() -> None:
         t = result[name]
         assert isinstance(t, bench.Timing) and t.rounds == 3 and t.calls >= 1
         assert t.min <= t.q1 <= t.median <= t.q3 <= t.max and t.spread >= 0
+
+
+def test_ratios_pair_the_rounds() -> None:
+    """A candidate's samples are its rounds in order; a ratio is the median of same-round ratios, so a
+    round in which the machine slowed both down weighs like any other."""
+    result = bench.compare({"a": lambda: sum(range(2000)), "b": lambda: sum(range(200))}, rounds=5, round_time=0.001)
+    a, b = result["a"], result["b"]
+    assert len(a.samples) == len(b.samples) == 5 and sorted(a.samples)[2] == a.median
+    assert harness.ratio(a, b) == pytest.approx(statistics.median(x / y for x, y in zip(a.samples, b.samples)))
+    slow = bench.Timing.of([2.0, 8.0, 2.2, 9.0, 2.1], 1, None)  # rounds 2 and 4: the machine slowed both
+    fast = bench.Timing.of([1.0, 4.0, 1.1, 4.5, 1.0], 1, None)
+    assert harness.ratio(slow, fast) == pytest.approx(2.0)
+    assert slow.median / fast.median == pytest.approx(2.2 / 1.1)  # what the medians alone would say
+    assert harness.latency_ratio(slow.to_json(), fast.to_json()) == pytest.approx(2.0)
+    old = {k: v for k, v in slow.to_json().items() if k != "samples_s"}  # a file saved before rounds were kept
+    assert harness.latency_ratio(old, fast.to_json()) == pytest.approx(2.2 / 1.1)
 
 
 def test_write_json_atomic(tmp_path: Path) -> None:
