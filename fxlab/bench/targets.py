@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from .harness import latency_ratio
+
 QUANT_MODES = ("dynamic", "weight-only", "bf16", "fp16", "static")
 INT8_MODES = ("dynamic", "weight-only", "static")
 TARGET_HEADERS = ["target", "where", "measured", "required", "verdict", "note"]
@@ -62,8 +64,6 @@ def _median(rows: list[dict[str, Any]], model: str, variant: str, batch: int) ->
 def _speedup(rows: list[dict[str, Any]], model: str, slow: str, fast: str, batch: int) -> float | None:
     """How many times faster variant ``fast`` ran than ``slow`` (same model and batch, timed in the same
     rounds): the median of the per-round ratios (:func:`fxlab.bench.harness.latency_ratio`)."""
-    from .harness import latency_ratio
-
     return latency_ratio(_latency(rows, model, slow, batch), _latency(rows, model, fast, batch))
 
 
