@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core import LeafModule
+from . import kernels
 from .kernels import CacheFree, choice
 
 __all__ = ["ConvReLU", "LinearReLU", "linear_flops"]
@@ -26,7 +27,7 @@ def _linear_relu_torch(m: LinearReLU, x: torch.Tensor, weight: torch.Tensor, bia
 
 def _linear_relu_onednn(m: LinearReLU, x: torch.Tensor, weight: torch.Tensor,
                         bias: torch.Tensor | None) -> torch.Tensor:
-    packed = m._packed(x, weight)
+    packed = kernels.onednn_packed(m, weight, x.shape[0])
     if packed is None:  # an inference tensor: its in-place changes could not be seen
         return _linear_relu_torch(m, x, weight, bias)
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "relu", [], "")
@@ -97,20 +98,6 @@ class LinearReLU(CacheFree, nn.Linear, LeafModule):
         """FLOPs of one forward on an input of ``input_shape``, whichever path runs (the oneDNN
         one is invisible to torch's ``FlopCounterMode``): :func:`linear_flops`."""
         return linear_flops(input_shape, self.in_features, self.out_features)
-
-    def _packed(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
-        """oneDNN's pre-packed copy of ``weight`` (None for an inference tensor, whose in-place
-        writes could not be seen). Kept until the weight changes (a new tensor, or an in-place
-        update such as an optimizer step); never in the state dict, pickles or deep copies."""
-        if weight.is_inference():
-            return None
-        key = (weight.data_ptr(), weight._version, tuple(weight.shape))
-        cached = self.__dict__.get("_fxlab_packed")
-        if cached is None or cached[0] != key:
-            with torch.no_grad():
-                cached = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), x.shape[0]))
-            self.__dict__["_fxlab_packed"] = cached
-        return cached[1]
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> LinearReLU:

@@ -298,16 +298,11 @@ _MKLDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkld
 
 
 def _half_native_packed(m: Any, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
-    """:func:`_half_native` on oneDNN's pre-packed copy of the half weight (kept on the module until
-    the weight changes; never in state dicts, pickles or copies)."""
-    if weight.is_inference():  # in-place writes to it could not be seen
+    """:func:`_half_native` on oneDNN's pre-packed copy of the half weight (:func:`kernels.onednn_packed`)."""
+    packed = kernels.onednn_packed(m, weight, x.shape[0])
+    if packed is None:  # an inference tensor
         return _half_native(m, x, weight, bias, relu)
-    key = (weight.data_ptr(), weight._version, tuple(weight.shape))
-    cached = m.__dict__.get("_fxlab_packed")
-    if cached is None or cached[0] != key:
-        cached = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), x.shape[0]))
-        m.__dict__["_fxlab_packed"] = cached
-    y = torch.ops.mkldnn._linear_pointwise(x.to(weight.dtype), cached[1], None, "none", [], "")
+    y = torch.ops.mkldnn._linear_pointwise(x.to(weight.dtype), packed, None, "none", [], "")
     return _relu(torch.add(bias, y) if bias is not None else y.to(x.dtype), relu)
 
 

@@ -157,6 +157,22 @@ class CacheFree:
         return state
 
 
+def onednn_packed(module: nn.Module, weight: Tensor, rows: int) -> Tensor | None:
+    """oneDNN's pre-packed copy of ``weight`` (for ``torch.ops.mkldnn._linear_pointwise``), cached on
+    ``module`` until the weight changes (a new tensor, or an in-place update such as an optimizer step);
+    never in state dicts, pickles or deep copies (:class:`CacheFree`). None for an inference tensor,
+    whose in-place writes could not be seen (it has no version counter)."""
+    if weight.is_inference():
+        return None
+    key = (weight.data_ptr(), weight._version, tuple(weight.shape))
+    cached = module.__dict__.get("_fxlab_packed")
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            cached = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows))
+        module.__dict__["_fxlab_packed"] = cached
+    return cached[1]
+
+
 _NO_ARRAY = np.empty(0, dtype=np.float32)
 
 
