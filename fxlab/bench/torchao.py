@@ -7,7 +7,7 @@ For every seed model, trained (``fxlab.train.pretrained``, cached) and each pair
 - the torchao side: ``torchao.quantization.quantize_(copy of the model, Config())`` on the model's
   Linears; a config that raises while quantizing or on its first call is reported as
   ``not supported on cpu (<its error>)``;
-- test accuracy on the 10 000 real MNIST test images (``fxlab.train.evaluate``), and the paired
+- test accuracy on the 10 000 real MNIST test images (as ``fxlab.train.evaluate`` counts it), and the paired
   comparison on those images: how many only fxlab's model classifies right, how many only torchao's,
   and McNemar's exact test of that split (:func:`mcnemar_p`); state-dict bytes
   (``memory.state_dict_bytes``), latency at batch 1 and 256: the float32 model and both sides of
@@ -59,7 +59,7 @@ SIGNIFICANCE = 0.05
 METHOD = (
     "Seed models trained with fxlab's default recipe (cached checkpoints; --quick: one model, one epoch). fxlab: "
     "fusion then quantize-linear{mode}; torchao: quantize_(model, Config()) on the Linears. Accuracy: the 10 000 "
-    "MNIST test images (fxlab.train.evaluate); paired: test images only fxlab's model gets right / only torchao's, and "
+    "MNIST test images (counted as fxlab.train.evaluate does); paired: test images only fxlab's model gets right / only torchao's, and "
     "the two-sided p of McNemar's exact test (a small p: the two differ beyond chance). state dict: bytes of torch.save(state_dict). Latency: ms per forward "
     "of the whole batch under torch.inference_mode, median over rounds in which float32, fxlab and torchao take "
     "turns; fxlab speed-up = median over rounds of torchao time / fxlab time in the same round (>1: fxlab faster)."
@@ -331,15 +331,9 @@ def torchao_group_sizes(model: nn.Module, wanted: int) -> dict[str, int]:
 # measuring
 
 
-def _accuracy(module: Any, data: Any, device: torch.device) -> float | None:
-    from ..train import evaluate
-
-    with _quiet():
-        return evaluate(module, data, device=device).accuracy
-
-
 def _correct(module: Any, data: Any, device: torch.device) -> torch.Tensor:
-    """Per MNIST test image, whether ``module``'s top class is its label (the count ``evaluate`` makes)."""
+    """Per MNIST test image, whether ``module``'s top class is its label: the count of
+    ``fxlab.train.evaluate`` (the test set in one batch, eval mode, ``inference_mode``), image by image."""
     from .. import data as fxdata
     from .._util import eval_mode
 
@@ -356,8 +350,8 @@ def _side_figures(side: dict[str, Any], data: Any, device: torch.device) -> None
     if side.get("status") != "ok":
         return
     try:
-        side["accuracy"] = _accuracy(side["module"], data, device)
-        side["correct"] = _correct(side["module"], data, device)
+        correct = side["correct"] = _correct(side["module"], data, device)
+        side["accuracy"] = 100.0 * int(correct.sum()) / correct.numel()
         side["state_dict_bytes"] = state_dict_bytes(side["module"])
     except Exception as exc:
         side["status"] = f"failed: {describe(exc)}"

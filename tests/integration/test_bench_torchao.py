@@ -65,6 +65,20 @@ def test_every_pair_is_a_row(suite: dict[str, Any]) -> None:
                 assert lat["fxlab_speedup"] == pytest.approx(statistics.median(per_round))
 
 
+def test_accuracy_is_evaluates_count(suite: dict[str, Any], mnist) -> None:
+    """The suite counts right images itself (for the paired test); its accuracy is evaluate's."""
+    import dataclasses
+
+    from fxlab.train import evaluate, pretrained, recipe_for
+
+    model = pretrained("mymodule", data=mnist, recipe=dataclasses.replace(recipe_for("mymodule"), epochs=1),
+                       device="cpu", progress=False)
+    [base] = suite["baselines"]
+    assert base["accuracy"] == evaluate(model, mnist).accuracy
+    correct = ao._correct(model, mnist, torch.device("cpu"))
+    assert correct.shape == (10_000,) and 100.0 * int(correct.sum()) / 10_000 == base["accuracy"]
+
+
 def test_int8_pairs_are_accurate_and_small(suite: dict[str, Any]) -> None:
     [base] = suite["baselines"]
     assert base["accuracy"] > 90 and positive(base["latency"]["256"]["median_s"])
