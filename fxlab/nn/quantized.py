@@ -739,6 +739,22 @@ class Int8StaticLinear(_Int8WeightLinear):
     def __repr__(self) -> str:  # one line, like the other quantized Linears
         return f"{type(self).__name__}({self.extra_repr()})"
 
+    # The graph calls ``self.<path>.input_quant`` / ``.output_dequant`` on every forward; found on the
+    # class, they skip ``Module.__getattr__`` (a fifth of a batch-1 Quantize). Assignment and ``del``
+    # still go through ``Module.__setattr__`` / ``__delattr__`` into ``_modules``, which these read.
+    @property
+    def input_quant(self) -> Quantize:
+        return _child(self, "input_quant")
+
+    @property
+    def output_dequant(self) -> Dequantize:
+        return _child(self, "output_dequant")
+
+
+def _child(module: nn.Module, name: str) -> Any:
+    child = module.__dict__["_modules"].get(name)
+    return child if child is not None else nn.Module.__getattr__(module, name)
+
 
 class Int8Table(kernels.CacheFree, nn.Module, LeafModule):
     """An elementwise float function between two int8 tensors, as a 256-entry table.

@@ -188,6 +188,24 @@ def test_static_error_within_input_and_output_rounding_bound() -> None:
     assert ((y.double() - y_ref).abs() <= bound).all()
 
 
+def test_static_children_stay_ordinary_submodules() -> None:
+    """``input_quant`` / ``output_dequant`` are read through class properties (a faster lookup); they
+    must still behave as submodules: assigned, deleted, copied, listed and saved like any other."""
+    module = Int8StaticLinear.from_float(nn.Linear(4, 2), input_range=(-1, 1), output_range=(-3, 3))
+    assert [name for name, _ in module.named_children()] == ["input_quant", "output_dequant"]
+    replacement = quantized_nn.Quantize(0.5, 1)
+    module.input_quant = replacement
+    assert module.input_quant is replacement and module._modules["input_quant"] is replacement
+    copied = copy.deepcopy(module)
+    assert copied.input_quant is copied._modules["input_quant"] and copied.input_quant is not replacement
+    assert float(copied.input_quant.scale) == 0.5
+    assert {"input_quant.scale", "output_dequant.zero_point"} <= set(module.state_dict())
+    del module.output_dequant
+    assert not hasattr(module, "output_dequant")
+    with pytest.raises(AttributeError, match="output_dequant"):
+        module.output_dequant
+
+
 def test_dynamic_error_comparable_to_torch_ao_on_the_same_weights() -> None:
     """Same Linear, same inputs: error vs the float32 output, ours and torch.ao's quantize_dynamic."""
     linear = nn.Linear(784, 128)
