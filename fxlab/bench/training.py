@@ -23,6 +23,9 @@ log = logging.getLogger("fxlab.bench")
 
 SEED = "seeds' loop (DataLoader, batch 64)"
 FX64 = "fxlab.train.fit, batch 64"
+# the seeds' loop runs on torch's intra-op threads (every core); this row (no target) gives fxlab the
+# same cores, next to the recipe's one thread
+FX64_CORES = "fxlab.train.fit, batch 64, torch's threads"
 EPOCH_SPEEDUP = 12.0  # an fxlab.train epoch vs the seeds' loop, at least
 SEED_EVAL, FX_EVAL = "seeds' evaluation loop (DataLoader, batch 64)", "fxlab.train.evaluate"
 
@@ -32,7 +35,9 @@ METHOD = (
     "The seeds' loop is seed 001's: torchvision MNIST with ToTensor + Normalize(0.1307, 0.3081) through "
     "DataLoader(batch 64, shuffle=True, num_workers=0), Adam lr 1e-3. fxlab.train.fit (tensors held on the "
     "device, batches by indexing, its one-cycle schedule) runs at batch 64, the seeds' batch, and at its "
-    "default batch. Loading the data (read + check the files; fxlab also verifies their MD5s) is timed apart "
+    "default batch, on the default recipe's one intra-op thread; at batch 64 also on torch's threads "
+    "(threads=None), the cores the seeds' loop runs on (shown, no target: the targets use the recipe's "
+    "one thread). Loading the data (read + check the files; fxlab also verifies their MD5s) is timed apart "
     "(data_load_s). Accuracy: test accuracy after that "
     "one epoch (fxlab.train.evaluate). Evaluation: the test set with the fxlab-trained model, the seeds' "
     "loop vs fxlab.train.evaluate. Recipe: mymodule from random weights with fxlab's default recipe, once per "
@@ -89,13 +94,14 @@ def _epochs(data: Any, seed_train: Any, cfg: Config, device: torch.device) -> tu
     """One epoch of each candidate on a fresh model, side by side; the timings and the trained models."""
     from .. import train as fxtrain
 
-    def fx_fit(model: nn.Module, batch_size: int) -> None:
+    def fx_fit(model: nn.Module, batch_size: int, **kwargs: Any) -> None:
         fxtrain.fit(model, data, epochs=1, batch_size=batch_size, device=device, seed=0, progress=False,
-                    evaluate_each_epoch=False)
+                    evaluate_each_epoch=False, **kwargs)
 
     steps: dict[str, Callable[[nn.Module], None]] = {
         SEED: lambda m: seed_epoch(m, seed_train, device),
         FX64: lambda m: fx_fit(m, 64),
+        FX64_CORES: lambda m: fx_fit(m, 64, threads=None),
         _fxdef(): lambda m: fx_fit(m, fxtrain.DEFAULT_RECIPE.batch_size),
     }
     trained: dict[str, nn.Module] = {}
