@@ -101,7 +101,10 @@ def test_passes(smoke: tuple[dict[str, Any], str]) -> None:
 def test_training(smoke: tuple[dict[str, Any], str]) -> None:
     training = smoke[0]["training"]
     phases = {(r["phase"], r["implementation"]): r for r in training["rows"]}
-    assert len(phases) == 5
+    epochs = {name for phase, name in phases if phase == "epoch"}
+    assert epochs == {"seeds' loop (DataLoader, batch 64)", "fxlab.train.fit, batch 64",
+                      "fxlab.train.fit, batch 64, torch's threads", "fxlab.train.fit, default batch 256"}
+    assert len(phases) == 6  # and the two evaluations
     for r in phases.values():
         assert r["status"] == "ok" and positive(r["time_s"])
         if r["phase"] == "epoch":
