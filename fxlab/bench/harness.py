@@ -134,10 +134,22 @@ def paired_ratio(slow: Sequence[float], fast: Sequence[float], slow_median: floa
     >>> paired_ratio([], [], 3.0, 1.5)
     2.0
     """
-    pairs = [(a, b) for a, b in zip(slow, fast) if b > 0]
-    if slow and len(slow) == len(fast) and len(pairs) == len(slow):
-        return statistics.median(a / b for a, b in pairs)
+    ratios = round_ratios(slow, fast)
+    if ratios:
+        return statistics.median(ratios)
     return slow_median / fast_median if fast_median > 0 else None
+
+
+def round_ratios(top: Sequence[float] | None, bottom: Sequence[float] | None) -> list[float] | None:
+    """``top[r] / bottom[r]`` for every round ``r`` of two candidates timed in the same rounds; None
+    unless both have the same, non-zero number of rounds and every ``bottom`` time is positive.
+
+    >>> round_ratios([2.0, 3.0], [1.0, 2.0]), round_ratios([1.0], []), round_ratios([1.0], [0.0])
+    ([2.0, 1.5], None, None)
+    """
+    if not top or not bottom or len(top) != len(bottom) or min(bottom) <= 0:
+        return None
+    return [a / b for a, b in zip(top, bottom)]
 
 
 def latency_ratio(slow: dict[str, Any] | None, fast: dict[str, Any] | None) -> float | None:

@@ -44,7 +44,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from .harness import Timing, _order, failed, timing_fields
+from .harness import Timing, _order, failed, round_ratios, timing_fields
 from .targets import passes_targets
 
 if TYPE_CHECKING:
@@ -275,9 +275,8 @@ def _samples(rows: list[dict[str, Any]], change: str, depth: int, impl: str, clo
 
 def _paired(top: list[float] | None, bottom: list[float] | None) -> dict[str, Any] | None:
     """Per-round ratios top[r] / bottom[r] (both measured in round r), summarised."""
-    if not top or not bottom or len(top) != len(bottom) or min(bottom) <= 0:
-        return None
-    return _spread([a / b for a, b in zip(top, bottom)])
+    ratios = round_ratios(top, bottom)
+    return _spread(ratios) if ratios else None
 
 
 def _ratios(rows: list[dict[str, Any]], names: list[str], depths: tuple[int, ...]) -> list[dict[str, Any]]:

@@ -56,11 +56,6 @@ def _latency(rows: list[dict[str, Any]], model: str, variant: str, batch: int) -
     return None
 
 
-def _median(rows: list[dict[str, Any]], model: str, variant: str, batch: int) -> float | None:
-    t = _latency(rows, model, variant, batch)
-    return t["median_s"] if t else None
-
-
 def _speedup(rows: list[dict[str, Any]], model: str, slow: str, fast: str, batch: int) -> float | None:
     """How many times faster variant ``fast`` ran than ``slow`` (same model and batch, timed in the same
     rounds): the median of the per-round ratios (:func:`fxlab.bench.harness.latency_ratio`)."""
@@ -68,9 +63,9 @@ def _speedup(rows: list[dict[str, Any]], model: str, slow: str, fast: str, batch
 
 
 def _quantized(rows: list[dict[str, Any]], model: str, batch: int,
-               modes: tuple[str, ...] = QUANT_MODES) -> dict[str, float]:
-    medians = {mode: _median(rows, model, mode, batch) for mode in modes}
-    return {k: v for k, v in medians.items() if v}
+               modes: tuple[str, ...] = QUANT_MODES) -> list[str]:
+    """The quantized ``modes`` that were timed on ``model`` at ``batch``."""
+    return [mode for mode in modes if _latency(rows, model, mode, batch)]
 
 
 def _fused_simplenn(rows: list[dict[str, Any]]) -> Target:
@@ -82,7 +77,7 @@ def _fused_simplenn(rows: list[dict[str, Any]]) -> Target:
 
 
 def _vs_ao(rows: list[dict[str, Any]], model: str, device: Any) -> Target:
-    ao = _median(rows, model, "torch.ao dynamic", 256)
+    ao = _latency(rows, model, "torch.ao dynamic", 256)
     quant = _quantized(rows, model, 256, INT8_MODES)
     name, where = "fastest int8 mode vs torch.ao dynamic", f"{model}, batch 256"
     if not quant or not ao:
@@ -95,7 +90,7 @@ def _vs_ao(rows: list[dict[str, Any]], model: str, device: Any) -> Target:
 
 
 def _slowest_at_batch_1(rows: list[dict[str, Any]], model: str) -> Target:
-    t = _median(rows, model, "float32", 1)
+    t = _latency(rows, model, "float32", 1)
     quant = _quantized(rows, model, 1)
     name, where, required = "slowest quantized mode vs float32", f"{model}, batch 1", "≤ 1.50× slower"
     if not t or not quant:
