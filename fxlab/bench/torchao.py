@@ -332,16 +332,11 @@ def torchao_group_sizes(model: nn.Module, wanted: int) -> dict[str, int]:
 
 
 def _correct(module: Any, data: Any, device: torch.device) -> torch.Tensor:
-    """Per MNIST test image, whether ``module``'s top class is its label: the count of
-    ``fxlab.train.evaluate`` (the test set in one batch, eval mode, ``inference_mode``), image by image."""
-    from .. import data as fxdata
-    from .._util import eval_mode
+    """Per MNIST test image, whether ``module`` gets it right (``fxlab.train.correct_images``)."""
+    from ..train import correct_images
 
-    test = fxdata.as_mnist(data, device).test
-    with eval_mode(module), torch.inference_mode(), _quiet():
-        out = module(test.images)
-        out = out[0] if isinstance(out, (tuple, list)) else out
-        return (out.argmax(1) == test.labels).cpu()
+    with _quiet():
+        return correct_images(module, data, device=device)
 
 
 def _side_figures(side: dict[str, Any], data: Any, device: torch.device) -> None:
@@ -538,10 +533,10 @@ def torchao_targets(rows: list[dict[str, Any]]) -> list[Target]:
 
 def _paired_note(p: dict[str, Any] | None) -> str:
     """``; right only fxlab/torchao 12/18, McNemar p 0.36`` (nothing without a paired comparison)."""
-    return f"; {_paired(p)}" if p else ""
+    return f"; {_paired_text(p)}" if p else ""
 
 
-def _paired(p: dict[str, Any] | None) -> str:
+def _paired_text(p: dict[str, Any] | None) -> str:
     if not p:
         return "—"
     v = p["p"]
@@ -591,7 +586,7 @@ def torchao_tables(result: dict[str, Any], fmt: str = "simple") -> str:
                     why = f"fxlab: {fx['status']}" if not _ok(fx) else ""
                     why += ("; " if why and not _ok(ao) else "") + (f"torchao: {ao['status']}" if not _ok(ao) else "")
                     notes[(r["pair"], why)] = None
-                cells += [f"{_acc(fx)} / {_acc(ao)}", _paired(r.get("paired")),
+                cells += [f"{_acc(fx)} / {_acc(ao)}", _paired_text(r.get("paired")),
                           f"{_bytes(fx.get('state_dict_bytes'))} / {_bytes(ao.get('state_dict_bytes'))}"]
                 for b in result["batches"]:
                     lat = r["latency"][str(b)]

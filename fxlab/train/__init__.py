@@ -22,12 +22,12 @@ from __future__ import annotations
 
 from .._util import default_device, model_device
 from .checkpoints import CHECKPOINT_FORMAT, checkpoint_path, load_checkpoint, pretrained, save_checkpoint
-from .loop import evaluate, fit, fit_recipe
+from .loop import correct_images, evaluate, fit, fit_recipe
 from .recipe import DEFAULT_RECIPE, RECIPES, Evaluation, History, Recipe, recipe_for
 from .runtime import init_distributed, peak_memory_mb
 
 __all__ = [
-    "CHECKPOINT_FORMAT", "DEFAULT_RECIPE", "RECIPES", "Evaluation", "History", "Recipe", "checkpoint_path", "default_device",
-    "evaluate", "fit", "fit_recipe", "init_distributed", "load_checkpoint", "model_device", "peak_memory_mb",
+    "CHECKPOINT_FORMAT", "DEFAULT_RECIPE", "RECIPES", "Evaluation", "History", "Recipe", "checkpoint_path", "correct_images",
+    "default_device", "evaluate", "fit", "fit_recipe", "init_distributed", "load_checkpoint", "model_device", "peak_memory_mb",
     "pretrained", "recipe_for", "save_checkpoint",
 ]

@@ -9,7 +9,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -43,6 +43,33 @@ def _progress_bar(total: int, desc: str, enabled: bool) -> Any:
     return tqdm(total=total, desc=desc, leave=False, unit="batch", dynamic_ncols=True)
 
 
+def _split_outputs(
+    model: nn.Module, data: MNIST | str | os.PathLike[str] | None, split: str, batch_size: int,
+    device: str | torch.device | None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(float32 logits, labels)`` per batch of an MNIST split, the model in eval mode under
+    ``torch.inference_mode`` (its modes restored afterwards); what :func:`evaluate` and
+    :func:`correct_images` count. ``device`` defaults to the model's; a model elsewhere runs as a copy."""
+    dev = torch.device(device) if device is not None else model_device(model)
+    if model_device(model) != dev:
+        model = copy.deepcopy(model).to(dev)
+    ds = mnist_data.as_mnist(data, dev)
+    if split not in ("train", "test"):
+        raise FxlabError(f"unknown split {split!r}: use 'train' or 'test'")
+    part = ds.train if split == "train" else ds.test
+    with eval_mode(model), torch.inference_mode():
+        if split == "test":  # the test images are normalised once and kept (31 MB); train ones per batch
+            batches: Any = ((part.images[i : i + batch_size], part.labels[i : i + batch_size])
+                            for i in range(0, len(part), batch_size))
+        else:
+            batches = part.batches(batch_size)
+        for x, y in batches:
+            out = model(x)
+            if isinstance(out, (tuple, list)):
+                out = out[0]
+            yield out.float(), y
+
+
 def evaluate(
     model: nn.Module,
     data: MNIST | str | os.PathLike[str] | None = None,
@@ -56,33 +83,29 @@ def evaluate(
     Runs in big batches under ``torch.inference_mode`` with the model in eval mode (its modes are
     restored afterwards). ``device`` defaults to the model's; a model elsewhere is evaluated as a copy.
     """
-    dev = torch.device(device) if device is not None else model_device(model)
-    if model_device(model) != dev:
-        model = copy.deepcopy(model).to(dev)
-    ds = mnist_data.as_mnist(data, dev)
-    if split not in ("train", "test"):
-        raise FxlabError(f"unknown split {split!r}: use 'train' or 'test'")
-    part = ds.train if split == "train" else ds.test
-    correct = 0
-    loss_sum = 0.0
-    confusion = torch.zeros(100, dtype=torch.int64, device=dev)
-    with eval_mode(model), torch.inference_mode():
-        if split == "test":  # the test images are normalised once and kept (31 MB); train ones per batch
-            batches: Any = ((part.images[i : i + batch_size], part.labels[i : i + batch_size])
-                            for i in range(0, len(part), batch_size))
-        else:
-            batches = part.batches(batch_size)
-        for x, y in batches:
-            out = model(x)
-            if isinstance(out, (tuple, list)):
-                out = out[0]
-            out = out.float()
-            loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
-            pred = out.argmax(1)
-            correct += int((pred == y).sum())
-            confusion += torch.bincount(y * 10 + pred, minlength=100)
-    n = len(part)
-    return Evaluation(100.0 * correct / n, loss_sum / n, confusion.view(10, 10).cpu())
+    correct, loss_sum, n = 0, 0.0, 0
+    confusion = torch.zeros(100, dtype=torch.int64)
+    for out, y in _split_outputs(model, data, split, batch_size, device):
+        loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
+        pred = out.argmax(1)
+        correct += int((pred == y).sum())
+        confusion += torch.bincount(y * 10 + pred, minlength=100).cpu()
+        n += int(y.shape[0])
+    return Evaluation(100.0 * correct / n, loss_sum / n, confusion.view(10, 10))
+
+
+def correct_images(
+    model: nn.Module,
+    data: MNIST | str | os.PathLike[str] | None = None,
+    *,
+    split: str = "test",
+    batch_size: int = 10_000,
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
+    """Per image of an MNIST split, in order, whether ``model``'s top class is its label (bool, on
+    CPU): the images :func:`evaluate` counts as right, for paired comparisons of two models on the
+    same images (its sum over its length is ``evaluate``'s accuracy / 100)."""
+    return torch.cat([(out.argmax(1) == y).cpu() for out, y in _split_outputs(model, data, split, batch_size, device)])
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, schedule: str, lr: float, total: int) -> Any:

@@ -28,6 +28,20 @@ def test_short_training_clears_a_real_accuracy_floor(trained, mnist):
     assert torch.equal(confusion.sum(1), torch.bincount(mnist.test.labels, minlength=10))
 
 
+def test_correct_images_are_the_ones_evaluate_counts(trained, mnist):
+    model = trained["simplenn"].train()
+    ev = evaluate(model, mnist)
+    right = train.correct_images(model, mnist)
+    assert right.dtype == torch.bool and right.shape == (10_000,) and model.training
+    assert int(right.sum()) == int(ev.confusion.diag().sum()) == round(ev.accuracy * 100)
+    with torch.no_grad():  # image by image: the top class of the model in eval mode
+        model.eval()
+        assert torch.equal(right, model(mnist.test.images).argmax(1) == mnist.test.labels)
+        model.train()
+    small = train.correct_images(model, mnist, batch_size=3000, split="train")
+    assert small.shape == (60_000,) and int(small.sum()) == round(evaluate(model, mnist, split="train").accuracy * 600)
+
+
 def test_evaluation_agrees_with_the_seeds_loop(trained, mnist_root):
     model = trained["mymodule"]
     from fxlab.bench.seeds import seed_evaluate, seed_loaders
