@@ -230,22 +230,24 @@ class _Run:
         t0 = time.perf_counter()
         n = len(self.ds.train)
         order = torch.randperm(n, generator=self.gen).to(self.dev)
-        # running sums on the device, read once at the end of the epoch: no host sync per step
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.dev)
-        correct = torch.zeros((), dtype=torch.int64, device=self.dev)
-        count = 0
-        for i in range(0, n, self.batch_size):
+        # each step's logits and labels, kept on the device and counted once at the end of the epoch:
+        # no host sync per step, and none of the small ops of the loss and the hits per step
+        logits: list[torch.Tensor] = []
+        labels: list[torch.Tensor] = []
+        for idx in order.split(self.batch_size):
             if self.step >= self.total:
                 break
-            loss, rows = self._batch(order[i : i + self.batch_size][self.lo : self.hi], loss_sum, correct)
-            count += rows
+            if self.world > 1:
+                idx = idx[self.lo : self.hi]
+            out, y, loss = self._batch(idx, loss=bar is not None)
+            logits.append(out)
+            labels.append(y)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}")
         if bar is not None:
             bar.close()
-        stats = torch.stack([loss_sum, correct.double(), torch.tensor(float(count), dtype=torch.float64,
-                                                                      device=self.dev)])
+        stats = self._stats(logits, labels)
         if self.world > 1:
             torch.distributed.all_reduce(stats)
         seconds = time.perf_counter() - t0
@@ -254,25 +256,35 @@ class _Run:
                 "train_accuracy": 100.0 * correct / max(count, 1), "test_loss": None, "test_accuracy": None,
                 "lr": float(self.last_lr), "seconds": seconds}
 
-    def _batch(self, idx: torch.Tensor, loss_sum: torch.Tensor, correct: torch.Tensor) -> tuple[torch.Tensor, int]:
+    def _batch(self, idx: torch.Tensor, *, loss: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """One optimizer step on the rows ``idx``: ``(logits, labels, loss)``, detached; the loss
+        only when asked for (the hand-written chain step can leave it out)."""
         x, y = self.ds.train.batch(idx)
         if self.chain is not None:
-            out, loss = self.chain.step(x, y, self.label_smoothing)
+            out, value = self.chain.step(x, y, self.label_smoothing, loss=loss)
         else:
             out = self.model(x)
-            loss = F.cross_entropy(out, y, label_smoothing=self.label_smoothing)
+            value = F.cross_entropy(out, y, label_smoothing=self.label_smoothing)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            value.backward()
+            value = value.detach()
         self.optimizer_step()
         self.last_lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used
         if self.scheduler is not None:
             self.scheduler.step()
         self.step += 1
-        rows = int(y.shape[0])
+        return out.detach(), y, value
+
+    def _stats(self, logits: list[torch.Tensor], labels: list[torch.Tensor]) -> torch.Tensor:
+        """``[summed loss, correct rows, rows]`` (float64, on the device) of an epoch's steps: the
+        training loss (label smoothing included) of each row, from the logits its step computed."""
+        if not logits:
+            return torch.zeros(3, dtype=torch.float64, device=self.dev)
         with torch.no_grad():
-            loss_sum.add_(loss.detach(), alpha=rows)
-            correct.add_((out.argmax(1) == y).sum())
-        return loss.detach(), rows
+            out, y = torch.cat(logits), torch.cat(labels)
+            loss_sum = F.cross_entropy(out.double(), y, label_smoothing=self.label_smoothing, reduction="sum")
+            correct = (out.argmax(1) == y).sum().double()
+        return torch.stack([loss_sum, correct, torch.tensor(float(y.shape[0]), dtype=torch.float64, device=self.dev)])
 
 
 def fit_recipe(

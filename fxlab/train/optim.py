@@ -26,8 +26,9 @@ class AdamSteps:
     ~1 ms step. After the first real step (which creates the state), this calls the function
     ``Adam.step`` itself calls, ``torch.optim.adam.adam``, with the same arguments, on the
     optimizer's own state tensors (for the fused kernel and parameters on one device in one dtype,
-    the two ops that function ends in: ``_foreach_add_`` on the step counts, ``_fused_adam_``):
-    the same kernel on the same numbers, so the same update bit for bit. Whenever anything differs from that simple case (several parameter groups, a parameter
+    the two ops that function ends in: adding 1 to the step counts, which it keeps as views of one
+    tensor to do that in one op, and ``_fused_adam_``): the same kernel on the same numbers, so the
+    same update bit for bit. Whenever anything differs from that simple case (several parameter groups, a parameter
     without a gradient, step hooks, a grad scaler) it calls ``optimizer.step()``.
 
     >>> p = torch.nn.Parameter(torch.ones(2))
@@ -44,6 +45,22 @@ class AdamSteps:
         self.optimizer = optimizer
         self._state: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] | None = None
         self._one_fused_group = False
+        self._step_counts: torch.Tensor | None = None
+
+    def _share_step_counts(self, params: list[torch.Tensor]) -> None:
+        """Make the parameters' step counts views of one tensor (the state keeps one 0-d tensor per
+        parameter, as ``Adam`` reads and saves it), so that a step counts them all in one op:
+        ``_foreach_add_`` on CPU adds to each 0-d tensor on its own, a fifth of the update's cost
+        at batch 64 on an MNIST MLP."""
+        assert self._state is not None
+        counts = self._state[3]
+        if len({(c.dtype, c.device) for c in counts}) != 1 or any(c.dim() for c in counts):
+            return
+        self._step_counts = torch.stack(counts)
+        views = list(self._step_counts.unbind())
+        for p, view in zip(params, views):
+            self.optimizer.state[p]["step"] = view
+        self._state = (*self._state[:3], views)
 
     def _simple(self) -> bool:
         opt = self.optimizer
@@ -75,20 +92,25 @@ class AdamSteps:
                         and len({(p.device, p.dtype) for p in params}) == 1
                         and all(s.device == params[0].device for s in self._state[3])
                     )
+                    if self._one_fused_group:
+                        self._share_step_counts(params)
             return
         params, exp_avgs, exp_avg_sqs, steps = self._state
         grads = [p.grad for p in params]
         state = opt.state
         if any(g is None or g.is_sparse for g in grads) or not self._simple() \
                 or any(state.get(p, {}).get("step") is not s for p, s in zip(params, steps)):
-            self._state = None
+            self._state = self._step_counts = None
             opt.step()
             return
         group = opt.param_groups[0]
         beta1, beta2 = group["betas"]
         with torch.no_grad():
             if self._one_fused_group:  # what torch.optim.adam._fused_adam does for one device and dtype
-                torch._foreach_add_(steps, 1)
+                if self._step_counts is not None:
+                    self._step_counts.add_(1)  # every parameter's count, in one op
+                else:
+                    torch._foreach_add_(steps, 1)
                 torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=group["lr"],
                                    beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
                                    maximize=False, grad_scale=None, found_inf=None)

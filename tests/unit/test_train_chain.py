@@ -3,6 +3,7 @@ as autograd and ``Adam.step``, bit for bit, so that a model trains to the same w
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,11 @@ def test_chain_gradients_are_autograds_bit_for_bit(name: str, smoothing: float) 
     logits, loss = chain.step(x, y, smoothing)
     assert torch.equal(logits, model(x).detach())
     assert torch.equal(loss, expected_loss.detach())
+    for got, want in zip([p.grad for p in model.parameters()], expected):
+        assert torch.equal(got, want)
+    model.zero_grad(set_to_none=True)
+    logits_only, no_loss = chain.step(x, y, smoothing, loss=False)  # the loss left out, nothing else
+    assert no_loss is None and torch.equal(logits_only, logits)
     for got, want in zip([p.grad for p in model.parameters()], expected):
         assert torch.equal(got, want)
 
@@ -90,6 +96,73 @@ def test_adam_steps_are_adam_step_bit_for_bit() -> None:
         assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     assert steps._state is not None  # the cheaper path ran
     assert opt_a.state_dict()["state"][0]["step"] == opt_b.state_dict()["state"][0]["step"] == 5
+
+
+def test_adam_step_counts_are_one_tensor_that_saves_and_loads_like_adams() -> None:
+    torch.manual_seed(0)
+    a, b = nn.Linear(8, 4), nn.Linear(8, 4)
+    b.load_state_dict(a.state_dict())
+    opt_a, opt_b = adam(list(a.parameters()), 1e-2, 0.0), adam(list(b.parameters()), 1e-2, 0.0)
+    steps = AdamSteps(opt_b)
+    for _ in range(3):
+        for p, q in zip(a.parameters(), b.parameters()):
+            p.grad = q.grad = torch.randn_like(p)
+        opt_a.step()
+        steps()
+    counts = [opt_b.state[p]["step"] for p in b.parameters()]
+    assert steps._step_counts is not None
+    assert all(c.dim() == 0 and c.untyped_storage().data_ptr() == steps._step_counts.untyped_storage().data_ptr()
+               for c in counts)  # views of one tensor
+    saved, reference = opt_b.state_dict(), opt_a.state_dict()
+    for i in range(2):
+        assert saved["state"][i]["step"] == reference["state"][i]["step"] == 3
+    buffer = io.BytesIO()
+    torch.save(saved, buffer)
+    buffer.seek(0)
+    resumed = adam(list(b.parameters()), 1e-2, 0.0)  # a checkpoint resumed: Adam.step on the loaded counts
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    for p, q in zip(a.parameters(), b.parameters()):
+        p.grad = q.grad = torch.randn_like(p)
+    opt_a.step()
+    resumed.step()
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert all(int(resumed.state[p]["step"]) == 4 for p in b.parameters())
+    opt_b.step()  # torch's own step on the shared counts: each parameter's count once
+    assert [int(c) for c in counts] == [4, 4]
+    assert [int(c) for c in steps._step_counts] == [4, 4]
+
+
+def test_epoch_figures_are_the_steps_loss_and_hits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The epoch's loss and accuracy, counted at its end from the kept logits, are the mean of the
+    losses and the hits of its steps as autograd's loop computes them step by step."""
+    data = _tiny_mnist()
+    torch.manual_seed(0)
+    fast = build("mymodule")
+    slow = build("mymodule")
+    slow.load_state_dict(fast.state_dict())
+    fast_history = fit(fast, data, epochs=2, batch_size=48, seed=0, progress=False, label_smoothing=0.1)
+    seen: list[tuple[float, int, int]] = []
+    cross_entropy = F.cross_entropy
+
+    def recording_cross_entropy(out: torch.Tensor, y: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        loss = cross_entropy(out, y, **kwargs)
+        if out.requires_grad:  # a training step's loss (not the epoch's sum at its end)
+            seen.append((float(loss.detach()), int((out.argmax(1) == y).sum()), int(y.shape[0])))
+        return loss
+
+    monkeypatch.setattr(loop.LinearChain, "of", classmethod(lambda cls, model: None))
+    monkeypatch.setattr(loop.F, "cross_entropy", recording_cross_entropy)
+    slow_history = fit(slow, data, epochs=2, batch_size=48, seed=0, progress=False, label_smoothing=0.1,
+                       evaluate_each_epoch=False)
+    steps = len(seen) // 2
+    for epoch, part in enumerate((seen[:steps], seen[steps:])):
+        rows = sum(r for _, _, r in part)
+        assert rows == 640
+        loss = sum(value * r for value, _, r in part) / rows
+        accuracy = 100.0 * sum(hits for _, hits, _ in part) / rows
+        for history in (fast_history, slow_history):
+            assert history.epochs[epoch]["train_loss"] == pytest.approx(loss, rel=1e-6)
+            assert history.epochs[epoch]["train_accuracy"] == accuracy
 
 
 def test_adam_steps_fall_back_on_a_step_hook() -> None:
