@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._util import child_property
 from ..core import LeafModule
 from . import kernels
 from .kernels import choice
@@ -740,20 +741,9 @@ class Int8StaticLinear(_Int8WeightLinear):
         return f"{type(self).__name__}({self.extra_repr()})"
 
     # The graph calls ``self.<path>.input_quant`` / ``.output_dequant`` on every forward; found on the
-    # class, they skip ``Module.__getattr__`` (a fifth of a batch-1 Quantize). Assignment and ``del``
-    # still go through ``Module.__setattr__`` / ``__delattr__`` into ``_modules``, which these read.
-    @property
-    def input_quant(self) -> Quantize:
-        return _child(self, "input_quant")
-
-    @property
-    def output_dequant(self) -> Dequantize:
-        return _child(self, "output_dequant")
-
-
-def _child(module: nn.Module, name: str) -> Any:
-    child = module.__dict__["_modules"].get(name)
-    return child if child is not None else nn.Module.__getattr__(module, name)
+    # class, they skip ``Module.__getattr__`` (a fifth of a batch-1 Quantize).
+    input_quant: Quantize = child_property("input_quant")  # type: ignore[assignment]
+    output_dequant: Dequantize = child_property("output_dequant")  # type: ignore[assignment]
 
 
 class Int8Table(kernels.CacheFree, nn.Module, LeafModule):

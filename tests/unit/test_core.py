@@ -410,6 +410,47 @@ def test_applied_graph_module_is_called_directly_and_still_traceable() -> None:
     assert type(gm).__call__.__name__ == "call_wrapped"
 
 
+def test_applied_graph_module_finds_its_children_on_its_class_and_they_stay_submodules() -> None:
+    """The generated code's ``self.<child>`` is found on the GraphModule's own class (not through
+    ``Module.__getattr__``); children are still assigned, deleted, added, saved and copied as
+    ordinary submodules, and other GraphModules are left alone."""
+    import copy
+
+    import torch
+    from torch import nn
+
+    import fxlab
+    from fxlab.models import build
+    from fxlab.passes import InsertRelu
+
+    model = build("mymodule").eval()
+    gm = fxlab.apply(model, [InsertRelu("layer3")])
+    names = list(gm._modules)
+    assert names and all(isinstance(type(gm).__dict__.get(n), property) for n in names)
+    assert all(getattr(gm, n) is gm._modules[n] for n in names)
+    assert not any(isinstance(type(fxlab.trace(model)).__dict__.get(n), property) for n in names)
+    x = torch.randn(3, 1, 28, 28)
+    expected = gm(x)
+    state = gm.state_dict()
+    twin = copy.deepcopy(gm)
+    assert torch.equal(twin(x), expected) and twin.state_dict().keys() == state.keys()
+    replacement = nn.Linear(gm.layer1.in_features, gm.layer1.out_features)
+    gm.layer1 = replacement  # Module.__setattr__: into _modules, seen by the property
+    assert gm.layer1 is replacement and gm._modules["layer1"] is replacement
+    assert not torch.equal(gm(x), expected)
+    del gm.layer1
+    assert "layer1" not in gm._modules
+    with pytest.raises(AttributeError, match="layer1"):
+        gm.layer1
+    with pytest.raises(AttributeError):
+        gm(x)
+    gm.add_module("layer1", twin.layer1)
+    assert gm.layer1 is twin.layer1
+    assert torch.equal(gm(x), expected)
+    gm.register_buffer("extra", torch.ones(2))  # other attributes: Module.__getattr__ as before
+    assert torch.equal(gm.extra, torch.ones(2))
+
+
 def test_value_reading_passes_refuse_meta_device_weights() -> None:
     chain = nn.Sequential(nn.Linear(8, 6), nn.Linear(6, 4), nn.Linear(4, 2)).to("meta")
     with pytest.raises(fxlab.PassError, match=r"^fuse-consecutive-linear: 0's weight is on the meta device \(no values\); "
