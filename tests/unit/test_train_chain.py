@@ -132,15 +132,19 @@ def test_adam_step_counts_are_one_tensor_that_saves_and_loads_like_adams() -> No
     assert [int(c) for c in steps._step_counts] == [4, 4]
 
 
-def test_epoch_figures_are_the_steps_loss_and_hits(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("max_steps", [None, 17])
+def test_epoch_figures_are_the_steps_loss_and_hits(monkeypatch: pytest.MonkeyPatch, max_steps: int | None) -> None:
     """The epoch's loss and accuracy, counted at its end from the kept logits, are the mean of the
-    losses and the hits of its steps as autograd's loop computes them step by step."""
+    losses and the hits of its steps as autograd's loop computes them step by step (also when a
+    step budget ends the second epoch early)."""
     data = _tiny_mnist()
     torch.manual_seed(0)
     fast = build("mymodule")
     slow = build("mymodule")
     slow.load_state_dict(fast.state_dict())
-    fast_history = fit(fast, data, epochs=2, batch_size=48, seed=0, progress=False, label_smoothing=0.1)
+    options = {"epochs": 2, "batch_size": 48, "seed": 0, "progress": False, "label_smoothing": 0.1,
+               "max_steps": max_steps}
+    fast_history = fit(fast, data, **options)
     seen: list[tuple[float, int, int]] = []
     cross_entropy = F.cross_entropy
 
@@ -152,12 +156,12 @@ def test_epoch_figures_are_the_steps_loss_and_hits(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(loop.LinearChain, "of", classmethod(lambda cls, model: None))
     monkeypatch.setattr(loop.F, "cross_entropy", recording_cross_entropy)
-    slow_history = fit(slow, data, epochs=2, batch_size=48, seed=0, progress=False, label_smoothing=0.1,
-                       evaluate_each_epoch=False)
-    steps = len(seen) // 2
-    for epoch, part in enumerate((seen[:steps], seen[steps:])):
+    slow_history = fit(slow, data, evaluate_each_epoch=False, **options)
+    per_epoch = 14  # ⌈640 / 48⌉
+    assert len(seen) == (max_steps or 2 * per_epoch)
+    for epoch, part in enumerate((seen[:per_epoch], seen[per_epoch:])):
         rows = sum(r for _, _, r in part)
-        assert rows == 640
+        assert rows == (640 if max_steps is None or epoch == 0 else 3 * 48)
         loss = sum(value * r for value, _, r in part) / rows
         accuracy = 100.0 * sum(hits for _, hits, _ in part) / rows
         for history in (fast_history, slow_history):
