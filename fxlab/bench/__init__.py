@@ -103,7 +103,7 @@ class Config:
     # training
     train_limit: int | None = None  # images of the training set per epoch (None: all 60 000)
     test_limit: int | None = None
-    train_rounds: int = 3
+    train_rounds: int = 5  # epochs of each candidate, side by side (the VM's slow spells last seconds)
     recipe: bool = True  # also train mymodule with fxlab's default recipe and report accuracy
     recipe_seeds: tuple[int, ...] = (0, 1, 2)  # one default-recipe run per seed
     memory_probe: bool = True  # peak RSS of a training subprocess
