@@ -234,8 +234,8 @@ class _Run:
         # of ``order``) are kept: loss and hits are counted once at the end of the epoch, with no host
         # sync and none of their small ops per step. (Keeping each step's own small logits tensor
         # instead scatters them among the step's big temporaries and costs 20-80 MB of RSS.)
-        seen: torch.Tensor | None = None
-        taken: list[torch.Tensor] = []
+        logits: torch.Tensor | None = None
+        indices: list[torch.Tensor] = []
         rows = 0
         for idx in order.split(self.batch_size):
             if self.step >= self.total:
@@ -243,17 +243,17 @@ class _Run:
             if self.world > 1:
                 idx = idx[self.lo : self.hi]
             out, loss = self._batch(idx, loss=bar is not None)
-            if seen is None:
-                seen = out.new_empty((n, *out.shape[1:]))
-            seen[rows : rows + out.shape[0]].copy_(out)
+            if logits is None:
+                logits = out.new_empty((n, *out.shape[1:]))
+            logits[rows : rows + out.shape[0]].copy_(out)
             rows += out.shape[0]
-            taken.append(idx)
+            indices.append(idx)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}")
         if bar is not None:
             bar.close()
-        stats = self._stats(seen, taken, rows)
+        stats = self._stats(logits, indices, rows)
         if self.world > 1:
             torch.distributed.all_reduce(stats)
         seconds = time.perf_counter() - t0
@@ -281,14 +281,14 @@ class _Run:
         self.step += 1
         return out.detach(), value
 
-    def _stats(self, seen: torch.Tensor | None, taken: list[torch.Tensor], rows: int) -> torch.Tensor:
+    def _stats(self, logits: torch.Tensor | None, indices: list[torch.Tensor], rows: int) -> torch.Tensor:
         """``[summed loss, correct rows, rows]`` (float64, on the device) of an epoch's steps: the
         training loss (label smoothing included) of each row, from the logits its step computed
-        (the first ``rows`` of ``seen``, for the rows ``taken``)."""
-        if seen is None or not rows:
+        (the first ``rows`` of ``logits``, for the training rows ``indices``)."""
+        if logits is None or not rows:
             return torch.zeros(3, dtype=torch.float64, device=self.dev)
         with torch.no_grad():
-            out, y = seen[:rows], self.ds.train.labels.index_select(0, torch.cat(taken))
+            out, y = logits[:rows], self.ds.train.labels.index_select(0, torch.cat(indices))
             loss_sum = F.cross_entropy(out.double(), y, label_smoothing=self.label_smoothing, reduction="sum")
             correct = (out.argmax(1) == y).sum().double()
         return torch.stack([loss_sum, correct, torch.tensor(float(rows), dtype=torch.float64, device=self.dev)])

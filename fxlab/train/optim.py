@@ -47,20 +47,20 @@ class AdamSteps:
         self._one_fused_group = False
         self._step_counts: torch.Tensor | None = None
 
-    def _share_step_counts(self, params: list[torch.Tensor]) -> None:
+    def _share_step_counts(self) -> None:
         """Make the parameters' step counts views of one tensor (the state keeps one 0-d tensor per
         parameter, as ``Adam`` reads and saves it), so that a step counts them all in one op:
         ``_foreach_add_`` on CPU adds to each 0-d tensor on its own, a fifth of the update's cost
         at batch 64 on an MNIST MLP."""
         assert self._state is not None
-        counts = self._state[3]
+        params, exp_avgs, exp_avg_sqs, counts = self._state
         if len({(c.dtype, c.device) for c in counts}) != 1 or any(c.dim() for c in counts):
             return
         self._step_counts = torch.stack(counts)
         views = list(self._step_counts.unbind())
         for p, view in zip(params, views):
             self.optimizer.state[p]["step"] = view
-        self._state = (*self._state[:3], views)
+        self._state = (params, exp_avgs, exp_avg_sqs, views)
 
     def _simple(self) -> bool:
         opt = self.optimizer
@@ -93,7 +93,7 @@ class AdamSteps:
                         and all(s.device == params[0].device for s in self._state[3])
                     )
                     if self._one_fused_group:
-                        self._share_step_counts(params)
+                        self._share_step_counts()
             return
         params, exp_avgs, exp_avg_sqs, steps = self._state
         grads = [p.grad for p in params]
