@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._util import DirectCall
 from ..core import LeafModule
 from . import kernels
 from .kernels import CacheFree, choice
@@ -59,7 +60,7 @@ def linear_flops(input_shape: Sequence[int], in_features: int, out_features: int
     return 2 * rows * in_features * out_features
 
 
-class LinearReLU(CacheFree, nn.Linear, LeafModule):
+class LinearReLU(DirectCall, CacheFree, nn.Linear, LeafModule):
     """``relu(linear(x))`` as one module, printed ``LinearReLU(784→128)``.
 
     It is an ``nn.Linear`` with ``nn.Linear``'s parameter names (``weight``, ``bias``), so

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._util import child_property
+from .._util import DirectCall, child_property
 from ..core import LeafModule
 from . import kernels
 from .kernels import choice
@@ -368,7 +368,7 @@ STATIC_OP = choice.Op("static", [
 # the Linears
 
 
-class _LinearBase(kernels.CacheFree, nn.Module, LeafModule):
+class _LinearBase(DirectCall, kernels.CacheFree, nn.Module, LeafModule):
     """What the quantized Linears share: shapes, the fused ReLU flag, (…, K) inputs, the printout.
 
     Subclasses implement ``matmul(x2d, weight, bias, relu)`` (which applies the ReLU when
@@ -613,7 +613,7 @@ class MinMaxObserver(nn.Module, LeafModule):
         return f"min={float(self.min_val):.4g}, max={float(self.max_val):.4g}" if self.seen else "no data"
 
 
-class _QParams(kernels.CacheFree, nn.Module, LeafModule):
+class _QParams(DirectCall, kernels.CacheFree, nn.Module, LeafModule):
     """A per-tensor affine int8 scale and zero point, held as buffers."""
 
     def __init__(self, scale: float = 1.0, zero_point: int = 0) -> None:
@@ -746,7 +746,7 @@ class Int8StaticLinear(_Int8WeightLinear):
     output_dequant: Dequantize = child_property("output_dequant")  # type: ignore[assignment]
 
 
-class Int8Table(kernels.CacheFree, nn.Module, LeafModule):
+class Int8Table(DirectCall, kernels.CacheFree, nn.Module, LeafModule):
     """An elementwise float function between two int8 tensors, as a 256-entry table.
 
     ``table[q + 128]`` is ``quantize(fn(dequantize(q)))`` for every int8 code ``q``, with the

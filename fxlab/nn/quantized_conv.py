@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._util import DirectCall
 from ..core import LeafModule
 from .fused import ConvReLU
 from . import kernels
@@ -118,7 +119,7 @@ def _int_gemm(xq: Tensor, wq: Tensor) -> Tensor:
     return xq.double() @ wq.double().t()
 
 
-class _ConvBase(kernels.CacheFree, nn.Module, LeafModule):
+class _ConvBase(DirectCall, kernels.CacheFree, nn.Module, LeafModule):
     """Shapes and geometry of a quantized conv, its (…1d / …2d) input handling and its printout.
 
     Subclasses implement ``conv2d(x4d)`` on a (B, C, H, W) input with the 2-D geometry pairs;

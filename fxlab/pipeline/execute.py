@@ -14,7 +14,7 @@ from typing import Any
 import torch.fx as fx
 from torch import nn
 
-from .._util import child_property
+from .._util import child_property, module_call
 from ..core import GraphDiff, diff_signatures, origin_map, signatures, trace
 from ..core.provenance import before_pass, track
 from ..errors import PassError
@@ -200,7 +200,8 @@ def _apply(model: nn.Module, pipeline: list[Pass], inplace: bool, limit: int | N
 
 
 def _call_directly(gm: fx.GraphModule) -> None:
-    """Calls of ``gm`` go straight to ``nn.Module.__call__``, and its code finds its children on
+    """Calls of ``gm`` go straight to its forward (:func:`fxlab._util.module_call`: through
+    ``nn.Module.__call__`` when a hook or a tracer needs it), and its code finds its children on
     its class.
 
     torch.fx routes every call of a recompiled GraphModule through an error handler
@@ -214,15 +215,10 @@ def _call_directly(gm: fx.GraphModule) -> None:
     added later is found through ``Module.__getattr__`` as before.
     """
     cls = type(gm)
-    cls.__call__ = _module_call
+    cls.__call__ = module_call
     for name in gm._modules:
         if name not in cls.__dict__ and not hasattr(fx.GraphModule, name):
             setattr(cls, name, child_property(name))
-
-
-def _module_call(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
-    # looked up at each call, so that torch.fx's tracer, which patches nn.Module.__call__, sees it
-    return nn.Module.__call__(self, *args, **kwargs)
 
 
 def _check(p: Pass, gm: fx.GraphModule) -> None:

@@ -397,7 +397,7 @@ def test_applied_graph_module_is_called_directly_and_still_traceable() -> None:
     from fxlab.passes import InsertRelu
 
     gm = fxlab.apply(build("mymodule").eval(), [InsertRelu("layer3")])
-    assert type(gm).__call__.__name__ == "_module_call"
+    assert type(gm).__call__.__name__ == "module_call"
     x = torch.randn(3, 1, 28, 28)
     assert torch.equal(gm(x), gm.forward(x))
     outer = nn.Sequential(gm, nn.Softmax(dim=1))
@@ -449,6 +449,61 @@ def test_applied_graph_module_finds_its_children_on_its_class_and_they_stay_subm
     assert torch.equal(gm(x), expected)
     gm.register_buffer("extra", torch.ones(2))  # other attributes: Module.__getattr__ as before
     assert torch.equal(gm.extra, torch.ones(2))
+
+
+def test_direct_calls_still_run_hooks_tracers_and_compiled_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fxlab's modules and applied GraphModules skip ``nn.Module.__call__`` only when it would do
+    nothing but call ``forward``: hooks (the module's own and global ones), torch.fx's tracer,
+    TorchScript tracing and ``Module.compile`` all still see every call."""
+    from torch.nn.modules import module as torch_module
+
+    from fxlab._util import DirectCall, module_call
+    from fxlab.nn import Dequantize, Int8StaticLinear, LinearReLU, Quantize
+    from fxlab.passes import FuseLinearReLU, QuantizeLinear
+
+    model = build("neuralnetwork").eval()
+    calibration = [torch.randn(16, 1, 28, 28)]
+    gm = fxlab.apply(model, [FuseLinearReLU(), QuantizeLinear(mode="static", calibration=calibration)])
+    fused = fxlab.apply(model, [FuseLinearReLU()])
+    leaves = [m for m in gm.modules() if m is not gm]
+    assert {type(m) for m in leaves} == {Int8StaticLinear, Quantize, Dequantize}
+    assert all(isinstance(m, DirectCall) for m in leaves) and isinstance(fused.fc1, LinearReLU)
+    assert type(gm).__call__ is module_call
+    x = torch.randn(3, 1, 28, 28)
+    expected = nn.Module.__call__(gm, x)
+    assert torch.equal(gm(x), expected)
+
+    seen: list[str] = []
+    handles = [gm.fc1.register_forward_pre_hook(lambda m, args: seen.append("pre")),
+               gm.fc1.register_forward_hook(lambda m, args, out: seen.append("post"))]
+    assert torch.equal(gm(x), expected) and seen == ["pre", "post"]
+    for handle in handles:
+        handle.remove()
+    seen.clear()
+    doubled = fused.fc1.register_forward_hook(lambda m, args, out: out * 2)  # a hook's result is used
+    assert torch.equal(fused.fc1(x.flatten(1)), 2 * F.relu(F.linear(x.flatten(1), fused.fc1.weight, fused.fc1.bias)))
+    doubled.remove()
+    handle = torch_module.register_module_forward_hook(lambda m, args, out: seen.append(type(m).__name__))
+    try:
+        gm(x)
+    finally:
+        handle.remove()
+    assert seen == ["Quantize", "Int8StaticLinear", "Int8StaticLinear", "Dequantize", type(gm).__name__]
+
+    # torch.fx's tracer patches nn.Module.__call__: the quantized modules stay leaves of the new graph
+    retraced = fxlab.trace(gm)
+    assert [n.target for n in retraced.graph.nodes if n.op == "call_module"] == [
+        "fc1.input_quant", "fc1", "fc2", "fc2.output_dequant"]
+    assert torch.equal(retraced(x), expected)
+    assert torch.equal(torch.jit.trace(gm, x)(x), expected)
+    compiled_calls: list[int] = []
+    gm.fc2._compiled_call_impl = lambda *args: compiled_calls.append(1) or gm.fc2.forward(*args)
+    assert torch.equal(gm(x), expected) and compiled_calls == [1]
+    # the fast path itself: forward, and nothing else
+    del gm.fc2._compiled_call_impl
+    gm.fc2._compiled_call_impl = None
+    monkeypatch.setattr(torch_module.Module, "_call_impl", lambda *a, **k: pytest.fail("slow path taken"))
+    assert torch.equal(gm(x), expected)
 
 
 def test_value_reading_passes_refuse_meta_device_weights() -> None:
