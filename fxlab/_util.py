@@ -163,26 +163,34 @@ _MODULE_CALL = nn.Module.__call__
 _get_tracing_state = torch._C._get_tracing_state
 
 
+def hooks_set(module: nn.Module) -> bool:
+    """Whether a call of ``module`` runs hooks: its own (forward, forward-pre, backward,
+    backward-pre) or global ones (``register_module_forward_hook`` and the like)."""
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or module._backward_hooks
+        or module._backward_pre_hooks
+        or _module._global_forward_hooks
+        or _module._global_forward_pre_hooks
+        or _module._global_backward_hooks
+        or _module._global_backward_pre_hooks
+    )
+
+
 def module_call(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
     """``self(*args, **kwargs)``: ``self.forward`` directly when nothing else would run, else
     ``nn.Module.__call__``, looked up at each call.
 
     ``nn.Module.__call__`` passes through two more Python frames (``_wrapped_call_impl``,
-    ``_call_impl``) before it finds that no hook is set. Skipping them saves 1.2–2.1 µs per batch-1
-    forward of a quantized seed MLP (5–8 module calls; 2-core EPYC), 5–9 % of it. Whatever would
+    ``_call_impl``) before it finds that no hook is set. Skipping them saves 0.8–2.1 µs per batch-1
+    forward of a quantized seed MLP (5–8 module calls; 2-core EPYC), 3–9 % of it. Whatever would
     make ``nn.Module.__call__`` do more sends the call there instead: a hook on the module or a
     global one, a compiled call (``Module.compile``), TorchScript tracing, or torch.fx's tracer,
     which patches ``nn.Module.__call__`` while it traces.
     """
     if (
-        self._forward_hooks
-        or self._forward_pre_hooks
-        or self._backward_hooks
-        or self._backward_pre_hooks
-        or _module._global_forward_hooks
-        or _module._global_forward_pre_hooks
-        or _module._global_backward_hooks
-        or _module._global_backward_pre_hooks
+        hooks_set(self)
         or self._compiled_call_impl is not None
         or nn.Module.__call__ is not _MODULE_CALL
         or _get_tracing_state()

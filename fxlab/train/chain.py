@@ -22,9 +22,9 @@ import struct
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
-from torch.nn.modules import module as module_mod
 from torch.nn.utils import parametrize
 
+from .._util import hooks_set
 from ..errors import FxlabError
 
 log = logging.getLogger(__name__)
@@ -37,11 +37,8 @@ _FLATTEN_METHODS = {"view", "reshape", "flatten"}
 
 def _hooked(module: nn.Module) -> bool:
     """Whether running ``module`` by hand would skip something its call does."""
-    return bool(
-        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
-        or getattr(module, "_backward_pre_hooks", None)
-        or module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks
-        or module_mod._global_backward_hooks or getattr(module_mod, "_global_backward_pre_hooks", None)
+    return (
+        hooks_set(module)
         or parametrize.is_parametrized(module)
         or any(p._backward_hooks for p in module.parameters(recurse=False))  # type: ignore[attr-defined]
     )
