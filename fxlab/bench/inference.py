@@ -1,7 +1,8 @@
 """The inference suite: every seed model before and after fxlab's pipelines, with anchors.
 
 Variants: the float32 original, fxlab's fusion pipeline, a GEMMs-only floor, fusion then each
-quantization mode, torch.ao ``quantize_dynamic`` and ``torch.compile`` of the original; at each
+quantization mode (for a CNN, each mode also with its convs quantized: ``bf16+conv``, ...),
+torch.ao ``quantize_dynamic`` and ``torch.compile`` of the original; at each
 batch size: median latency, throughput, speed-up vs float32, peak tensor memory, state-dict size.
 """
 
@@ -89,6 +90,24 @@ def fusion_passes(model: nn.Module) -> list[Any]:
     return [fxlab.get_pass(n)() for n in names]
 
 
+def _is_cnn(model: nn.Module) -> bool:
+    return _has(model, nn.modules.conv._ConvNd)
+
+
+def quantize_passes(model: nn.Module, mode: str, calibration: list[torch.Tensor], *, convs: bool = False) -> list[Any]:
+    """fxlab's fusion pipeline for ``model``, then ``quantize-linear{mode}`` (static: calibrated on
+    ``calibration``); with ``convs``, then ``quantize-conv{mode}`` too (every mode but static)."""
+    import fxlab
+
+    options: dict[str, Any] = {"mode": mode}
+    if mode == "static":
+        options["calibration"] = calibration
+    passes = [*fusion_passes(model), fxlab.get_pass("quantize-linear")(**options)]
+    if convs:
+        passes.append(fxlab.get_pass("quantize-conv")(mode=mode))
+    return passes
+
+
 def _build(label: str, what: str, make: Callable[[], Any], pipeline: str = "") -> Variant:
     start = time.perf_counter()
     try:
@@ -134,21 +153,22 @@ def _fxlab_variants(model: nn.Module, calibration: list[torch.Tensor]) -> list[V
     fused = _build("fused", f"fxlab: {fusion_text}", lambda: fxlab.apply(model, fusion_passes(model)).eval(),
                    fusion_text)
     out = [fused]
-    if fused.module is not None and not _has(model, nn.modules.conv._ConvNd):  # a CNN's GEMMs are no floor
+    if fused.module is not None and not _is_cnn(model):  # a CNN's GEMMs are no floor
         out.append(_build("GEMMs only", "floor: the fused model's float32 Linears alone, back to back (no activation, "
                           "no other op); no exact float32 rewrite of the model can run faster",
                           lambda: GemmFloor(fused.module)))
-    for mode in QUANT_MODES:
+    from ..passes.quantize import CONV_MODES
 
-        def quantized(mode: str = mode) -> Any:
-            options: dict[str, Any] = {"mode": mode}
-            if mode == "static":
-                options["calibration"] = calibration
-            quantize = fxlab.get_pass("quantize-linear")(**options)
-            return fxlab.apply(model, [*fusion_passes(model), quantize]).eval()
+    cnn = _is_cnn(model)
+    for mode, convs in [(m, False) for m in QUANT_MODES] + [(m, True) for m in QUANT_MODES if cnn and m in CONV_MODES]:
 
-        out.append(_build(mode, f"fxlab: fusion, then quantize-linear{{mode={mode}}}", quantized,
-                          f"{fusion_text},quantize-linear{{mode={mode}}}"))
+        def quantized(mode: str = mode, convs: bool = convs) -> Any:
+            return fxlab.apply(model, quantize_passes(model, mode, calibration, convs=convs)).eval()
+
+        pipeline = f"{fusion_text},quantize-linear{{mode={mode}}}" + (f",quantize-conv{{mode={mode}}}" if convs else "")
+        what = f"fxlab: fusion, then quantize-linear{{mode={mode}}}" + (
+            f" and quantize-conv{{mode={mode}}} (every layer in {mode})" if convs else "")
+        out.append(_build(f"{mode}+conv" if convs else mode, what, quantized, pipeline))
     return out
 
 

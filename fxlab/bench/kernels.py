@@ -1,6 +1,7 @@
-"""The kernels suite: which implementation each quantized Linear chose on this machine, and why.
+"""The kernels suite: which implementation each quantized Linear and conv chose on this machine, and why.
 
-Every seed model is fused, and quantized in every mode, and run once at each batch size under policy
+Every seed model is fused, and quantized in every mode (a CNN's convs too, in the modes
+``quantize-conv`` has), and run once at each batch size under policy
 ``auto`` with the decisions measured afresh (:func:`fxlab.nn.kernels.choice.remeasured`; the
 user cache is updated with them). The table lists each op and shape bucket once: the candidates'
 best times, the one chosen, and the candidates left out (not available here, or not the mode's
@@ -24,14 +25,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("fxlab.bench")
 
 METHOD = (
-    "Each seed model (random weights, seeded) is fused (LinearReLU) and quantized in each mode (fusion, then "
-    "quantize-linear) and run "
+    "Each seed model (random weights, seeded) is fused (LinearReLU, ConvReLU) and quantized in each mode (fusion, "
+    "then quantize-linear, and for a CNN quantize-conv in the modes it has) and run "
     "once per batch size under torch.no_grad() with FXLAB_KERNELS=auto, every shape bucket measured afresh: "
     "each available candidate runs once as a warm-up and to check its output against the reference "
     "(int8 codes equal, floats within the mode's rounding), then the candidates take turns for 3-15 rounds "
     "(about 3 ms each at most; a kernel of a few µs timed over several calls a round), and the median of each "
     "is kept; the fastest median is chosen. Times are medians, µs per call on the first input of that bucket. "
-    "A decision measured while the machine was busy is marked * and not cached."
+    "A decision measured while the machine was busy is marked * and not cached. A Linear's bucket is "
+    "rows×K×N (rows rounded up to a power of two); a conv's is batch×C×H×W×(output channels, kernel, "
+    "then stride s, padding p, dilation d where not the default)."
 )
 
 
@@ -41,7 +44,8 @@ def kernels_suite(cfg: Config, device: torch.device) -> dict[str, Any]:
     from .. import models as seed_models
     from ..nn import kernels
     from ..nn.kernels import choice
-    from .inference import fusion_passes, mnist_images
+    from ..passes.quantize import CONV_MODES
+    from .inference import fusion_passes, mnist_images, quantize_passes
 
     if device.type != "cpu":
         return {"status": f"n/a on {device}: kernels are chosen for CPU inference", "rows": [], "targets": []}
@@ -56,18 +60,16 @@ def kernels_suite(cfg: Config, device: torch.device) -> dict[str, Any]:
         for name in cfg.models:
             torch.manual_seed(0)
             model = seed_models.build(name).eval()
+            cnn = any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in model.modules())
+            batches = [b for b in cfg.batches if b in cfg.conv_batches] if cnn else cfg.batches  # as the inference suite
             for mode in ("fused", *QUANT_MODES):
                 log.info("bench kernels: %s %s", name, mode)
                 try:
-                    passes = list(fusion_passes(model))
-                    if mode != "fused":
-                        options: dict[str, Any] = {"mode": mode}
-                        if mode == "static":
-                            options["calibration"] = calibration
-                        passes.append(fxlab.get_pass("quantize-linear")(**options))
+                    passes = (fusion_passes(model) if mode == "fused" else
+                              quantize_passes(model, mode, calibration, convs=cnn and mode in CONV_MODES))
                     gm = fxlab.apply(model, passes)
                     gm.eval()
-                    for batch in cfg.batches:
+                    for batch in batches:
                         before = len(choice.decisions())
                         gm(images[:batch])
                         for d in choice.decisions()[before:]:
@@ -107,7 +109,7 @@ def kernels_tables(result: dict[str, Any], fmt: str = "simple") -> str:
     head = (f"kernel choices on {m['cpu']} (torch capability {m['torch_capability']}; ISA flags "
             f"{' '.join(m['isa_flags']) or 'none found'}; torch {m['torch']}, numba {m['numba']}, "
             f"{m['threads']} threads), cache {result['cache']}:\n\n")
-    text = head + tabulate(table, headers=["op", "rows×K×N", "chosen", "candidates, µs per call (vs chosen)",
+    text = head + tabulate(table, headers=["op", "shape bucket", "chosen", "candidates, µs per call (vs chosen)",
                                            "left out", "models"], tablefmt=fmt, disable_numparse=True)
     if any(r.get("busy") for r in result["rows"]):
         text += ("\n\n* measured while the machine was busy (load average above the CPU count, or torch's "

@@ -18,7 +18,11 @@ scales, no ``torch.ao.quantization``. Weights are symmetric per output channel
   rows are zero-padded to its shape rules, exact too; elsewhere an exact float64 product of the
   codes), then ``acc · s_x[b] · s_w[n] + bias[n]``.
 * ``Int8WeightOnlyConv2d``: float activations, ``F.conv2d`` on the dequantized weights.
-* ``HalfConv2d``: weights in bf16 / fp16, widened to float32 for ``F.conv2d`` (bias float32).
+* ``HalfConv2d``: weights in bf16 / fp16 (bias float32). Two implementations, chosen by measurement
+  on CPU inference (:mod:`fxlab.nn.kernels.choice`, op ``bf16-conv`` / ``fp16-conv``): the
+  reference widens the weights to float32 for ``F.conv2d``; ``native`` (on CPUs with AVX512-BF16 or
+  AMX, AMX-FP16 for fp16) rounds the input to the half type and runs oneDNN's half convolution
+  (float32 accumulation), its output widened and the float32 bias added.
 
 The 1-D versions (``…Conv1d``) run the 2-D arithmetic on a (B, C, 1, L) view.
 
@@ -32,6 +36,7 @@ HalfConv2d(1→32, k=3, padding=1, fp16)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,9 +46,11 @@ from .._util import DirectCall
 from ..core import LeafModule
 from .fused import ConvReLU
 from . import kernels
+from .kernels import choice
 from .quantized import (
     _EPS,
     _HALF_NAMES,
+    _native_half_on_cpu,
     _onnx_exporting,
     finish_from_float,
     graph_capture,
@@ -280,6 +287,37 @@ class Int8WeightOnlyConv2d(_Int8WeightConv):
         return self._float_conv(x, self.dequantized_weight().to(x.dtype), self._parameters.get("bias"))
 
 
+def _half_conv_torch(m: HalfConv2d, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    return m._float_conv(x, weight.to(x.dtype), bias)
+
+
+def _half_conv_native(m: HalfConv2d, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    y = m._float_conv(x.to(weight.dtype), weight, None)
+    return torch.add(bias.reshape(-1, 1, 1), y) if bias is not None else y.to(x.dtype)
+
+
+def _half_conv_bound(unit: float) -> Any:
+    """The error a half convolution may add to the float32 reference: the input and the output
+    rounded to the half type (``unit`` each) and float32 sums of ``K = C·kh·kw`` products in another
+    order, elementwise (as :func:`fxlab.nn.quantized._half_bound` for a Linear)."""
+
+    def bound(m: HalfConv2d, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        mags = m._float_conv(x.abs(), weight.float().abs(), None)
+        return mags * (2 * unit + 2 * (weight[0].numel()) * 2.0**-24) + 1e-30
+
+    return bound
+
+
+HALF_CONV_OPS = {
+    dtype: choice.Op(f"{name}-conv", [
+        choice.Candidate("torch", _half_conv_torch, note="half weights widened, float32 convolution"),
+        choice.Candidate("native", _half_conv_native, lambda d=dtype: _native_half_on_cpu(d),
+                         f"no native {name} dot products on this CPU"),
+    ], bound=_half_conv_bound(2.0**-8 if dtype is torch.bfloat16 else 2.0**-11))
+    for dtype, name in _HALF_NAMES.items()
+}
+
+
 class HalfConv2d(_ConvBase):
     """A conv holding its weight in bf16 or fp16 (bias float32); input and output stay float32.
 
@@ -308,7 +346,24 @@ class HalfConv2d(_ConvBase):
         return self.weight.float()
 
     def conv2d(self, x: Tensor) -> Tensor:
-        return self._float_conv(x, self._parameters["weight"].to(x.dtype), self._parameters.get("bias"))
+        weight, bias = self._parameters["weight"], self._parameters.get("bias")
+        suffix = self.__dict__.get("_bucket_suffix") or self.bucket_suffix()
+        c = choice.choose(HALF_CONV_OPS[weight.dtype], self, x, suffix, weight, bias) \
+            if x.dtype == torch.float32 else None  # None outside CPU inference: the reference runs
+        if c is not None:
+            return c.fn(self, x, weight, bias)
+        return _half_conv_torch(self, x, weight, bias)
+
+    def bucket_suffix(self) -> str:
+        """What this conv adds to its input's shape in a kernel-choice bucket: output channels,
+        kernel, and stride / padding / dilation where not the default (``64k3x3``, ``6k5x5p2x2``).
+        Kept on the module after the first call (the geometry never changes)."""
+        text = f"{self.out_channels}k{'x'.join(map(str, self.kernel_size))}"
+        for letter, pair, default in (("s", self.stride, 1), ("p", self.padding, 0), ("d", self.dilation, 1)):
+            if any(v != default for v in pair):
+                text += letter + "x".join(map(str, pair))
+        self.__dict__["_bucket_suffix"] = text
+        return text
 
     def _details(self) -> list[str]:
         return [_HALF_NAMES[self.dtype]]

@@ -38,6 +38,27 @@ def test_buckets_round_rows_up_to_a_power_of_two() -> None:
         "1x784x128", "2x784x128", "4x784x128", "8x784x128", "16x784x128", "256x784x128", "512x784x128"]
 
 
+def test_conv_buckets_hold_the_input_shape_and_the_geometry(cache) -> None:
+    """Two convs with the same input and output channels but another padding, and a Conv1d, each get
+    their own decision; the same conv on another batch of the same bucket is not measured again."""
+    from fxlab.nn import HalfConv1d, HalfConv2d
+
+    torch.manual_seed(0)
+    plain = HalfConv2d.from_float(nn.Conv2d(3, 5, 3))
+    padded = HalfConv2d.from_float(nn.Conv2d(3, 5, 3, padding=1, stride=(2, 1)))
+    one_d = HalfConv1d.from_float(nn.Conv1d(3, 5, 4, dilation=2))
+    with torch.no_grad():
+        plain(torch.randn(3, 3, 12, 11))
+        plain(torch.randn(4, 3, 12, 11))  # same bucket
+        padded(torch.randn(4, 3, 12, 11))
+        one_d(torch.randn(2, 3, 17))
+    mine = [d for d in choice.decisions() if d.op == "bf16-conv"]
+    assert [d.bucket for d in mine] == ["4x3x12x11x5k3x3", "4x3x12x11x5k3x3s2x1p1x1", "2x3x1x17x5k1x4d1x2"]
+    assert all(d.source == "measured" and d.chosen in d.times_us for d in mine)
+    doc = json.loads(choice.cache_path().read_text())
+    assert {f"bf16-conv/{d.bucket}" for d in mine} <= set(doc["decisions"])
+
+
 def test_auto_measures_once_per_bucket_and_writes_the_cache(cache) -> None:
     m = _module()
     with torch.no_grad():

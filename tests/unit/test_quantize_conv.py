@@ -21,6 +21,7 @@ from fxlab.nn import (
     Int8WeightOnlyConv2d,
     quantize_samples,
 )
+from fxlab.nn.kernels import choice
 from fxlab.passes import QuantizeConv, QuantizeLinear
 from fxlab.passes.quantize import CONV_MODES, MODES
 
@@ -154,6 +155,39 @@ def test_each_module_is_its_float_reference(mode: str, ndim: int, geometry: dict
     else:
         unit = 2**-8 if mode == "bf16" else 2**-11
         assert ((w - w_hat).abs() <= unit * w.abs()).all()
+
+
+@pytest.mark.parametrize("geometry", [{}, {"stride": 2, "padding": 1}, {"padding": 2, "dilation": 2, "bias": False}],
+                         ids=["plain", "stride,padding", "dilation,no-bias"])
+@pytest.mark.parametrize("ndim", [1, 2])
+@pytest.mark.parametrize("mode", ["bf16", "fp16"])
+def test_every_half_conv_candidate_gives_the_modes_numbers(mode: str, ndim: int, geometry: dict) -> None:
+    """Each implementation of ``bf16-conv`` / ``fp16-conv`` (run here whether or not this CPU has
+    native half dot products: oneDNN computes the same numbers, only slower) stays within the
+    mode's rounding of the reference; forced, the module returns exactly that candidate's output."""
+    torch.manual_seed(3)
+    conv = _conv(ndim, geometry, cin=6, cout=7)
+    module = CLASSES[mode][ndim - 1].from_float(conv, dtype=MODES[mode].dtype)
+    x = torch.randn(4, 6, *((13, 12) if ndim == 2 else (19,))) * 3
+    x4 = x if ndim == 2 else x.unsqueeze(-2)  # what conv2d sees
+    op = choice.ops()[f"{mode}-conv"]
+    assert [c.name for c in op.candidates] == ["torch", "native"]
+    args = (module.weight, module.bias)
+    with torch.no_grad():
+        ref = op.reference.fn(module, x4, *args)
+        torch.testing.assert_close(ref.squeeze(-2) if ndim == 1 else ref, module(x), rtol=0, atol=0)
+        for c in op.candidates[1:]:
+            out = c.fn(module, x4, *args)
+            assert choice.mismatch(op, out, ref, module, x4, *args) is None, c.name
+            assert (out - ref).abs().max() > 0  # the input really was rounded to the half type
+            if c.available():
+                with choice.forced(c.name):
+                    y = module(x)
+                assert torch.equal(y, out.squeeze(-2) if ndim == 1 else out)
+        # and the bound is tight enough to catch a wrong answer: one output off by 1/64 of the largest
+        wrong = ref.clone()
+        wrong.view(-1)[5] += ref.abs().max() * 2**-6
+        assert choice.mismatch(op, wrong, ref, module, x4, *args) is not None
 
 
 def test_dynamic_is_batch_independent_and_exact_in_integers() -> None:

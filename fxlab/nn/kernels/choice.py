@@ -1,11 +1,12 @@
-"""Kernel choice by measurement: each quantized Linear's implementations timed once per shape, the
+"""Kernel choice by measurement: each quantized module's implementations timed once per shape, the
 fastest kept and cached on disk.
 
 A quantized or fused module offers several implementations of one arithmetic (an :class:`Op`):
 torch ops (the reference), ``torch._int_mm``, oneDNN, the Numba kernels of :mod:`fxlab.nn.kernels`,
 native half GEMMs. Which is fastest depends on the CPU (AVX512-VNNI, AVX512-BF16, AMX), the
 libraries and the shape, so no constant picks it. The first call of an op on a *shape bucket*
-(rows rounded up to a power of two × in-features × out-features) times every candidate that is
+(rows rounded up to a power of two × in-features × out-features; for a conv, batch rounded up ×
+C×H×W × output channels and geometry) times every candidate that is
 exact for the mode on that very input (a warm-up call, then 3-15 interleaved rounds within about
 3 ms each, each candidate's median over the rounds compared), checks each one's output against the
 reference's (int8 codes equal, floats within the mode's rounding), and keeps the fastest. Decisions are cached in memory and in a JSON
@@ -101,7 +102,7 @@ class Op:
     exact: bool = False
     rtol: float = 1e-5
     bound: Callable[..., Tensor] | None = None
-    _memo: dict[tuple[int, int, int], Candidate] = field(default_factory=dict, repr=False)
+    _memo: dict[tuple[int, int | str, int | str], Candidate] = field(default_factory=dict, repr=False)
 
     @property
     def reference(self) -> Candidate:
@@ -138,7 +139,7 @@ _READ_DISK = True
 _DECISIONS: dict[tuple[str, str], Decision] = {}
 _DISK: dict[str, Any] | None = None
 #: (op name, memo key) → (candidate, when to measure again): decisions measured on a busy machine
-_PROVISIONAL: dict[tuple[str, tuple[int, int, int]], tuple[Candidate, float]] = {}
+_PROVISIONAL: dict[tuple[str, tuple[int, int | str, int | str]], tuple[Candidate, float]] = {}
 
 
 def policy() -> str:
@@ -213,9 +214,11 @@ def eligible(x: Tensor) -> bool:
     )
 
 
-def choose(op: Op, module: Any, x: Tensor, out_features: int, *args: Any) -> Candidate | None:
-    """The candidate of ``op`` to run for ``x`` (2-D) on ``module`` (whose further arguments are
+def choose(op: Op, module: Any, x: Tensor, out_features: int | str, *args: Any) -> Candidate | None:
+    """The candidate of ``op`` to run for ``x`` on ``module`` (whose further arguments are
     ``args``); None when no choice applies (see :func:`eligible`): the caller's reference path runs.
+    ``x`` is 2-D for a Linear; a conv passes its 4-D input and, as ``out_features``, its output
+    channels with its geometry (:meth:`~fxlab.nn.quantized_conv.HalfConv2d.bucket_suffix`).
 
     Under policy ``auto`` the first call on a new shape bucket measures the candidates on ``x``.
     (Called on every quantized forward: the checks of :func:`eligible` inlined, one dict lookup.
@@ -232,15 +235,16 @@ def choose(op: Op, module: Any, x: Tensor, out_features: int, *args: Any) -> Can
         or _is_exporting()
     ):
         return None
-    rows, k = x.shape
-    key = ((rows - 1).bit_length(), k, out_features)
+    shape = x.shape
+    k = shape[1] if len(shape) == 2 else "x".join(map(str, shape[1:]))  # a conv's input: C×H×W
+    key = ((shape[0] - 1).bit_length(), k, out_features)
     c = op._memo.get(key)
     if c is None:
         c = _decide(op, key, module, x, args)
     return c
 
 
-def _decide(op: Op, memo_key: tuple[int, int, int], module: Any, x: Tensor, args: tuple[Any, ...]) -> Candidate:
+def _decide(op: Op, memo_key: tuple[int, int | str, int | str], module: Any, x: Tensor, args: tuple[Any, ...]) -> Candidate:
     with _LOCK:
         c = op._memo.get(memo_key)
         if c is not None:
