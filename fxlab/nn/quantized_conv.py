@@ -16,7 +16,9 @@ scales, no ``torch.ao.quantization``. Weights are symmetric per output channel
   ``K · 127² < 2**24``, ``K = C/groups · kh · kw ≤ 1040``). The int8 GEMM: the codes unfolded to
   (B·L, K), ``torch._int_mm`` against the (N, K) weight codes (exact int32; on CUDA K, N and the
   rows are zero-padded to its shape rules, exact too; elsewhere an exact float64 product of the
-  codes), then ``acc · s_x[b] · s_w[n] + bias[n]``.
+  codes), then ``acc · s_x[b] · s_w[n] + bias[n]``. On CPU inference the float32 conv of the codes
+  (the ONNX arithmetic; the same integer sums exactly while ``K ≤ 1040``) is the other candidate of
+  its op, ``dynamic-conv``, chosen where measured faster (:mod:`fxlab.nn.kernels.choice`).
 * ``Int8WeightOnlyConv2d``: float activations, ``F.conv2d`` on the dequantized weights.
 * ``HalfConv2d``: weights in bf16 / fp16 (bias float32). Two implementations, chosen by measurement
   on CPU inference (:mod:`fxlab.nn.kernels.choice`, op ``bf16-conv`` / ``fp16-conv``): the
@@ -189,6 +191,17 @@ class _ConvBase(DirectCall, kernels.CacheFree, nn.Module, LeafModule):
             weight = weight.unsqueeze(-2)
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation)
 
+    def bucket_suffix(self) -> str:
+        """What this conv adds to its input's shape in a kernel-choice bucket: output channels,
+        kernel, and stride / padding / dilation where not the default (``64k3x3``, ``6k5x5p2x2``).
+        Kept on the module after the first call (the geometry never changes)."""
+        text = f"{self.out_channels}k{'x'.join(map(str, self.kernel_size))}"
+        for letter, pair, default in (("s", self.stride, 1), ("p", self.padding, 0), ("d", self.dilation, 1)):
+            if any(v != default for v in pair):
+                text += letter + "x".join(map(str, pair))
+        self.__dict__["_bucket_suffix"] = text
+        return text
+
     def _details(self) -> list[str]:
         return []
 
@@ -244,6 +257,45 @@ class _Int8WeightConv(_ConvBase):
         return ["per-channel"]
 
 
+def _dynamic_conv_int_gemm(m: Int8DynamicConv2d, x: Tensor, weight: Tensor, w_scale: Tensor,
+                           bias: Tensor | None) -> Tensor:
+    """The reference: the codes unfolded, an exact int32 GEMM, then scales and bias."""
+    q, x_scale = quantize_samples(x)
+    batch, n = x.shape[0], m.out_channels
+    out_h, out_w = m.output_size((x.shape[-2], x.shape[-1]))
+    cols = F.unfold(q, m.kernel_size, m.dilation, m.padding, m.stride)  # (B, K, L)
+    xq = cols.transpose(1, 2).reshape(-1, cols.shape[1]).to(torch.int8)  # (B·L, K)
+    acc = _int_gemm(xq, weight.reshape(n, -1)).reshape(batch, -1, n)  # (B, L, N)
+    scale = x_scale.reshape(batch, 1, 1) * w_scale
+    y = torch.addcmul(bias, acc, scale) if bias is not None else acc * scale
+    return y.transpose(1, 2).reshape(batch, n, out_h, out_w)
+
+
+def _dynamic_conv_codes(m: Int8DynamicConv2d, x: Tensor, weight: Tensor, w_scale: Tensor,
+                        bias: Tensor | None) -> Tensor:
+    """A plain float32 conv of the codes: the same integer sums, exactly, while every one stays
+    below 2**24 (``K · 127² < 2**24``, ``K = C · kh · kw ≤ 1040``); what ONNX export writes."""
+    q, x_scale = quantize_samples(x)
+    n = m.out_channels
+    acc = m._float_conv(q, weight.to(x.dtype), None)
+    scale = x_scale * w_scale.reshape(1, n, 1, 1)
+    return torch.addcmul(bias.reshape(1, n, 1, 1), acc, scale) if bias is not None else acc * scale
+
+
+def _dynamic_conv_float(m: Int8DynamicConv2d, x: Tensor, weight: Tensor, w_scale: Tensor,
+                        bias: Tensor | None) -> Tensor:
+    """:func:`_dynamic_conv_codes` where it is exact; a conv with a larger ``K`` is left out."""
+    if weight[0].numel() * 127 * 127 >= 2**24:
+        raise ValueError(f"K = {weight[0].numel()} > 1040: a float32 sum of int8 products could round")
+    return _dynamic_conv_codes(m, x, weight, w_scale, bias)
+
+
+DYNAMIC_CONV_OP = choice.Op("dynamic-conv", [
+    choice.Candidate("torch", _dynamic_conv_int_gemm, note="unfold, torch._int_mm, scales"),
+    choice.Candidate("float-conv", _dynamic_conv_float),
+])
+
+
 class Int8DynamicConv2d(_Int8WeightConv):
     """int8 weights (per output channel) × int8 activations quantized per sample at run time.
 
@@ -257,23 +309,13 @@ class Int8DynamicConv2d(_Int8WeightConv):
     """
 
     def conv2d(self, x: Tensor) -> Tensor:
-        weight, b = self._parameters["weight"], self._buffers
-        w_scale, bias = b["weight_scale"], self._parameters.get("bias")
-        q, x_scale = quantize_samples(x)
-        n = self.out_channels
+        weight, w_scale, bias = self._parameters["weight"], self._buffers["weight_scale"], self._parameters.get("bias")
         if _onnx_exporting() or (graph_capture() and x.is_cuda):
-            # a plain conv of the codes: exact integer sums in float32 while K·127² < 2**24
-            acc = self._float_conv(q, weight.to(x.dtype), None)
-            scale = x_scale * w_scale.reshape(1, n, 1, 1)
-            return torch.addcmul(bias.reshape(1, n, 1, 1), acc, scale) if bias is not None else acc * scale
-        batch = x.shape[0]
-        out_h, out_w = self.output_size((x.shape[-2], x.shape[-1]))
-        cols = F.unfold(q, self.kernel_size, self.dilation, self.padding, self.stride)  # (B, K, L)
-        xq = cols.transpose(1, 2).reshape(-1, cols.shape[1]).to(torch.int8)  # (B·L, K)
-        acc = _int_gemm(xq, weight.reshape(n, -1)).reshape(batch, -1, n)  # (B, L, N)
-        scale = x_scale.reshape(batch, 1, 1) * w_scale
-        y = torch.addcmul(bias, acc, scale) if bias is not None else acc * scale
-        return y.transpose(1, 2).reshape(batch, n, out_h, out_w)
+            return _dynamic_conv_codes(self, x, weight, w_scale, bias)
+        suffix = self.__dict__.get("_bucket_suffix") or self.bucket_suffix()
+        c = choice.choose(DYNAMIC_CONV_OP, self, x, suffix, weight, w_scale, bias) \
+            if x.dtype == torch.float32 else None  # None outside CPU inference: the reference runs
+        return (c.fn if c is not None else _dynamic_conv_int_gemm)(self, x, weight, w_scale, bias)
 
 
 class Int8WeightOnlyConv2d(_Int8WeightConv):
@@ -353,17 +395,6 @@ class HalfConv2d(_ConvBase):
         if c is not None:
             return c.fn(self, x, weight, bias)
         return _half_conv_torch(self, x, weight, bias)
-
-    def bucket_suffix(self) -> str:
-        """What this conv adds to its input's shape in a kernel-choice bucket: output channels,
-        kernel, and stride / padding / dilation where not the default (``64k3x3``, ``6k5x5p2x2``).
-        Kept on the module after the first call (the geometry never changes)."""
-        text = f"{self.out_channels}k{'x'.join(map(str, self.kernel_size))}"
-        for letter, pair, default in (("s", self.stride, 1), ("p", self.padding, 0), ("d", self.dilation, 1)):
-            if any(v != default for v in pair):
-                text += letter + "x".join(map(str, pair))
-        self.__dict__["_bucket_suffix"] = text
-        return text
 
     def _details(self) -> list[str]:
         return [_HALF_NAMES[self.dtype]]

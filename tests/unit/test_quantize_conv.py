@@ -190,6 +190,36 @@ def test_every_half_conv_candidate_gives_the_modes_numbers(mode: str, ndim: int,
         assert choice.mismatch(op, wrong, ref, module, x4, *args) is not None
 
 
+@pytest.mark.parametrize("geometry", [{}, {"stride": 2, "padding": 1}, {"padding": 2, "dilation": 2, "bias": False}],
+                         ids=["plain", "stride,padding", "dilation,no-bias"])
+@pytest.mark.parametrize("ndim", [1, 2])
+def test_every_dynamic_conv_candidate_gives_the_modes_numbers(ndim: int, geometry: dict) -> None:
+    """``dynamic-conv``: the float32 conv of the codes sums the same integers as the int32 GEMM, so
+    its output is the reference's up to the float32 rounding of the final scale and bias; forced,
+    the module returns it; a conv with K = C·kh·kw over 1040 leaves the candidate out."""
+    torch.manual_seed(4)
+    conv = _conv(ndim, geometry, cin=6, cout=7)
+    module = CLASSES["dynamic"][ndim - 1].from_float(conv)
+    x = torch.randn(4, 6, *((13, 12) if ndim == 2 else (19,))) * 3
+    x4 = x if ndim == 2 else x.unsqueeze(-2)
+    op = choice.ops()["dynamic-conv"]
+    assert [c.name for c in op.candidates] == ["torch", "float-conv"]
+    args = (module.weight, module.weight_scale, module.bias)
+    with torch.no_grad():
+        ref = op.reference.fn(module, x4, *args)
+        torch.testing.assert_close(ref.squeeze(-2) if ndim == 1 else ref, module(x), rtol=0, atol=0)
+        out = op.candidates[1].fn(module, x4, *args)
+        assert choice.mismatch(op, out, ref, module, x4, *args) is None
+        torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+        with choice.forced("float-conv"):
+            y = module(x)
+        assert torch.equal(y, out.squeeze(-2) if ndim == 1 else out)
+        wide = Int8DynamicConv2d.from_float(nn.Conv2d(128, 4, 3))  # K = 1152
+        xw = torch.randn(1, 128, 5, 5)
+        with pytest.raises(ValueError, match="K = 1152"):
+            op.candidates[1].fn(wide, xw, wide.weight, wide.weight_scale, wide.bias)
+
+
 def test_dynamic_is_batch_independent_and_exact_in_integers() -> None:
     """Per-sample scales: a sample's output does not depend on the rest of the batch; the int32
     accumulator equals the float64 convolution of the codes exactly."""
