@@ -115,7 +115,13 @@ def _bf16(rows: list[dict[str, Any]], model: str, device: Any) -> Target:
     if not _native_bf16(device):
         return Target(name, where, None, "≥ 1.50×", None, "no AVX512-BF16 or AMX on this CPU")
     b = _speedup(rows, model, "float32", "bf16", 256)
-    return at_least(name, where, b, 1.5, "" if b else "bf16 variant not available")
+    return at_least(name, where, b, 1.5, _convs_too(rows, model, "bf16") if b else "bf16 variant not available")
+
+
+def _convs_too(rows: list[dict[str, Any]], model: str, mode: str) -> str:
+    """For a CNN: how the variant with its convs quantized too (``<mode>+conv``) did, at batch 256."""
+    c = _speedup(rows, model, "float32", f"{mode}+conv", 256)
+    return f"with the convs in {mode} too: {c:.2f}×" if c else ""
 
 
 def inference_targets(rows: list[dict[str, Any]], device: Any) -> list[Target]:
@@ -129,7 +135,7 @@ def inference_targets(rows: list[dict[str, Any]], device: Any) -> list[Target]:
         for m in models:
             d = _speedup(rows, m, "float32", "dynamic", 256)
             out.append(at_least("int8 dynamic vs float32", f"{m}, batch 256", d,
-                                1.0, "" if d else "dynamic variant not available"))
+                                1.0, _convs_too(rows, m, "dynamic") if d else "dynamic variant not available"))
         out += [_vs_ao(rows, m, device) for m in models]
         out += [_bf16(rows, m, device) for m in models]
     if 1 in batches:

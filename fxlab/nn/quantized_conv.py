@@ -24,7 +24,8 @@ scales, no ``torch.ao.quantization``. Weights are symmetric per output channel
   on CPU inference (:mod:`fxlab.nn.kernels.choice`, op ``bf16-conv`` / ``fp16-conv``): the
   reference widens the weights to float32 for ``F.conv2d``; ``native`` (on CPUs with AVX512-BF16 or
   AMX, AMX-FP16 for fp16) rounds the input to the half type and runs oneDNN's half convolution
-  (float32 accumulation), its output widened and the float32 bias added.
+  (float32 accumulation), its output widened and the float32 bias added. On CUDA ``native`` runs
+  (cuDNN), as the half Linears' native GEMM does; under graph capture, the reference.
 
 The 1-D versions (``…Conv1d``) run the 2-D arithmetic on a (B, C, 1, L) view.
 
@@ -394,6 +395,8 @@ class HalfConv2d(_ConvBase):
             if x.dtype == torch.float32 else None  # None outside CPU inference: the reference runs
         if c is not None:
             return c.fn(self, x, weight, bias)
+        if x.is_cuda and x.dtype == torch.float32 and not graph_capture():  # as HalfLinear: cuDNN's half conv
+            return _half_conv_native(self, x, weight, bias)
         return _half_conv_torch(self, x, weight, bias)
 
     def _details(self) -> list[str]:

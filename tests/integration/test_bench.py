@@ -79,6 +79,12 @@ def test_inference(smoke: tuple[dict[str, Any], str]) -> None:
     # fxlab's own variants ran (the anchors may be missing where torch lacks them: their rows say why)
     ok = {(r["model"], r["variant"]) for r in rows if r["status"] == "ok"}
     assert {("simplenn", "fused"), *(("mymodule", mode) for mode in bench.QUANT_MODES)} <= ok
+    # a CNN also in each mode with its convs quantized too; an MLP has no such variant
+    with_convs = {f"{mode}+conv" for mode in ("dynamic", "weight-only", "bf16", "fp16")}
+    assert {("lenet5", v) for v in with_convs} <= ok
+    assert not {v for m, v in ok if m == "mymodule"} & with_convs
+    pipelines = {r["variant"]: r["pipeline"] for r in rows if r["model"] == "lenet5"}
+    assert pipelines["bf16+conv"] == pipelines["bf16"] + ",quantize-conv{mode=bf16}"
     # int8 state dicts are much smaller than float32 ones
     size = {(r["model"], r["variant"]): r["state_dict_bytes"] for r in rows if r["batch"] == 1}
     assert size[("mymodule", "dynamic")] < 0.4 * size[("mymodule", "float32")]
@@ -132,6 +138,9 @@ def test_kernels(smoke: tuple[dict[str, Any], str]) -> None:
     assert not kernels["failures"]
     ops = {r["op"] for r in kernels["rows"]}
     assert {"dynamic", "weight-only", "bf16", "fp16", "static", "linear-relu"} <= ops
+    assert {"dynamic-conv", "bf16-conv", "fp16-conv"} <= ops  # lenet5's convs
+    conv_buckets = {r["bucket"] for r in kernels["rows"] if r["op"] == "bf16-conv"}
+    assert {"256x1x28x28x6k5x5p2x2", "256x6x14x14x16k5x5"} <= conv_buckets
     for r in kernels["rows"]:
         timed = {n: t for n, t in r["times_us"].items() if t is not None}
         assert r["chosen"] in timed and all(positive(t) for t in timed.values())
