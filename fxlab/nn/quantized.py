@@ -333,6 +333,29 @@ def _static_numba_int_mm(m: Any, xq: Tensor, weight: Tensor, multiplier: Tensor,
     return kernels.requantize(_numba(), int8_matmul(xq, weight), mult, off, m._low)
 
 
+_QLINEAR = torch.backends.mkldnn.is_available() and all(
+    hasattr(torch.ops.onednn, op) for op in ("qlinear_pointwise", "qlinear_prepack"))
+
+
+def _qlinear_prepack(weight: Tensor) -> Tensor:
+    return torch.ops.onednn.qlinear_prepack(weight, None)
+
+
+def _static_onednn(m: Any, xq: Tensor, weight: Tensor, multiplier: Tensor, offset: Tensor) -> Tensor:
+    """oneDNN's int8 Linear (``torch.ops.onednn.qlinear_pointwise``, what torch.ao's x86 lowering
+    runs), requantizing to int8 itself. Its fast path takes uint8 activations: the codes shifted by
+    128 (the top bit flipped) with the zero point shifted alike, the same affine values."""
+    packed = kernels.onednn_packed(m, weight, xq.shape[0], _qlinear_prepack)
+    if packed is None:  # an inference tensor
+        return _static_torch(m, xq, weight, multiplier, offset)
+    s_x, _, z_x = m.input_quant.values()
+    s_y, _, z_y = m.output_dequant.values()
+    w_zero_points = torch.zeros(weight.shape[0], dtype=torch.int32)
+    return torch.ops.onednn.qlinear_pointwise(
+        xq.view(torch.uint8).bitwise_xor(128), s_x, z_x + 128, packed, m._buffers["weight_scale"], w_zero_points,
+        m._parameters.get("bias"), s_y, z_y, torch.int8, "relu" if m.relu else "none", [], "")
+
+
 _NUMBA_NOTE = "Numba kernels off (FXLAB_KERNELS=torch, kernels.disabled()) or not installed"
 DYNAMIC_OP = choice.Op("dynamic", [
     choice.Candidate("torch", _dynamic_torch, note="torch ops: per-row quantization, torch._int_mm, addcmul"),
@@ -361,6 +384,7 @@ STATIC_OP = choice.Op("static", [
     choice.Candidate("torch", _static_torch, note="torch._int_mm, addcmul, round, clamp"),
     choice.Candidate("numba", _static_numba, _numba_available, _NUMBA_NOTE),
     choice.Candidate("numba+int_mm", _static_numba_int_mm, _numba_available, _NUMBA_NOTE),
+    choice.Candidate("onednn", _static_onednn, lambda: _QLINEAR, "no oneDNN int8 Linear in this torch"),
 ])
 
 

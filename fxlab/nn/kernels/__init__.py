@@ -45,7 +45,7 @@ import contextlib
 import functools
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
 
@@ -157,18 +157,21 @@ class CacheFree:
         return state
 
 
-def onednn_packed(module: nn.Module, weight: Tensor, rows: int) -> Tensor | None:
-    """oneDNN's pre-packed copy of ``weight`` (for ``torch.ops.mkldnn._linear_pointwise``), cached on
-    ``module`` until the weight changes (a new tensor, or an in-place update such as an optimizer step);
-    never in state dicts, pickles or deep copies (:class:`CacheFree`). None for an inference tensor,
-    whose in-place writes could not be seen (it has no version counter)."""
+def onednn_packed(module: nn.Module, weight: Tensor, rows: int,
+                  pack: Callable[[Tensor], Tensor] | None = None) -> Tensor | None:
+    """oneDNN's pre-packed copy of ``weight`` (for ``torch.ops.mkldnn._linear_pointwise``; or what
+    ``pack(weight)`` makes, e.g. ``torch.ops.onednn.qlinear_prepack``), cached on ``module`` until the
+    weight changes (a new tensor, or an in-place update such as an optimizer step); never in state
+    dicts, pickles or deep copies (:class:`CacheFree`). None for an inference tensor, whose in-place
+    writes could not be seen (it has no version counter)."""
     if weight.is_inference():
         return None
-    key = (weight.data_ptr(), weight._version, tuple(weight.shape))
+    key = (weight.data_ptr(), weight._version, tuple(weight.shape), pack)
     cached = module.__dict__.get("_fxlab_packed")
     if cached is None or cached[0] != key:
         with torch.no_grad():
-            cached = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows))
+            w = weight.detach()
+            cached = (key, pack(w) if pack is not None else torch.ops.mkldnn._reorder_linear_weight(w, rows))
         module.__dict__["_fxlab_packed"] = cached
     return cached[1]
 
