@@ -291,7 +291,10 @@ def inference_suite(cfg: Config, device: torch.device) -> dict[str, Any]:
     images, source = mnist_images(cfg.data, max(cfg.batches))
     images = images.to(device)
     calibration = [images[i : i + 256] for i in range(0, min(1024, images.shape[0]), 256)]
+    from ..nn.kernels import choice
+
     rows: list[dict[str, Any]] = []
+    known = {(d.op, d.bucket) for d in choice.decisions()}
     with _cold_inductor_cache():
         for name in cfg.models:
             rows += _measure_model(name, images, calibration, cfg, device)
@@ -301,5 +304,8 @@ def inference_suite(cfg: Config, device: torch.device) -> dict[str, Any]:
         "batches": list(cfg.batches),
         "method": METHOD,
         "rows": rows,
+        # the implementations these figures ran (CPU: measured on first use, or read from the cache)
+        "kernel_decisions": [{**d.to_json(), "source": d.source, "busy": d.busy}
+                             for d in choice.decisions() if (d.op, d.bucket) not in known],
         "targets": [t.to_json() for t in inference_targets(rows, device)],
     }

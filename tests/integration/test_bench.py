@@ -83,6 +83,10 @@ def test_inference(smoke: tuple[dict[str, Any], str]) -> None:
     with_convs = {f"{mode}+conv" for mode in ("dynamic", "weight-only", "bf16", "fp16")}
     assert {("lenet5", v) for v in with_convs} <= ok
     assert not {v for m, v in ok if m == "mymodule"} & with_convs
+    # the kernels these figures ran are on record, lenet5's convs among them
+    used = {(d["op"], d["bucket"]): d for d in inference["kernel_decisions"]}
+    assert ("dynamic-conv", "256x6x14x14x16k5x5") in used and ("dynamic", "256x784x128") in used
+    assert all(d["chosen"] in d["times_us"] or d["source"] != "measured" for d in used.values())
     pipelines = {r["variant"]: r["pipeline"] for r in rows if r["model"] == "lenet5"}
     assert pipelines["bf16+conv"] == pipelines["bf16"] + ",quantize-conv{mode=bf16}"
     # int8 state dicts are much smaller than float32 ones
