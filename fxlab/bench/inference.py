@@ -90,8 +90,15 @@ def fusion_passes(model: nn.Module) -> list[Any]:
     return [fxlab.get_pass(n)() for n in names]
 
 
-def _is_cnn(model: nn.Module) -> bool:
+def is_cnn(model: nn.Module) -> bool:
+    """Whether ``model`` has a convolution (the bench runs it at the conv batch sizes, and quantizes
+    its convs too in extra variants)."""
     return _has(model, nn.modules.conv._ConvNd)
+
+
+def model_batches(model: nn.Module, cfg: Config) -> tuple[int, ...]:
+    """The batch sizes ``model`` runs at: ``cfg.batches``, for a CNN only those in ``cfg.conv_batches``."""
+    return tuple(b for b in cfg.batches if b in cfg.conv_batches) if is_cnn(model) else tuple(cfg.batches)
 
 
 def quantize_passes(model: nn.Module, mode: str, calibration: list[torch.Tensor], *, convs: bool = False) -> list[Any]:
@@ -153,13 +160,13 @@ def _fxlab_variants(model: nn.Module, calibration: list[torch.Tensor]) -> list[V
     fused = _build("fused", f"fxlab: {fusion_text}", lambda: fxlab.apply(model, fusion_passes(model)).eval(),
                    fusion_text)
     out = [fused]
-    if fused.module is not None and not _is_cnn(model):  # a CNN's GEMMs are no floor
+    if fused.module is not None and not is_cnn(model):  # a CNN's GEMMs are no floor
         out.append(_build("GEMMs only", "floor: the fused model's float32 Linears alone, back to back (no activation, "
                           "no other op); no exact float32 rewrite of the model can run faster",
                           lambda: GemmFloor(fused.module)))
     from ..passes.quantize import CONV_MODES
 
-    cnn = _is_cnn(model)
+    cnn = is_cnn(model)
     for mode, convs in [(m, False) for m in QUANT_MODES] + [(m, True) for m in QUANT_MODES if cnn and m in CONV_MODES]:
 
         def quantized(mode: str = mode, convs: bool = convs) -> Any:
@@ -272,11 +279,8 @@ def _measure_model(name: str, images: torch.Tensor, calibration: list[torch.Tens
     compile_model = cfg.compile_models is None or name in cfg.compile_models
     variants = inference_variants(model, device, calibration, compile_=compile_model)
     sizes = {v.label: state_dict_bytes(v.module) for v in variants if v.module is not None}
-    batches = cfg.batches
-    if any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules()):
-        batches = tuple(b for b in cfg.batches if b in cfg.conv_batches)
     rows = []
-    for batch in batches:
+    for batch in model_batches(model, cfg):
         rows += _measure_batch(name, variants, images[:batch], cfg, device, sizes)
     del variants
     with contextlib.suppress(Exception):
@@ -286,13 +290,13 @@ def _measure_model(name: str, images: torch.Tensor, calibration: list[torch.Tens
 
 def inference_suite(cfg: Config, device: torch.device) -> dict[str, Any]:
     """Every seed model × variant × batch size: latency, throughput, speed-up, memory."""
+    from ..nn.kernels import choice
+
     # torch.compile on a CPU-only machine logs that it found no CUDA runtime: not news here
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     images, source = mnist_images(cfg.data, max(cfg.batches))
     images = images.to(device)
     calibration = [images[i : i + 256] for i in range(0, min(1024, images.shape[0]), 256)]
-    from ..nn.kernels import choice
-
     rows: list[dict[str, Any]] = []
     known = {(d.op, d.bucket) for d in choice.decisions()}
     with _cold_inductor_cache():

@@ -45,7 +45,7 @@ def kernels_suite(cfg: Config, device: torch.device) -> dict[str, Any]:
     from ..nn import kernels
     from ..nn.kernels import choice
     from ..passes.quantize import CONV_MODES
-    from .inference import fusion_passes, mnist_images, quantize_passes
+    from .inference import is_cnn, fusion_passes, mnist_images, model_batches, quantize_passes
 
     if device.type != "cpu":
         return {"status": f"n/a on {device}: kernels are chosen for CPU inference", "rows": [], "targets": []}
@@ -60,8 +60,7 @@ def kernels_suite(cfg: Config, device: torch.device) -> dict[str, Any]:
         for name in cfg.models:
             torch.manual_seed(0)
             model = seed_models.build(name).eval()
-            cnn = any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in model.modules())
-            batches = [b for b in cfg.batches if b in cfg.conv_batches] if cnn else cfg.batches  # as the inference suite
+            cnn = is_cnn(model)
             for mode in ("fused", *QUANT_MODES):
                 log.info("bench kernels: %s %s", name, mode)
                 try:
@@ -69,7 +68,7 @@ def kernels_suite(cfg: Config, device: torch.device) -> dict[str, Any]:
                               quantize_passes(model, mode, calibration, convs=cnn and mode in CONV_MODES))
                     gm = fxlab.apply(model, passes)
                     gm.eval()
-                    for batch in batches:
+                    for batch in model_batches(model, cfg):
                         before = {(d.op, d.bucket): d for d in choice.decisions()}
                         gm(images[:batch])
                         # new decisions, and any taken again (one measured on a busy machine, rechecked)

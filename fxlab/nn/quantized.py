@@ -307,15 +307,19 @@ def _half_native_packed(m: Any, x: Tensor, weight: Tensor, bias: Tensor | None, 
     return _relu(torch.add(bias, y) if bias is not None else y.to(x.dtype), relu)
 
 
-def _half_bound(unit: float) -> Any:
-    """The error a half GEMM may add to the float32 reference: activations and output rounded to
-    the half type (``unit`` each) and float32 sums in another order, elementwise."""
+#: The unit roundoff of each half type: the relative error of rounding a float32 to it.
+HALF_UNITS = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
 
-    def bound(m: Any, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
-        mags = F.linear(x.abs(), weight.float().abs())
-        return mags * (2 * unit + 2 * x.shape[1] * 2.0**-24) + 1e-30
 
-    return bound
+def half_error(mags: Tensor, dtype: torch.dtype, k: int) -> Tensor:
+    """The error a half product may add to the float32 reference, elementwise, where ``mags`` is
+    the product of the magnitudes (``|x| @ |W|.T``, or that conv): the input and the output each
+    rounded to ``dtype`` once, and float32 sums of ``k`` terms in another order."""
+    return mags * (2 * HALF_UNITS[dtype] + 2 * k * 2.0**-24) + 1e-30
+
+
+def _half_bound(m: Any, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+    return half_error(F.linear(x.abs(), weight.float().abs()), weight.dtype, x.shape[1])
 
 
 def _static_torch(m: Any, xq: Tensor, weight: Tensor, multiplier: Tensor, offset: Tensor) -> Tensor:
@@ -377,7 +381,7 @@ HALF_OPS = {
         choice.Candidate("onednn", _half_native_packed,
                          functools.partial(lambda d: _MKLDNN_LINEAR and _native_half_on_cpu(d), dtype),
                          f"no native {name} dot products on this CPU, or no oneDNN Linear in this torch"),
-    ], bound=_half_bound(2.0**-8 if dtype is torch.bfloat16 else 2.0**-11))
+    ], bound=_half_bound)
     for dtype, name in _HALF_NAMES.items()
 }
 STATIC_OP = choice.Op("static", [

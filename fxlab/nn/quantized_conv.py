@@ -39,7 +39,6 @@ HalfConv2d(1→32, k=3, padding=1, fp16)
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +56,7 @@ from .quantized import (
     _onnx_exporting,
     finish_from_float,
     graph_capture,
+    half_error,
     int8_matmul,
     quantize_weight,
 )
@@ -196,6 +196,9 @@ class _ConvBase(DirectCall, kernels.CacheFree, nn.Module, LeafModule):
         """What this conv adds to its input's shape in a kernel-choice bucket: output channels,
         kernel, and stride / padding / dilation where not the default (``64k3x3``, ``6k5x5p2x2``).
         Kept on the module after the first call (the geometry never changes)."""
+        cached = self.__dict__.get("_bucket_suffix")
+        if cached is not None:
+            return cached
         text = f"{self.out_channels}k{'x'.join(map(str, self.kernel_size))}"
         for letter, pair, default in (("s", self.stride, 1), ("p", self.padding, 0), ("d", self.dilation, 1)):
             if any(v != default for v in pair):
@@ -313,8 +316,7 @@ class Int8DynamicConv2d(_Int8WeightConv):
         weight, w_scale, bias = self._parameters["weight"], self._buffers["weight_scale"], self._parameters.get("bias")
         if _onnx_exporting() or (graph_capture() and x.is_cuda):
             return _dynamic_conv_codes(self, x, weight, w_scale, bias)
-        suffix = self.__dict__.get("_bucket_suffix") or self.bucket_suffix()
-        c = choice.choose(DYNAMIC_CONV_OP, self, x, suffix, weight, w_scale, bias) \
+        c = choice.choose(DYNAMIC_CONV_OP, self, x, self.bucket_suffix(), weight, w_scale, bias) \
             if x.dtype == torch.float32 else None  # None outside CPU inference: the reference runs
         return (c.fn if c is not None else _dynamic_conv_int_gemm)(self, x, weight, w_scale, bias)
 
@@ -339,16 +341,9 @@ def _half_conv_native(m: HalfConv2d, x: Tensor, weight: Tensor, bias: Tensor | N
     return torch.add(bias.reshape(-1, 1, 1), y) if bias is not None else y.to(x.dtype)
 
 
-def _half_conv_bound(unit: float) -> Any:
-    """The error a half convolution may add to the float32 reference: the input and the output
-    rounded to the half type (``unit`` each) and float32 sums of ``K = C·kh·kw`` products in another
-    order, elementwise (as :func:`fxlab.nn.quantized._half_bound` for a Linear)."""
-
-    def bound(m: HalfConv2d, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        mags = m._float_conv(x.abs(), weight.float().abs(), None)
-        return mags * (2 * unit + 2 * (weight[0].numel()) * 2.0**-24) + 1e-30
-
-    return bound
+def _half_conv_bound(m: HalfConv2d, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """:func:`~fxlab.nn.quantized.half_error` of a conv: sums of ``K = C·kh·kw`` products."""
+    return half_error(m._float_conv(x.abs(), weight.float().abs(), None), weight.dtype, weight[0].numel())
 
 
 HALF_CONV_OPS = {
@@ -356,7 +351,7 @@ HALF_CONV_OPS = {
         choice.Candidate("torch", _half_conv_torch, note="half weights widened, float32 convolution"),
         choice.Candidate("native", _half_conv_native, lambda d=dtype: _native_half_on_cpu(d),
                          f"no native {name} dot products on this CPU"),
-    ], bound=_half_conv_bound(2.0**-8 if dtype is torch.bfloat16 else 2.0**-11))
+    ], bound=_half_conv_bound)
     for dtype, name in _HALF_NAMES.items()
 }
 
@@ -390,8 +385,7 @@ class HalfConv2d(_ConvBase):
 
     def conv2d(self, x: Tensor) -> Tensor:
         weight, bias = self._parameters["weight"], self._parameters.get("bias")
-        suffix = self.__dict__.get("_bucket_suffix") or self.bucket_suffix()
-        c = choice.choose(HALF_CONV_OPS[weight.dtype], self, x, suffix, weight, bias) \
+        c = choice.choose(HALF_CONV_OPS[weight.dtype], self, x, self.bucket_suffix(), weight, bias) \
             if x.dtype == torch.float32 else None  # None outside CPU inference: the reference runs
         if c is not None:
             return c.fn(self, x, weight, bias)

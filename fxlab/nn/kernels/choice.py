@@ -218,7 +218,7 @@ def choose(op: Op, module: Any, x: Tensor, out_features: int | str, *args: Any) 
     """The candidate of ``op`` to run for ``x`` on ``module`` (whose further arguments are
     ``args``); None when no choice applies (see :func:`eligible`): the caller's reference path runs.
     ``x`` is 2-D for a Linear; a conv passes its 4-D input and, as ``out_features``, its output
-    channels with its geometry (:meth:`~fxlab.nn.quantized_conv.HalfConv2d.bucket_suffix`).
+    channels with its geometry (:meth:`~fxlab.nn.quantized_conv._ConvBase.bucket_suffix`).
 
     Under policy ``auto`` the first call on a new shape bucket measures the candidates on ``x``.
     (Called on every quantized forward: the checks of :func:`eligible` inlined, one dict lookup.
