@@ -59,6 +59,31 @@ def test_conv_buckets_hold_the_input_shape_and_the_geometry(cache) -> None:
     assert {f"bf16-conv/{d.bucket}" for d in mine} <= set(doc["decisions"])
 
 
+def test_a_conv_input_in_channels_last_layout_has_buckets_of_its_own(cache) -> None:
+    """The int8 reference conv writes its output channels-last (a free view of its GEMM), so the
+    next conv's input is in that layout: it is measured under a bucket of its own, as is the
+    contiguous input of the same shape; any other non-contiguous input runs the reference."""
+    from fxlab.nn import Int8DynamicConv2d
+    from fxlab.nn.quantized_conv import DYNAMIC_CONV_OP
+
+    torch.manual_seed(0)
+    first = Int8DynamicConv2d.from_float(nn.Conv2d(1, 4, 3))
+    second = Int8DynamicConv2d.from_float(nn.Conv2d(4, 5, 3))
+    x = torch.randn(3, 1, 12, 11)
+    with torch.no_grad(), choice.forced("torch"):
+        h = first(x)
+    assert not h.is_contiguous() and h.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        y = second(h)
+        assert torch.equal(second(h.contiguous()), y)  # the same numbers in either layout
+        args = (second.weight, second.weight_scale, second.bias)
+        odd = h.contiguous().transpose(2, 3)  # neither contiguous nor channels-last
+        assert choice.choose(DYNAMIC_CONV_OP, second, odd, second.bucket_suffix(), *args) is None
+    mine = [d.bucket for d in choice.decisions() if d.op == "dynamic-conv" and d.source == "measured"]
+    assert mine == ["4x4x10x9x5k3x3/nhwc", "4x4x10x9x5k3x3"]
+    assert choice.CHANNELS_LAST == "/nhwc"
+
+
 def test_auto_measures_once_per_bucket_and_writes_the_cache(cache) -> None:
     m = _module()
     with torch.no_grad():

@@ -220,6 +220,27 @@ def test_every_dynamic_conv_candidate_gives_the_modes_numbers(ndim: int, geometr
             op.candidates[1].fn(wide, xw, wide.weight, wide.weight_scale, wide.bias)
 
 
+@pytest.mark.parametrize("mode", ["dynamic", "bf16", "fp16"])
+def test_every_conv_candidate_takes_a_channels_last_input(mode: str) -> None:
+    """On a channels-last input (what the int8 reference conv outputs) and on its contiguous copy,
+    every candidate gives the mode's numbers of the reference on the channels-last input."""
+    torch.manual_seed(5)
+    conv = nn.Conv2d(6, 7, 3, padding=1)
+    module = (Int8DynamicConv2d.from_float(conv) if mode == "dynamic"
+              else HalfConv2d.from_float(conv, dtype=MODES[mode].dtype))
+    x = (torch.randn(4, 6, 13, 12) * 3).to(memory_format=torch.channels_last)
+    assert not x.is_contiguous()
+    op = choice.ops()[f"{mode}-conv"]
+    args = ((module.weight, module.weight_scale, module.bias) if mode == "dynamic"
+            else (module.weight, module.bias))
+    with torch.no_grad():
+        ref = op.reference.fn(module, x, *args)
+        for c in op.candidates:
+            out = c.fn(module, x, *args)
+            assert choice.mismatch(op, out, ref, module, x, *args) is None, c.name
+            assert choice.mismatch(op, c.fn(module, x.contiguous(), *args), ref, module, x, *args) is None, c.name
+
+
 def test_dynamic_is_batch_independent_and_exact_in_integers() -> None:
     """Per-sample scales: a sample's output does not depend on the rest of the batch; the int32
     accumulator equals the float64 convolution of the codes exactly."""

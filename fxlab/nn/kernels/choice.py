@@ -26,8 +26,8 @@ seconds once the machine is no longer busy.
   candidate wherever an op has it, the reference elsewhere.
 
 Nothing is timed on the autograd path, under ``torch.compile``, ``torch.export``, FX or TorchScript
-tracing, for CUDA tensors, or for non-contiguous inputs: :func:`choose` returns None there and the
-module runs its reference path. ``python -m fxlab.bench --suite kernels`` prints every decision
+tracing, for CUDA tensors, or for non-contiguous inputs (a conv's channels-last input excepted):
+:func:`choose` returns None there and the module runs its reference path. ``python -m fxlab.bench --suite kernels`` prints every decision
 with its candidates' times.
 
 >>> from fxlab.nn.kernels import choice
@@ -57,7 +57,7 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Candidate", "Decision", "Op", "bucket", "cache_path", "choose", "decisions", "eligible", "forced",
+__all__ = ["CHANNELS_LAST", "Candidate", "Decision", "Op", "bucket", "cache_path", "choose", "decisions", "eligible", "forced",
            "machine", "machine_key", "mismatch", "ops", "policy", "remeasured", "reset"]
 
 #: Seconds of timed calls per candidate after which measuring stops (once ``MIN_ROUNDS`` have run).
@@ -199,13 +199,27 @@ _is_fx_tracing = getattr(torch.fx._symbolic_trace, "_get_is_fx_tracing", lambda:
 _is_exporting = torch.compiler.is_exporting
 
 
+#: What a 4-D channels-last input adds to its bucket: the same shape in that layout times differently.
+CHANNELS_LAST = "/nhwc"
+
+
+def _layout(x: Tensor) -> str | None:
+    """``""`` for a contiguous ``x``, :data:`CHANNELS_LAST` for a 4-D channels-last one (a conv's
+    input; the int8 reference conv writes its output in that layout), None for any other strides."""
+    if x.is_contiguous():
+        return ""
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return CHANNELS_LAST
+    return None
+
+
 def eligible(x: Tensor) -> bool:
-    """Whether a choice applies to input ``x``: a plain contiguous CPU tensor outside autograd,
-    not being compiled, exported or traced. (Called on every quantized forward: kept lean.)"""
+    """Whether a choice applies to input ``x``: a plain CPU tensor, contiguous (or a 4-D one in
+    channels-last layout), outside autograd, not being compiled, exported or traced."""
     return not (
         type(x) is not Tensor
         or not x.is_cpu
-        or not x.is_contiguous()
+        or _layout(x) is None
         or (x.requires_grad and _is_grad_enabled())
         or _is_compiling()
         or _is_tracing()
@@ -218,7 +232,8 @@ def choose(op: Op, module: Any, x: Tensor, out_features: int | str, *args: Any) 
     """The candidate of ``op`` to run for ``x`` on ``module`` (whose further arguments are
     ``args``); None when no choice applies (see :func:`eligible`): the caller's reference path runs.
     ``x`` is 2-D for a Linear; a conv passes its 4-D input and, as ``out_features``, its output
-    channels with its geometry (:meth:`~fxlab.nn.quantized_conv._ConvBase.bucket_suffix`).
+    channels with its geometry (:meth:`~fxlab.nn.quantized_conv._ConvBase.bucket_suffix`). A conv's
+    input in channels-last layout has buckets of its own (``…x64k3x3/nhwc``).
 
     Under policy ``auto`` the first call on a new shape bucket measures the candidates on ``x``.
     (Called on every quantized forward: the checks of :func:`eligible` inlined, one dict lookup.
@@ -229,13 +244,16 @@ def choose(op: Op, module: Any, x: Tensor, out_features: int | str, *args: Any) 
         type(x) is not Tensor
         or not x.is_cpu
         or (x.requires_grad and _is_grad_enabled())
-        or not x.is_contiguous()
         or _is_compiling()
         or _is_tracing()
         or _is_exporting()
     ):
         return None
     shape = x.shape
+    if not x.is_contiguous():
+        if _layout(x) is None:
+            return None
+        out_features = f"{out_features}{CHANNELS_LAST}"
     k = shape[1] if len(shape) == 2 else "x".join(map(str, shape[1:]))  # a conv's input: C×H×W
     key = ((shape[0] - 1).bit_length(), k, out_features)
     c = op._memo.get(key)
