@@ -85,7 +85,9 @@ def test_inference(smoke: tuple[dict[str, Any], str]) -> None:
     assert not {v for m, v in ok if m == "mymodule"} & with_convs
     # the kernels these figures ran are on record, lenet5's convs among them
     used = {(d["op"], d["bucket"]): d for d in inference["kernel_decisions"]}
-    assert ("dynamic-conv", "256x6x14x14x16k5x5") in used and ("dynamic", "256x784x128") in used
+    # lenet5's second conv: its input is channels-last where the first conv ran the int8 reference
+    assert {("dynamic-conv", "256x6x14x14x16k5x5"), ("dynamic-conv", "256x6x14x14x16k5x5/nhwc")} & set(used)
+    assert ("dynamic", "256x784x128") in used
     assert all(d["chosen"] in d["times_us"] or d["source"] != "measured" for d in used.values())
     pipelines = {r["variant"]: r["pipeline"] for r in rows if r["model"] == "lenet5"}
     assert pipelines["bf16+conv"] == pipelines["bf16"] + ",quantize-conv{mode=bf16}"
