@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import fx, nn
 from torch.nn.modules import module as _module
 
 
@@ -195,12 +195,31 @@ def module_call(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
         or nn.Module.__call__ is not _MODULE_CALL
         or _get_tracing_state()
     ):
-        return nn.Module.__call__(self, *args, **kwargs)
+        node = _leaf_node(self, args, kwargs)
+        return node if node is not None else nn.Module.__call__(self, *args, **kwargs)
     return self.forward(*args, **kwargs)
 
 
+def _leaf_node(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> fx.Proxy | None:
+    """While a torch.fx tracer that does not know ``module`` as a leaf traces it (the default
+    ``torch.fx.symbolic_trace`` keeps only ``torch.nn``'s own modules whole), the one
+    ``call_module`` node fxlab's tracer would record, instead of tracing into a forward whose
+    kernel choice and in-place updates cannot be traced; None otherwise."""
+    from .core import LeafModule  # not at import: core imports this module
+
+    proxy = next((a for a in (*args, *kwargs.values()) if isinstance(a, fx.Proxy)), None)
+    if proxy is None or not isinstance(module, LeafModule):  # an applied GraphModule is traced through
+        return None
+    tracer = proxy.tracer
+    path = tracer.path_of_module(module)
+    if tracer.is_leaf_module(module, path):
+        return None  # the tracer records it itself (with its module-stack metadata)
+    return tracer.create_proxy("call_module", path, args, kwargs)
+
+
 class DirectCall:
-    """Mixin, before ``nn.Module`` in the bases: calls go through :func:`module_call`."""
+    """Mixin, before ``nn.Module`` in the bases, for fxlab's leaf modules: calls go through
+    :func:`module_call`, and any torch.fx tracer keeps the module as one node."""
 
     __call__ = module_call
 

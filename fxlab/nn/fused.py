@@ -123,7 +123,7 @@ class LinearReLU(DirectCall, CacheFree, nn.Linear, LeafModule):
 _CONV_FUNCTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
-class ConvReLU(nn.modules.conv._ConvNd, LeafModule):
+class ConvReLU(DirectCall, nn.modules.conv._ConvNd, LeafModule):
     """``relu(conv(x))`` as one module for a Conv1d/2d/3d, printed ``Conv2dReLU(1→6, k=5, pad=2)``.
 
     It is a ``_ConvNd`` with the convolution's attributes and parameter names (``weight``,

@@ -603,7 +603,7 @@ def affine_qparams(lo: float, hi: float) -> tuple[float, int]:
     return scale, max(-128, min(127, zero_point))
 
 
-class MinMaxObserver(nn.Module, LeafModule):
+class MinMaxObserver(DirectCall, nn.Module, LeafModule):
     """Records the running min and max of what passes through; returns its input unchanged.
 
     ``quantize-prepare`` puts one on the input and one on the output of each Linear; the range it

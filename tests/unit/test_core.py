@@ -506,6 +506,40 @@ def test_direct_calls_still_run_hooks_tracers_and_compiled_calls(monkeypatch: py
     assert torch.equal(gm(x), expected)
 
 
+def test_torch_fx_symbolic_trace_keeps_fxlabs_modules_whole() -> None:
+    """``torch.fx.symbolic_trace`` (whose tracer keeps only torch.nn's own modules whole) records
+    each of fxlab's modules as one call_module node, as fxlab's tracer does: quantized Linears and
+    convs, quantize / dequantize, fused Linear+ReLU and Conv+ReLU, observers, fake quantizers."""
+    from fxlab.nn import ConvReLU, LinearReLU, MinMaxObserver
+    from fxlab.passes import FuseConvReLU, FuseLinearReLU, QuantizeConv, QuantizeLinear
+    from fxlab.passes.quantize.configs import MODES
+    from fxlab.passes.quantize.qat import FakeQuantLinear
+
+    x = torch.randn(3, 1, 28, 28)
+    lenet = build("lenet5").eval()
+    mlp = build("neuralnetwork").eval()
+    fq = copy.deepcopy(mlp)
+    fq.fc1 = FakeQuantLinear.wrap(fq.fc1, MODES["int4"])
+    models = {
+        "fused": fxlab.apply(lenet, "fold-batchnorm,fuse-conv-relu,fuse-linear-relu"),
+        "dynamic+conv": fxlab.apply(lenet, [FuseConvReLU(), QuantizeLinear(mode="dynamic"), QuantizeConv(mode="dynamic")]),
+        "bf16+conv": fxlab.apply(lenet, [QuantizeLinear(mode="bf16"), QuantizeConv(mode="bf16")]),
+        "static": fxlab.apply(mlp, [FuseLinearReLU(), QuantizeLinear(mode="static", calibration=[x])]),
+        "prepared": fxlab.apply(mlp, "quantize-prepare"),
+        "fake-quant": fq,
+    }
+    kinds: set[type] = set()
+    for label, model in models.items():
+        ours = fxlab.trace(model)
+        theirs = torch.fx.symbolic_trace(model)
+        targets = [n.target for n in theirs.graph.nodes if n.op == "call_module"]
+        assert targets == [n.target for n in ours.graph.nodes if n.op == "call_module"], label
+        kinds |= {type(theirs.get_submodule(t)) for t in targets}
+        with torch.no_grad():
+            torch.testing.assert_close(theirs(x), model(x), rtol=0, atol=0, msg=label)
+    assert {ConvReLU, LinearReLU, MinMaxObserver, FakeQuantLinear} <= kinds
+
+
 def test_value_reading_passes_refuse_meta_device_weights() -> None:
     chain = nn.Sequential(nn.Linear(8, 6), nn.Linear(6, 4), nn.Linear(4, 2)).to("meta")
     with pytest.raises(fxlab.PassError, match=r"^fuse-consecutive-linear: 0's weight is on the meta device \(no values\); "

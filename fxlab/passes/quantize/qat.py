@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from ..._util import model_device, set_submodule
+from ..._util import DirectCall, model_device, set_submodule
 from ...core import LeafModule
 from ...errors import PassError
 from ...nn.fused import LinearReLU
@@ -133,7 +133,7 @@ def fake_int8_rows(x: Tensor) -> Tensor:
     return q * (absmax * (1 / 127))
 
 
-class FakeQuantLinear(nn.Module, LeafModule):
+class FakeQuantLinear(DirectCall, nn.Module, LeafModule):
     """A float Linear (or fused ``LinearReLU``) computing through a mode's quantizer, trained straight through.
 
     ``linear`` is the wrapped module itself (its parameters are the ones trained); ``unwrap()`` hands it back.
