@@ -18,6 +18,8 @@ import torch
 from torch import fx, nn
 from torch.nn.modules import module as _module
 
+from .core.trace import LeafModule
+
 
 def default_mode() -> int:
     """The permissions a new file gets here (0o666 less the umask); mkstemp's own are 0o600."""
@@ -189,14 +191,11 @@ def module_call(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
     global one, a compiled call (``Module.compile``), TorchScript tracing, or torch.fx's tracer,
     which patches ``nn.Module.__call__`` while it traces.
     """
-    if (
-        hooks_set(self)
-        or self._compiled_call_impl is not None
-        or nn.Module.__call__ is not _MODULE_CALL
-        or _get_tracing_state()
-    ):
+    if nn.Module.__call__ is not _MODULE_CALL:  # torch.fx's tracer patches it while it traces
         node = _leaf_node(self, args, kwargs)
         return node if node is not None else nn.Module.__call__(self, *args, **kwargs)
+    if hooks_set(self) or self._compiled_call_impl is not None or _get_tracing_state():
+        return nn.Module.__call__(self, *args, **kwargs)
     return self.forward(*args, **kwargs)
 
 
@@ -205,8 +204,6 @@ def _leaf_node(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any])
     ``torch.fx.symbolic_trace`` keeps only ``torch.nn``'s own modules whole), the one
     ``call_module`` node fxlab's tracer would record, instead of tracing into a forward whose
     kernel choice and in-place updates cannot be traced; None otherwise."""
-    from .core import LeafModule  # not at import: core imports this module
-
     proxy = next((a for a in (*args, *kwargs.values()) if isinstance(a, fx.Proxy)), None)
     if proxy is None or not isinstance(module, LeafModule):  # an applied GraphModule is traced through
         return None
