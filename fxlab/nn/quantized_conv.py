@@ -20,12 +20,15 @@ scales, no ``torch.ao.quantization``. Weights are symmetric per output channel
   (the ONNX arithmetic; the same integer sums exactly while ``K ≤ 1040``) is the other candidate of
   its op, ``dynamic-conv``, chosen where measured faster (:mod:`fxlab.nn.kernels.choice`).
 * ``Int8WeightOnlyConv2d``: float activations, ``F.conv2d`` on the dequantized weights.
-* ``HalfConv2d``: weights in bf16 / fp16 (bias float32). Two implementations, chosen by measurement
-  on CPU inference (:mod:`fxlab.nn.kernels.choice`, op ``bf16-conv`` / ``fp16-conv``): the
-  reference widens the weights to float32 for ``F.conv2d``; ``native`` (on CPUs with AVX512-BF16 or
-  AMX, AMX-FP16 for fp16) rounds the input to the half type and runs oneDNN's half convolution
-  (float32 accumulation), its output widened and the float32 bias added. On CUDA ``native`` runs
-  (cuDNN), as the half Linears' native GEMM does; under graph capture, the reference.
+* ``HalfConv2d``: weights in bf16 / fp16 (bias float32). Three implementations, chosen by
+  measurement on CPU inference (:mod:`fxlab.nn.kernels.choice`, op ``bf16-conv`` / ``fp16-conv``):
+  the reference widens the weights to float32 for ``F.conv2d``; ``native`` (on CPUs with
+  AVX512-BF16 or AMX, AMX-FP16 for fp16) rounds the input to the half type and runs oneDNN's half
+  convolution (float32 accumulation), its output widened, the float32 bias added and the fused
+  ReLU applied in one pass (:func:`fxlab.nn.kernels.widen_channels`); ``native-nhwc`` does the same
+  on a channels-last copy of the input, which oneDNN convolves without reordering (its output, and
+  so the next conv's input, stays channels-last). On CUDA ``native`` runs (cuDNN), as the half
+  Linears' native GEMM does; under graph capture, the reference.
 
 The 1-D versions (``…Conv1d``) run the 2-D arithmetic on a (B, C, 1, L) view.
 
@@ -54,6 +57,7 @@ from .quantized import (
     _HALF_NAMES,
     _native_half_on_cpu,
     _onnx_exporting,
+    _relu,
     finish_from_float,
     graph_capture,
     half_error,
@@ -132,8 +136,8 @@ def _int_gemm(xq: Tensor, wq: Tensor) -> Tensor:
 class _ConvBase(DirectCall, kernels.CacheFree, nn.Module, LeafModule):
     """Shapes and geometry of a quantized conv, its (…1d / …2d) input handling and its printout.
 
-    Subclasses implement ``conv2d(x4d)`` on a (B, C, H, W) input with the 2-D geometry pairs;
-    ``relu`` (a fused ``ConvReLU`` was quantized) applies the ReLU in place on the fresh output.
+    Subclasses implement ``conv2d(x4d)`` on a (B, C, H, W) input with the 2-D geometry pairs, and
+    apply the ReLU there when ``relu`` is set (a fused ``ConvReLU`` was quantized).
     """
 
     ndim: int = 2
@@ -181,8 +185,7 @@ class _ConvBase(DirectCall, kernels.CacheFree, nn.Module, LeafModule):
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.conv2d(x) if self.ndim == 2 else self.conv2d(x.unsqueeze(-2)).squeeze(-2)
-        return torch.relu_(y) if self.relu else y
+        return self.conv2d(x) if self.ndim == 2 else self.conv2d(x.unsqueeze(-2)).squeeze(-2)
 
     def conv2d(self, x: Tensor) -> Tensor:  # pragma: no cover
         raise NotImplementedError
@@ -315,10 +318,10 @@ class Int8DynamicConv2d(_Int8WeightConv):
     def conv2d(self, x: Tensor) -> Tensor:
         weight, w_scale, bias = self._parameters["weight"], self._buffers["weight_scale"], self._parameters.get("bias")
         if _onnx_exporting() or (graph_capture() and x.is_cuda):
-            return _dynamic_conv_codes(self, x, weight, w_scale, bias)
+            return _relu(_dynamic_conv_codes(self, x, weight, w_scale, bias), self.relu)
         c = choice.choose(DYNAMIC_CONV_OP, self, x, self.bucket_suffix(), weight, w_scale, bias) \
             if x.dtype == torch.float32 else None  # None outside CPU inference: the reference runs
-        return (c.fn if c is not None else _dynamic_conv_int_gemm)(self, x, weight, w_scale, bias)
+        return _relu((c.fn if c is not None else _dynamic_conv_int_gemm)(self, x, weight, w_scale, bias), self.relu)
 
 
 class Int8WeightOnlyConv2d(_Int8WeightConv):
@@ -329,20 +332,41 @@ class Int8WeightOnlyConv2d(_Int8WeightConv):
     """
 
     def conv2d(self, x: Tensor) -> Tensor:
-        return self._float_conv(x, self.dequantized_weight().to(x.dtype), self._parameters.get("bias"))
+        y = self._float_conv(x, self.dequantized_weight().to(x.dtype), self._parameters.get("bias"))
+        return _relu(y, self.relu)
 
 
-def _half_conv_torch(m: HalfConv2d, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    return m._float_conv(x, weight.to(x.dtype), bias)
+def _half_conv_torch(m: HalfConv2d, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+    return _relu(m._float_conv(x, weight.to(x.dtype), bias), relu)
 
 
-def _half_conv_native(m: HalfConv2d, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    y = m._float_conv(x.to(weight.dtype), weight, None)
-    return torch.add(bias.reshape(-1, 1, 1), y) if bias is not None else y.to(x.dtype)
+def _widened(y: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+    """A half conv's output ``y`` as float32, plus the float32 bias per channel, then the ReLU:
+    one pass (:func:`fxlab.nn.kernels.widen_channels`) where it can; else torch ops, in place on the
+    widened copy (a mixed-dtype ``torch.add`` with a broadcast bias runs twice as long)."""
+    out = kernels.widen_channels(y, bias, relu)
+    if out is None:
+        out = y.float()
+        if bias is not None:
+            out.add_(bias.reshape(-1, 1, 1))
+        out = _relu(out, relu)
+    return out
 
 
-def _half_conv_bound(m: HalfConv2d, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """:func:`~fxlab.nn.quantized.half_error` of a conv: sums of ``K = C·kh·kw`` products."""
+def _half_conv_native(m: HalfConv2d, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+    return _widened(m._float_conv(x.to(weight.dtype), weight, None), bias, relu)
+
+
+def _half_conv_native_nhwc(m: HalfConv2d, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+    """:func:`_half_conv_native` on a channels-last copy of the input: oneDNN's half convolution
+    then runs without reordering, and so does the next layer's on this (channels-last) output."""
+    x = x.to(weight.dtype, memory_format=torch.channels_last)
+    return _widened(m._float_conv(x, weight, None), bias, relu)
+
+
+def _half_conv_bound(m: HalfConv2d, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+    """:func:`~fxlab.nn.quantized.half_error` of a conv: sums of ``K = C·kh·kw`` products (the ReLU
+    never widens a difference)."""
     return half_error(m._float_conv(x.abs(), weight.float().abs(), None), weight.dtype, weight[0].numel())
 
 
@@ -350,6 +374,8 @@ HALF_CONV_OPS = {
     dtype: choice.Op(f"{name}-conv", [
         choice.Candidate("torch", _half_conv_torch, note="half weights widened, float32 convolution"),
         choice.Candidate("native", _half_conv_native, lambda d=dtype: _native_half_on_cpu(d),
+                         f"no native {name} dot products on this CPU"),
+        choice.Candidate("native-nhwc", _half_conv_native_nhwc, lambda d=dtype: _native_half_on_cpu(d),
                          f"no native {name} dot products on this CPU"),
     ], bound=_half_conv_bound)
     for dtype, name in _HALF_NAMES.items()
@@ -384,14 +410,14 @@ class HalfConv2d(_ConvBase):
         return self.weight.float()
 
     def conv2d(self, x: Tensor) -> Tensor:
-        weight, bias = self._parameters["weight"], self._parameters.get("bias")
-        c = choice.choose(HALF_CONV_OPS[weight.dtype], self, x, self.bucket_suffix(), weight, bias) \
+        weight, bias, relu = self._parameters["weight"], self._parameters.get("bias"), self.relu
+        c = choice.choose(HALF_CONV_OPS[weight.dtype], self, x, self.bucket_suffix(), weight, bias, relu) \
             if x.dtype == torch.float32 else None  # None outside CPU inference: the reference runs
         if c is not None:
-            return c.fn(self, x, weight, bias)
+            return c.fn(self, x, weight, bias, relu)
         if x.is_cuda and x.dtype == torch.float32 and not graph_capture():  # as HalfLinear: cuDNN's half conv
-            return _half_conv_native(self, x, weight, bias)
-        return _half_conv_torch(self, x, weight, bias)
+            return _half_conv_native(self, x, weight, bias, relu)
+        return _half_conv_torch(self, x, weight, bias, relu)
 
     def _details(self) -> list[str]:
         return [_HALF_NAMES[self.dtype]]
