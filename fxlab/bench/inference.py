@@ -86,7 +86,7 @@ def fusion_passes(model: nn.Module) -> list[Any]:
         names.append("remove-dropout")
     names.append("fuse-linear-relu")
     if _has(model, nn.modules.conv._ConvNd):
-        names.append("fuse-conv-relu")
+        names += ["fuse-conv-relu", "swap-max-pool"]
     return [fxlab.get_pass(n)() for n in names]
 
 

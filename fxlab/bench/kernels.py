@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("fxlab.bench")
 
 METHOD = (
-    "Each seed model (random weights, seeded) is fused (LinearReLU, ConvReLU) and quantized in each mode (fusion, "
+    "Each seed model (random weights, seeded) is fused (LinearReLU, ConvReLU, MeasuredMaxPool2d) and quantized in "
+    "each mode (fusion, "
     "then quantize-linear, and for a CNN quantize-conv in the modes it has) and run "
     "once per batch size under torch.no_grad() with FXLAB_KERNELS=auto, every shape bucket measured afresh: "
     "each available candidate runs once as a warm-up and to check its output against the reference "
@@ -34,7 +35,8 @@ METHOD = (
     "is kept; the fastest median is chosen. Times are medians, µs per call on the first input of that bucket. "
     "A decision measured while the machine was busy is marked * and not cached. A Linear's bucket is "
     "rows×K×N (rows rounded up to a power of two); a conv's is batch×C×H×W×(output channels, kernel, "
-    "then stride s, padding p, dilation d where not the default)."
+    "then stride s, padding p, dilation d where not the default); a max-pool's is batch×C×H×W×max(k kernel, "
+    "s stride, d dilation where not 1); a channels-last input's ends in /nhwc."
 )
 
 

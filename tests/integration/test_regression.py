@@ -267,7 +267,7 @@ def test_exact_passes_on_conv_nets(config: Config, model_name: str, golden) -> N
     assert same_state(model, saved)
 
 
-@pytest.mark.parametrize("pass_name", ["fuse-conv-relu", "fold-batchnorm", "remove-dropout"])
+@pytest.mark.parametrize("pass_name", ["fuse-conv-relu", "fold-batchnorm", "remove-dropout", "swap-max-pool"])
 def test_conv_passes_rewrite_sites_on_the_conv_nets(pass_name: str) -> None:
     found = {m: fxlab.records(fxlab.apply(conv_model(m), pass_name))[-1].rewritten for m in CONV_MODELS}
     assert any(found.values()), f"{pass_name} rewrote nothing on any conv net: {found}"
