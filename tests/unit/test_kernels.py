@@ -147,33 +147,6 @@ def test_half_weights_widen_exactly(dtype: torch.dtype) -> None:
     assert np.array_equal(widened, bits.view(dtype).float().numpy(), equal_nan=True)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("layout", ["nchw", "channels-last"])
-@pytest.mark.parametrize("bias,relu", [(True, True), (True, False), (False, True), (False, False)])
-def test_widen_channels_is_the_torch_epilogue_exactly(dtype: torch.dtype, layout: str, bias: bool,
-                                                      relu: bool) -> None:
-    """A half conv's output widened, plus its bias per channel, then ReLU, in one pass: bit for bit
-    what ``y.float() + bias`` and ``relu`` compute, in the layout it came in (and None for a layout
-    or dtype the kernel does not read, so the caller runs torch ops)."""
-    torch.manual_seed(9)
-    y = (torch.randn(3, 5, 4, 7) * 100).to(dtype)
-    y.view(-1)[:4] = torch.tensor([float("inf"), float("-inf"), float("nan"), -0.0], dtype=dtype)
-    if layout == "channels-last":
-        y = y.contiguous(memory_format=torch.channels_last)
-    b = torch.randn(5) if bias else None
-    expected = y.float() + (b.reshape(-1, 1, 1) if bias else 0)
-    expected = expected.relu() if relu else expected
-    with kernels.enabled():
-        out = kernels.widen_channels(y, b, relu)
-        assert out is not None and out.dtype == torch.float32 and out.stride() == y.stride()
-        assert torch.equal(out.isnan(), expected.isnan())
-        assert torch.equal(out.nan_to_num(), expected.nan_to_num())
-        assert kernels.widen_channels(y.float(), b, relu) is None  # float32: not a half output
-        assert kernels.widen_channels(y.transpose(2, 3), b, relu) is None  # neither layout
-    with kernels.disabled():
-        assert kernels.widen_channels(y, b, relu) is None
-
-
 def test_kernels_stay_out_of_autograd_and_tracing() -> None:
     m = Int8WeightOnlyLinear.from_float(nn.Linear(8, 4))
     x = torch.randn(2, 8, requires_grad=True)

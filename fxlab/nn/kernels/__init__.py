@@ -16,8 +16,6 @@ kernel              replaces                                        used by (can
                     one pass, on ``quantize_rows_float``'s codes
 ``linear_w8``       int8 → float weights, GEMM, scale, bias, ReLU   ``Int8WeightOnlyLinear`` (same)
 ``linear_half``     bf16/fp16 → float weights, GEMM, bias, ReLU     ``HalfLinear`` (``numba``)
-``widen_channels``  half output → float32, bias per channel, ReLU   ``HalfConv2d`` (``native``,
-                                                                    ``native-nhwc``)
 ``quantize_affine`` scale, round, zero point, clamp, cast           ``Quantize``
 ``requantize``      ``addcmul``, round, clamp, cast                 ``Int8StaticLinear``
                                                                     (``numba+int_mm``)
@@ -257,25 +255,6 @@ def linear_half(k: ModuleType, x: Tensor, w_bits: np.ndarray, fp16: bool, bias: 
     m = _check(x, w_bits)
     out = _empty(m, w_bits.shape[0])
     k.linear_half(x.data_ptr(), m, w_bits, fp16, bias, relu, out.data_ptr())
-    return out
-
-
-def widen_channels(y: Tensor, bias: Tensor | None, relu: bool) -> Tensor | None:
-    """``y.float() + bias[channel]`` (then ReLU) in one pass for a bfloat16 / float16 ``y`` (B, C, H, W)
-    that is NCHW- or channels-last-contiguous (the output keeps its layout); None where the kernel
-    cannot take it (no Numba, another layout or device, autograd): the caller runs torch ops."""
-    if y.dim() != 4 or y.dtype not in (torch.bfloat16, torch.float16):
-        return None
-    batch, channels, h, w = y.shape
-    if y.is_contiguous():
-        k, rows, inner = for_tensor(y), batch, h * w
-    else:  # channels-last: its NHWC permutation is contiguous
-        k, rows, inner = for_tensor(y.permute(0, 2, 3, 1)), batch * h * w, 1
-    if k is None or (bias is not None and (bias.dtype != torch.float32 or bias.shape != (channels,))):
-        return None
-    out = torch.empty_like(y, dtype=torch.float32)  # same strides as y
-    b = _numpy(bias) if bias is not None else _NO_ARRAY
-    k.widen_channels(y.data_ptr(), rows, channels, inner, y.dtype == torch.float16, b, relu, out.data_ptr())
     return out
 
 

@@ -49,7 +49,6 @@ def _pointer_to(nbtype: types.Type):
 _f32p = _pointer_to(types.float32)
 _i32p = _pointer_to(types.int32)
 _i8p = _pointer_to(types.int8)
-_i16p = _pointer_to(types.int16)
 
 
 @intrinsic
@@ -247,23 +246,6 @@ def linear_half(x_at, m, w_bits, fp16, bias, relu, out_at):  # pragma: no cover 
                 for j in range(k):
                     acc += x[i, j] * _bf16_to_f32(w_bits[o, j])
             out[i, o] = _finish(acc, bias, o, relu)
-
-
-@numba.njit(**_EXACT)
-def widen_channels(y_at, rows, channels, inner, fp16, bias, relu, out_at):  # pragma: no cover - compiled
-    """A half convolution's output ``y`` (bfloat16 / float16 bits, laid out (rows, channels, inner):
-    NCHW is (B, C, H·W), channels-last (B·H·W, C, 1)) widened exactly to float32, plus
-    ``bias[channel]`` (length 0: none), then ReLU if asked."""
-    y = numba.carray(_i16p(y_at), (rows, channels, inner))
-    out = numba.carray(_f32p(out_at), (rows, channels, inner))
-    for r in range(rows):
-        for c in range(channels):
-            if fp16:
-                for s in range(inner):
-                    out[r, c, s] = _finish(_f16_to_f32(y[r, c, s]), bias, c, relu)
-            else:
-                for s in range(inner):
-                    out[r, c, s] = _finish(_bf16_to_f32(y[r, c, s]), bias, c, relu)
 
 
 # --------------------------------------------------------------------------------------------
