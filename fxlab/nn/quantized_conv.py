@@ -25,10 +25,10 @@ scales, no ``torch.ao.quantization``. Weights are symmetric per output channel
   the reference widens the weights to float32 for ``F.conv2d``; ``native`` (on CPUs with
   AVX512-BF16 or AMX, AMX-FP16 for fp16) rounds the input to the half type and runs oneDNN's half
   convolution (float32 accumulation), its output widened, the float32 bias added and the fused
-  ReLU applied in place; ``native-nhwc`` does the same
-  on a channels-last copy of the input, which oneDNN convolves without reordering (its output, and
-  so the next conv's input, stays channels-last). On CUDA ``native`` runs (cuDNN), as the half
-  Linears' native GEMM does; under graph capture, the reference.
+  ReLU applied in place; ``native-nhwc`` does the same on a channels-last copy of the input, which
+  oneDNN convolves without reordering (its output, and so the next conv's input, stays
+  channels-last). On CUDA ``native`` runs (cuDNN), as the half Linears' native GEMM does; under
+  graph capture, the reference.
 
 The 1-D versions (``…Conv1d``) run the 2-D arithmetic on a (B, C, 1, L) view.
 
