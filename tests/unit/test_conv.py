@@ -22,8 +22,8 @@ from fxlab.passes import FuseConvReLU, fold_conv_bn, relu_input
 
 CONV_PASSES = ["fuse-conv-relu", "fold-batchnorm", "remove-dropout"]
 EXACT = ["fold-batchnorm", "remove-dropout", "fuse-conv-relu", "fuse-linear-relu", "fuse-consecutive-linear",
-         "dce", "cse"]
-PIPELINE = "fold-batchnorm,remove-dropout,fuse-conv-relu,fuse-linear-relu,dce,cse"
+         "swap-max-pool", "dce", "cse"]
+PIPELINE = "fold-batchnorm,remove-dropout,fuse-conv-relu,fuse-linear-relu,swap-max-pool,dce,cse"
 
 
 def called(gm: fx.GraphModule, kind: type) -> list[str]:
@@ -257,7 +257,7 @@ def test_exact_passes_keep_the_dtype(dtype: torch.dtype, name: str) -> None:
 @pytest.mark.parametrize("name", ["lenet", "conv1d-net", "mymodule", "simplenn"])
 def test_meta_models(name: str) -> None:
     model = (conv_model(name) if name in CONV_MODELS else seed_model(name)).to("meta")
-    for text in ["fuse-linear-relu", "remove-dropout", "dce", "cse", "fuse-conv-relu"]:
+    for text in ["fuse-linear-relu", "remove-dropout", "dce", "cse", "fuse-conv-relu", "swap-max-pool"]:
         gm = fxlab.apply(model, text)
         assert all(p.is_meta for p in gm.parameters())
         assert gm(torch.randn(2, 1, 28, 28, device="meta")).shape == (2, 10)

@@ -1,8 +1,8 @@
 """torchvision's CNNs (random weights: nothing downloads) through fxlab's exact conv pipeline.
 
 Each model is traced once (by ``fxlab.apply``), goes through fold-batchnorm, remove-dropout,
-fuse-conv-relu, fuse-linear-relu, dce and cse, and computes what it computed (within float
-rounding: folding BatchNorm reorders arithmetic); ``fxlab.render`` renders the result.
+fuse-conv-relu, fuse-linear-relu, swap-max-pool, dce and cse, and computes what it computed (within
+float rounding: folding BatchNorm reorders arithmetic); ``fxlab.render`` renders the result.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from torch import nn
 
 import fxlab
 from seed_helpers import randomize_batchnorm
-from fxlab.nn import ConvReLU
+from fxlab.nn import ConvReLU, MeasuredMaxPool2d
 
 models = pytest.importorskip("torchvision.models")
 
-PIPELINE = "fold-batchnorm,remove-dropout,fuse-conv-relu,fuse-linear-relu,dce,cse"
+PIPELINE = "fold-batchnorm,remove-dropout,fuse-conv-relu,fuse-linear-relu,swap-max-pool,dce,cse"
 
 #: model → input size (small, but big enough for each model's downsampling)
 MODELS = {
@@ -50,6 +50,12 @@ def test_torchvision_model_through_the_exact_conv_pipeline(name: str) -> None:
     assert count(gm, nn.Dropout) == 0
     if name in ("resnet18", "vgg11", "squeezenet1_1"):  # nn.ReLU after convs (mobilenet: ReLU6, efficientnet: SiLU)
         assert count(gm, ConvReLU) == len(records["fuse-conv-relu"].rewritten) > 0
+    pools = records["swap-max-pool"]
+    if name == "vgg11":  # five MaxPool2d(2, 2): all swapped
+        assert len(pools.rewritten) == count(gm, MeasuredMaxPool2d) == 5
+    if name in ("resnet18", "squeezenet1_1"):  # padding=1 / ceil_mode=True: left alone, with the reason
+        assert pools.rewritten == [] and pools.skipped and count(gm, MeasuredMaxPool2d) == 0
+        assert all("torch's max-pool is the only kernel" in why for _, why in pools.skipped)
     text = fxlab.render(gm, "graph")
     assert "BatchNorm2d" not in text
     if name == "resnet18":
