@@ -95,8 +95,9 @@ class MeasuredMaxPool2d(DirectCall, nn.MaxPool2d, LeafModule):
         return (c.fn if c is not None else _pool_torch)(self, x)
 
     def extra_repr(self) -> str:
-        (kh, kw), (sh, sw), (dh, dw) = self._pairs
-        parts = [f"k={kh if kh == kw else f'{kh}×{kw}'}", f"stride={sh if sh == sw else f'{sh}×{sw}'}"]
-        if (dh, dw) != (1, 1):
-            parts.append(f"dilation={dh if dh == dw else f'{dh}×{dw}'}")
-        return ", ".join(parts)
+        def text(pair: tuple[int, int]) -> str:
+            return str(pair[0]) if pair[0] == pair[1] else f"{pair[0]}×{pair[1]}"
+
+        kernel, stride, dilation = self._pairs
+        return ", ".join([f"k={text(kernel)}", f"stride={text(stride)}",
+                          *([f"dilation={text(dilation)}"] if dilation != (1, 1) else [])])

@@ -24,11 +24,10 @@ scales, no ``torch.ao.quantization``. Weights are symmetric per output channel
   measurement on CPU inference (:mod:`fxlab.nn.kernels.choice`, op ``bf16-conv`` / ``fp16-conv``):
   the reference widens the weights to float32 for ``F.conv2d``; ``native`` (on CPUs with
   AVX512-BF16 or AMX, AMX-FP16 for fp16) rounds the input to the half type and runs oneDNN's half
-  convolution (float32 accumulation), its output widened, the float32 bias added and the fused
-  ReLU applied in place; ``native-nhwc`` does the same on a channels-last copy of the input, which
-  oneDNN convolves without reordering (its output, and so the next conv's input, stays
-  channels-last). On CUDA ``native`` runs (cuDNN), as the half Linears' native GEMM does; under
-  graph capture, the reference.
+  convolution (float32 accumulation), its output widened and the float32 bias added in place;
+  ``native-nhwc`` does the same on a channels-last copy of the input, which oneDNN convolves
+  without reordering (its output, and so the next conv's input, stays channels-last). On CUDA
+  ``native`` runs (cuDNN), as the half Linears' native GEMM does; under graph capture, the reference.
 
 The 1-D versions (``…Conv1d``) run the 2-D arithmetic on a (B, C, 1, L) view.
 
@@ -57,7 +56,6 @@ from .quantized import (
     _HALF_NAMES,
     _native_half_on_cpu,
     _onnx_exporting,
-    _relu,
     finish_from_float,
     graph_capture,
     half_error,
@@ -136,8 +134,8 @@ def _int_gemm(xq: Tensor, wq: Tensor) -> Tensor:
 class _ConvBase(DirectCall, kernels.CacheFree, nn.Module, LeafModule):
     """Shapes and geometry of a quantized conv, its (…1d / …2d) input handling and its printout.
 
-    Subclasses implement ``conv2d(x4d)`` on a (B, C, H, W) input with the 2-D geometry pairs, and
-    apply the ReLU there when ``relu`` is set (a fused ``ConvReLU`` was quantized).
+    Subclasses implement ``conv2d(x4d)`` on a (B, C, H, W) input with the 2-D geometry pairs;
+    ``relu`` (a fused ``ConvReLU`` was quantized) applies the ReLU in place on the fresh output.
     """
 
     ndim: int = 2
@@ -185,7 +183,8 @@ class _ConvBase(DirectCall, kernels.CacheFree, nn.Module, LeafModule):
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv2d(x) if self.ndim == 2 else self.conv2d(x.unsqueeze(-2)).squeeze(-2)
+        y = self.conv2d(x) if self.ndim == 2 else self.conv2d(x.unsqueeze(-2)).squeeze(-2)
+        return torch.relu_(y) if self.relu else y
 
     def conv2d(self, x: Tensor) -> Tensor:  # pragma: no cover
         raise NotImplementedError
@@ -318,10 +317,10 @@ class Int8DynamicConv2d(_Int8WeightConv):
     def conv2d(self, x: Tensor) -> Tensor:
         weight, w_scale, bias = self._parameters["weight"], self._buffers["weight_scale"], self._parameters.get("bias")
         if _onnx_exporting() or (graph_capture() and x.is_cuda):
-            return _relu(_dynamic_conv_codes(self, x, weight, w_scale, bias), self.relu)
+            return _dynamic_conv_codes(self, x, weight, w_scale, bias)
         c = choice.choose(DYNAMIC_CONV_OP, self, x, self.bucket_suffix(), weight, w_scale, bias) \
             if x.dtype == torch.float32 else None  # None outside CPU inference: the reference runs
-        return _relu((c.fn if c is not None else _dynamic_conv_int_gemm)(self, x, weight, w_scale, bias), self.relu)
+        return (c.fn if c is not None else _dynamic_conv_int_gemm)(self, x, weight, w_scale, bias)
 
 
 class Int8WeightOnlyConv2d(_Int8WeightConv):
@@ -332,39 +331,35 @@ class Int8WeightOnlyConv2d(_Int8WeightConv):
     """
 
     def conv2d(self, x: Tensor) -> Tensor:
-        y = self._float_conv(x, self.dequantized_weight().to(x.dtype), self._parameters.get("bias"))
-        return _relu(y, self.relu)
+        return self._float_conv(x, self.dequantized_weight().to(x.dtype), self._parameters.get("bias"))
 
 
-def _half_conv_torch(m: HalfConv2d, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
-    return _relu(m._float_conv(x, weight.to(x.dtype), bias), relu)
+def _half_conv_torch(m: HalfConv2d, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    return m._float_conv(x, weight.to(x.dtype), bias)
 
 
-def _widened(y: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
-    """A half conv's output ``y`` as float32, plus the float32 bias per channel, then the ReLU, in
-    place on the widened copy: a mixed-dtype ``torch.add`` with a broadcast bias took twice as long
-    (``mnist-cnn``'s 256×64×24×24 output: 28–33 ms against 15–19 ms, ReLU included), and a one-pass
-    Numba kernel on the calling thread 23–27 ms."""
+def _widened(y: Tensor, bias: Tensor | None) -> Tensor:
+    """A half conv's output ``y`` as float32 plus the float32 bias per channel, added in place on
+    the widened copy: a mixed-dtype ``torch.add`` with a broadcast bias took twice as long
+    (``mnist-cnn``'s 256×64×24×24 output, with the ReLU after: 28–33 ms against 15–19 ms), and a
+    one-pass Numba kernel on the calling thread 23–27 ms."""
     out = y.float()
-    if bias is not None:
-        out.add_(bias.reshape(-1, 1, 1))
-    return _relu(out, relu)
+    return out.add_(bias.reshape(-1, 1, 1)) if bias is not None else out
 
 
-def _half_conv_native(m: HalfConv2d, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
-    return _widened(m._float_conv(x.to(weight.dtype), weight, None), bias, relu)
+def _half_conv_native(m: HalfConv2d, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    return _widened(m._float_conv(x.to(weight.dtype), weight, None), bias)
 
 
-def _half_conv_native_nhwc(m: HalfConv2d, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+def _half_conv_native_nhwc(m: HalfConv2d, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """:func:`_half_conv_native` on a channels-last copy of the input: oneDNN's half convolution
     then runs without reordering, and so does the next layer's on this (channels-last) output."""
     x = x.to(weight.dtype, memory_format=torch.channels_last)
-    return _widened(m._float_conv(x, weight, None), bias, relu)
+    return _widened(m._float_conv(x, weight, None), bias)
 
 
-def _half_conv_bound(m: HalfConv2d, x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
-    """:func:`~fxlab.nn.quantized.half_error` of a conv: sums of ``K = C·kh·kw`` products (the ReLU
-    never widens a difference)."""
+def _half_conv_bound(m: HalfConv2d, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """:func:`~fxlab.nn.quantized.half_error` of a conv: sums of ``K = C·kh·kw`` products."""
     return half_error(m._float_conv(x.abs(), weight.float().abs(), None), weight.dtype, weight[0].numel())
 
 
@@ -408,14 +403,14 @@ class HalfConv2d(_ConvBase):
         return self.weight.float()
 
     def conv2d(self, x: Tensor) -> Tensor:
-        weight, bias, relu = self._parameters["weight"], self._parameters.get("bias"), self.relu
-        c = choice.choose(HALF_CONV_OPS[weight.dtype], self, x, self.bucket_suffix(), weight, bias, relu) \
+        weight, bias = self._parameters["weight"], self._parameters.get("bias")
+        c = choice.choose(HALF_CONV_OPS[weight.dtype], self, x, self.bucket_suffix(), weight, bias) \
             if x.dtype == torch.float32 else None  # None outside CPU inference: the reference runs
         if c is not None:
-            return c.fn(self, x, weight, bias, relu)
+            return c.fn(self, x, weight, bias)
         if x.is_cuda and x.dtype == torch.float32 and not graph_capture():  # as HalfLinear: cuDNN's half conv
-            return _half_conv_native(self, x, weight, bias, relu)
-        return _half_conv_torch(self, x, weight, bias, relu)
+            return _half_conv_native(self, x, weight, bias)
+        return _half_conv_torch(self, x, weight, bias)
 
     def _details(self) -> list[str]:
         return [_HALF_NAMES[self.dtype]]

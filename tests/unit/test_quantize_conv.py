@@ -173,7 +173,7 @@ def test_every_half_conv_candidate_gives_the_modes_numbers(mode: str, ndim: int,
     x4 = x if ndim == 2 else x.unsqueeze(-2)  # what conv2d sees
     op = choice.ops()[f"{mode}-conv"]
     assert [c.name for c in op.candidates] == ["torch", "native", "native-nhwc"]
-    args = (module.weight, module.bias, False)
+    args = (module.weight, module.bias)
     with torch.no_grad():
         ref = op.reference.fn(module, x4, *args)
         torch.testing.assert_close(ref.squeeze(-2) if ndim == 1 else ref, module(x), rtol=0, atol=0)
@@ -193,9 +193,9 @@ def test_every_half_conv_candidate_gives_the_modes_numbers(mode: str, ndim: int,
 
 @pytest.mark.parametrize("mode", ["bf16", "fp16"])
 def test_half_conv_candidates_apply_a_fused_relu_and_keep_channels_last(mode: str) -> None:
-    """With ``relu`` each half-conv candidate returns exactly the ReLU of its output without;
-    ``native-nhwc`` returns a channels-last output (what lets the next conv skip its reorder), and a
-    module forced to it (where it is available) hands that output on."""
+    """A module with ``relu`` returns exactly the ReLU of each candidate's output (forced, where the
+    candidate is available; the reference elsewhere); ``native-nhwc`` returns a channels-last
+    output (what lets the next conv skip its reorder), and the module hands that layout on."""
     torch.manual_seed(6)
     module = HalfConv2d.from_float(ConvReLU.from_conv(nn.Conv2d(6, 7, 3)), dtype=MODES[mode].dtype)
     assert module.relu
@@ -203,14 +203,17 @@ def test_half_conv_candidates_apply_a_fused_relu_and_keep_channels_last(mode: st
     op = choice.ops()[f"{mode}-conv"]
     with torch.no_grad():
         for c in op.candidates:
-            plain = c.fn(module, x, module.weight, module.bias, False)
-            assert torch.equal(c.fn(module, x, module.weight, module.bias, True), plain.relu()), c.name
+            plain = c.fn(module, x, module.weight, module.bias)
+            with choice.forced(c.name):
+                expected = plain if c.available() else op.reference.fn(module, x, module.weight, module.bias)
+                assert torch.equal(module(x), expected.relu()), c.name
         candidate = op.candidate("native-nhwc")
-        nhwc = candidate.fn(module, x, module.weight, module.bias, True)
+        nhwc = candidate.fn(module, x, module.weight, module.bias)
         assert nhwc.is_contiguous(memory_format=torch.channels_last) and not nhwc.is_contiguous()
         if candidate.available():  # forced where this CPU has the native half type (else the reference runs)
             with choice.forced("native-nhwc"):
-                assert torch.equal(module(x), nhwc)
+                y = module(x)
+            assert torch.equal(y, nhwc.relu()) and y.is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize("geometry", [{}, {"stride": 2, "padding": 1}, {"padding": 2, "dilation": 2, "bias": False}],
@@ -255,7 +258,7 @@ def test_every_conv_candidate_takes_a_channels_last_input(mode: str) -> None:
     assert not x.is_contiguous()
     op = choice.ops()[f"{mode}-conv"]
     args = ((module.weight, module.weight_scale, module.bias) if mode == "dynamic"
-            else (module.weight, module.bias, False))
+            else (module.weight, module.bias))
     with torch.no_grad():
         ref = op.reference.fn(module, x, *args)
         for c in op.candidates:

@@ -26,9 +26,9 @@ seconds once the machine is no longer busy.
   candidate wherever an op has it, the reference elsewhere.
 
 Nothing is timed on the autograd path, under ``torch.compile``, ``torch.export``, FX or TorchScript
-tracing, for CUDA tensors, or for non-contiguous inputs (a conv's channels-last input excepted):
-:func:`choose` returns None there and the module runs its reference path. ``python -m fxlab.bench --suite kernels`` prints every decision
-with its candidates' times.
+tracing, for CUDA tensors, or for non-contiguous inputs (a 4-D channels-last input excepted):
+:func:`choose` returns None there and the module runs its reference path.
+``python -m fxlab.bench --suite kernels`` prints every decision with its candidates' times.
 
 >>> from fxlab.nn.kernels import choice
 >>> choice.bucket(200, 784, 128)
@@ -57,8 +57,8 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CHANNELS_LAST", "Candidate", "Decision", "Op", "bucket", "cache_path", "choose", "decisions", "eligible", "forced",
-           "machine", "machine_key", "mismatch", "ops", "policy", "remeasured", "reset"]
+__all__ = ["CHANNELS_LAST", "Candidate", "Decision", "Op", "bucket", "cache_path", "choose", "decisions", "eligible",
+           "forced", "machine", "machine_key", "mismatch", "ops", "policy", "remeasured", "reset"]
 
 #: Seconds of timed calls per candidate after which measuring stops (once ``MIN_ROUNDS`` have run).
 TIME_BUDGET = 3e-3
@@ -204,8 +204,9 @@ CHANNELS_LAST = "/nhwc"
 
 
 def _layout(x: Tensor) -> str | None:
-    """``""`` for a contiguous ``x``, :data:`CHANNELS_LAST` for a 4-D channels-last one (a conv's
-    input; the int8 reference conv writes its output in that layout), None for any other strides."""
+    """``""`` for a contiguous ``x``, :data:`CHANNELS_LAST` for a 4-D channels-last one (a conv's or
+    a max-pool's input; the int8 reference conv and ``native-nhwc`` write that layout), None for any
+    other strides."""
     if x.is_contiguous():
         return ""
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
@@ -232,8 +233,9 @@ def choose(op: Op, module: Any, x: Tensor, out_features: int | str, *args: Any) 
     """The candidate of ``op`` to run for ``x`` on ``module`` (whose further arguments are
     ``args``); None when no choice applies (see :func:`eligible`): the caller's reference path runs.
     ``x`` is 2-D for a Linear; a conv passes its 4-D input and, as ``out_features``, its output
-    channels with its geometry (:meth:`~fxlab.nn.quantized_conv._ConvBase.bucket_suffix`). A conv's
-    input in channels-last layout has buckets of its own (``…x64k3x3/nhwc``).
+    channels with its geometry (:meth:`~fxlab.nn.quantized_conv._ConvBase.bucket_suffix`), a
+    max-pool its window (``maxk2x2s2x2``). A 4-D input in channels-last layout has buckets of its own
+    (``…x64k3x3/nhwc``).
 
     Under policy ``auto`` the first call on a new shape bucket measures the candidates on ``x``.
     (Called on every quantized forward: the checks of :func:`eligible` inlined, one dict lookup.
