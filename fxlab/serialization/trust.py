@@ -13,17 +13,27 @@ Every other global (``os.system``, ``subprocess.call``, ``builtins.eval``, ``pdb
 is refused, whether the pickle names it with GLOBAL, STACK_GLOBAL or through ``__reduce__``.
 A torch zip archive is checked before anything is unpickled; the unpickler checks every
 global again as it reads (so globals a static scan cannot see are refused too).
+
+Importing a module runs its code, so nothing is imported to decide: a global in a module that is not
+imported yet is admitted for import only when that module's source defines it with a ``class``
+statement (read with :mod:`ast`, not run), and only after every global of the file has passed that
+screen. A user's script that defines the model's class is imported (the class needs it); one that
+only defines a function the pickle names is never run.
 """
 
 from __future__ import annotations
 
 import _compat_pickle
+import ast
 import builtins
 import collections
+import importlib.machinery
+import importlib.util
 import io
 import pickle
 import sys
 import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,15 +97,107 @@ def python3_name(module: str, name: str) -> tuple[str, str]:
     return _compat_pickle.IMPORT_MAPPING.get(module, module), name
 
 
-def admit(module: str, name: str, find: Any) -> Any:
-    """The global ``module.name`` (imported by ``find(module, name)``) if the allowlist admits it.
+def _module_spec(module: str) -> Any:
+    """The import spec of ``module``, found without importing it or any package above it that is not
+    imported yet (None when there is no such module)."""
+    parts = module.split(".")
+    spec, path = None, None
+    for i in range(len(parts)):
+        name = ".".join(parts[: i + 1])
+        loaded = sys.modules.get(name)
+        if loaded is not None:
+            spec, path = getattr(loaded, "__spec__", None), getattr(loaded, "__path__", None)
+            continue
+        try:
+            spec = (importlib.util.find_spec(name) if i == 0  # a top-level name: nothing is imported
+                    else importlib.machinery.PathFinder.find_spec(name, path))
+        except (ImportError, ValueError):
+            return None
+        if spec is None:
+            return None
+        path = spec.submodule_search_locations
+    return spec
 
-    Raises :class:`Refused` for anything else; ``ImportError`` / ``AttributeError`` from ``find``
-    (a class that cannot be imported) pass through.
-    """
+
+def _top_level(body: list[ast.stmt]) -> Iterator[ast.stmt]:
+    """The statements of a module or class body, those under ``if`` / ``try`` / ``with`` included."""
+    for node in body:
+        yield node
+        for field in ("body", "orelse", "finalbody"):
+            yield from _top_level(getattr(node, field, []) if not isinstance(node, (ast.ClassDef, ast.FunctionDef,
+                                                                                     ast.AsyncFunctionDef)) else [])
+        for handler in getattr(node, "handlers", []):
+            yield from _top_level(handler.body)
+
+
+def _binding(body: list[ast.stmt], name: str) -> str | None:
+    """How ``body`` binds ``name``: ``"class"`` for a class statement, ``"other"`` for any other
+    binding (def, assignment, import), None when it does not."""
+    found = None
+    for node in _top_level(body):
+        if isinstance(node, ast.ClassDef) and node.name == name:
+            return "class"
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
+            found = "other"
+        elif isinstance(node, (ast.Import, ast.ImportFrom)) and any(
+                (a.asname or a.name.split(".")[0]) == name or a.name == "*" for a in node.names):
+            found = "other"
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)) and any(
+                isinstance(t, ast.Name) and t.id == name
+                for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                for t in ast.walk(target)):
+            found = "other"
+    return found
+
+
+def _class_in_source(module: str, name: str) -> bool | None:
+    """Whether ``module``'s source defines ``name`` (a qualified name: ``Outer.Inner``) with class
+    statements, read without running it: True, False (defined otherwise, or the source cannot be
+    read), or None when neither the module nor the name exists (a class that is gone)."""
+    spec = _module_spec(module)
+    if spec is None:
+        return None
+    try:
+        source = spec.loader.get_source(module) if spec.loader is not None else None
+        tree = ast.parse(source) if source is not None else None
+    except Exception:
+        tree = None
+    if tree is None:
+        return False
+    body: list[ast.stmt] = tree.body
+    for part in name.split("."):
+        kind = _binding(body, part)
+        if kind is None:
+            return None
+        if kind != "class":
+            return False
+        body = next(n for n in _top_level(body) if isinstance(n, ast.ClassDef) and n.name == part).body
+    return True
+
+
+def screen(module: str, name: str) -> None:
+    """Refuse ``module.name`` (:class:`Refused`) on what can be told without importing anything: the
+    names :func:`refused_by_name` refuses, and a global of a module not imported yet that its source
+    does not define with a class statement. torch's own modules are not screened (importing them
+    runs no code from the file); a name that does not exist passes (it is reported as missing)."""
     module, name = python3_name(module, name)
     if refused_by_name(module, name):
         raise Refused(f"{module}.{name}")
+    if module in sys.modules or module.split(".")[0] in ("torch", "builtins", "__builtin__", "collections"):
+        return
+    if _class_in_source(module, name) is False:
+        raise Refused(f"{module}.{name}")
+
+
+def admit(module: str, name: str, find: Any) -> Any:
+    """The global ``module.name`` (imported by ``find(module, name)``) if the allowlist admits it.
+
+    Raises :class:`Refused` for anything else, before importing anything where :func:`screen` can
+    tell; ``ImportError`` / ``AttributeError`` from ``find`` (a class that cannot be imported) pass
+    through.
+    """
+    screen(module, name)
+    module, name = python3_name(module, name)
     if module.split(".")[0] in ("builtins", "__builtin__"):
         return getattr(builtins, name)
     if (module, name) == ("collections", "OrderedDict"):
@@ -107,11 +209,20 @@ def admit(module: str, name: str, find: Any) -> Any:
 
 
 def _refused_globals(path: Path, sniffed: Sniffed) -> list[str]:
-    """Every global of the file that the allowlist refuses, found before unpickling (importable ones only)."""
+    """Every global of the file that the allowlist refuses, found before unpickling: first by
+    :func:`screen` (nothing imported), and only when every global passes that, by importing them
+    (importable ones only)."""
+    names = [qualified.rpartition(".")[::2] for qualified in pickle_globals(path, sniffed)]
     refused = []
+    for module, name in names:
+        try:
+            screen(module, name)
+        except Refused as exc:
+            refused.append(str(exc))
+    if refused:
+        return refused
     probe = pickle.Unpickler(io.BytesIO(b""))
-    for qualified in pickle_globals(path, sniffed):
-        module, _, name = qualified.rpartition(".")
+    for module, name in names:
         try:
             admit(module, name, probe.find_class)
         except Refused as exc:

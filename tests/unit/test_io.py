@@ -295,6 +295,61 @@ def test_trusted_load_imports_no_module_a_model_does_not_need(tmp_path: Path) ->
     assert imported == "False"
 
 
+_ARMED_MODULE = """
+import os
+import torch
+if os.environ.get("FXLAB_TEST_ARMED"):
+    open(os.environ["FXLAB_TEST_ARMED"], "a").close()
+def func():
+    return None
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(784, 10)
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+"""
+
+
+def _armed_files(tmp_path: Path, module: str) -> None:
+    """``{module}.py`` (its import touches the file named by $FXLAB_TEST_ARMED) and three model files
+    naming it: ``func.pth`` (a Linear holding the module's function), ``mixed.pth`` (its ``Net`` plus
+    an ``os.system`` reduce) and ``net.pth`` (its ``Net`` alone)."""
+    import subprocess
+
+    (tmp_path / f"{module}.py").write_text(_ARMED_MODULE)
+    code = (f"import os, sys, torch, io_models\nfrom {module} import Net, func\n"
+            "m = torch.nn.Linear(2, 2); m.hook_fn = func; torch.save(m, 'func.pth')\n"
+            "n = Net(); n.extra = io_models.SystemPayload('never'); torch.save(n, 'mixed.pth')\n"
+            "torch.save(Net(), 'net.pth')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(io_models.__file__).parent)])}
+    env.pop("FXLAB_TEST_ARMED", None)
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("name, loads", [("func.pth", False), ("mixed.pth", False), ("net.pth", True)])
+def test_trusted_load_imports_a_users_module_only_for_a_class_it_needs(name: str, loads: bool,
+                                                                       tmp_path: Path) -> None:
+    """A user's module runs when it is imported: a trusted pickle that names a function of it, or that
+    is refused for another global, leaves it unimported; one whose model class lives there imports it."""
+    import subprocess
+
+    module = f"armed_{os.getpid()}_{name.split('.')[0]}"
+    _armed_files(tmp_path, module)
+    marker = tmp_path / "IMPORTED"
+    code = ("import sys, fxlab\n"
+            "try:\n    print(type(fxlab.load(sys.argv[1], trust=True)).__name__)\n"
+            "except fxlab.LoadError as e:\n    print(e)\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "FXLAB_TEST_ARMED": str(marker)}
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / name)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, check=True).stdout.strip()
+    if loads:
+        assert marker.exists() and "refused" not in out, out
+    else:
+        assert "refused even with --trust" in out, out
+        assert not marker.exists(), f"{module} was imported for {name}: {out}"
+
+
 def test_broken_files_give_one_line_errors(tmp_path: Path) -> None:
     good = tmp_path / "good.pth"
     torch.save(build("mymodule").state_dict(), good)
