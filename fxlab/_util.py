@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,18 +29,44 @@ def default_mode() -> int:
     return 0o666 & ~mask
 
 
+def kept_mode(path: Path) -> int:
+    """The permissions a write to ``path`` leaves: an existing file keeps its own, a new one gets
+    :func:`default_mode`."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return default_mode()
+
+
+def write_target(path: str | os.PathLike[str]) -> Path:
+    """The file a write to ``path`` replaces: ``path`` itself, or for a symbolic link the file it points
+    to (the link stays a link)."""
+    out = Path(path)
+    return Path(os.path.realpath(out)) if out.is_symlink() else out
+
+
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether ``a`` and ``b`` name one file: the same file on disk when both exist (hard and symbolic
+    links included), else the same resolved path."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return Path(a).resolve() == Path(b).resolve()
+
+
 def check_output(path: str | os.PathLike[str]) -> Path:
     """Check, before any work is done, that ``path`` can be written; return it.
 
-    Its folder must exist (fxlab never creates folders for an output: a mistyped folder is
-    reported, not made), be a folder and be writable (a temporary file is created there and
-    removed), and ``path`` must not be a folder. Raises
-    ``WriteError`` with one line naming the path and what is wrong.
+    Its folder (for a symbolic link: its target's) must exist (fxlab never creates folders for an
+    output: a mistyped folder is reported, not made), be a folder and be writable (a temporary file
+    is created there and removed), and ``path`` must not be a folder. Raises ``WriteError`` with one
+    line naming the path and what is wrong.
     """
     from .errors import WriteError
 
     out = Path(path)
-    folder = out.parent if str(out.parent) else Path(".")
+    target = write_target(out)
+    folder = target.parent if str(target.parent) else Path(".")
     if out.is_dir():
         raise WriteError(f"cannot write {out}: it is a folder; give a file name")
     for parent in [folder, *folder.parents]:
@@ -54,7 +81,7 @@ def check_output(path: str | os.PathLike[str]) -> Path:
     # permissions do not tell everything (/proc, a read-only mount, root's access): try, as the
     # write will, with a temporary file that is removed at once
     try:
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=f".{out.stem}.", suffix=".probe")
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=f".{target.stem}.", suffix=".probe")
     except OSError as exc:
         raise WriteError(f"cannot write {out}: {exc.strerror or exc}") from exc
     os.close(fd)
@@ -77,18 +104,20 @@ def write_atomic(
     file's path before the rename: whatever it raises leaves ``path`` as it was. ``make_dirs``
     creates missing parent folders (caches); outputs the user names are checked with
     :func:`check_output` instead. An operating-system error (full disk, permissions, ...) becomes
-    ``WriteError`` naming the path and the reason; the old file is never touched.
+    ``WriteError`` naming the path and the reason; the old file is never touched. A file that exists
+    keeps its permissions; a symbolic link is written through: the file it points to is replaced.
     """
     from .errors import WriteError
 
     out = Path(path)
-    folder = out.parent if str(out.parent) else Path(".")
+    target = write_target(out)
+    folder = target.parent if str(target.parent) else Path(".")
     try:
         if make_dirs:
             folder.mkdir(parents=True, exist_ok=True)
         else:
             check_output(out)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{out.stem}.", suffix=f".tmp{out.suffix}")
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.stem}.", suffix=f".tmp{out.suffix}")
     except OSError as exc:
         raise WriteError(f"cannot write {out}: {exc.strerror or exc}") from exc
     try:
@@ -102,8 +131,8 @@ def write_atomic(
                 os.fsync(fh.fileno())
         if check is not None:
             check(tmp)
-        os.chmod(tmp, default_mode())
-        os.replace(tmp, out)
+        os.chmod(tmp, kept_mode(target))
+        os.replace(tmp, target)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.close(fd)

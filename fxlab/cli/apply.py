@@ -11,31 +11,28 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from .runner import add_model_options, parser
+from .runner import add_input, add_model_options, add_output, parser
 
 
 def main(argv: Sequence[str]) -> int:
     """``fxlab apply``: apply a pipeline to a model file and save the result."""
-    from .._util import check_output
     from ..pipeline import PassRecords, apply, parse_pipeline, records
     from ..serialization import export_onnx, export_program, load_source, save
 
     p = parser("python -m fxlab.apply", "Apply a pipeline to a model file and save the result.")
-    p.add_argument("file", metavar="FILE", help="a model file, or a seed model name")
+    add_input(p, "file", metavar="FILE", help="a model file, or a seed model name")
     p.add_argument("pipeline", metavar="PIPELINE",
                    help='pipeline text, e.g. "fuse-linear-relu,quantize-linear{mode=dynamic}"')
-    p.add_argument("-o", "--output", metavar="OUT", required=True,
+    add_output(p, "-o", "--output", metavar="OUT", required=True,
                    help="where to write: .onnx, .pt2, else fxlab's model format")
     add_model_options(p)
     p.add_argument("--trust", action="store_true",
                    help="allow a whole pickled module to load: this runs code from the file")
     p.add_argument("--act", metavar="NAME",
                    help="activation between the layers of a state dict rebuilt as a generic MLP")
-    ns = p.parse_args(argv)
+    ns = p.parse_args(argv)  # a bad output is refused here, before the model loads
     from ..models import parse_model_args
 
-
-    check_output(ns.output)  # a bad output and a typo in the pipeline fail before the model loads
     passes = parse_pipeline(ns.pipeline)
     loaded = load_source(ns.file, model=ns.model, trust=ns.trust, act=ns.act,
                          model_args=parse_model_args(ns.model_args))

@@ -6,9 +6,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from .._util import check_output, resolve_device
+from .._util import resolve_device
 from ..bench import SUITES, Config, load_result, report, run_benchmarks, write_json_atomic
-from .runner import parser
+from .runner import add_input, add_output, parser
 
 
 def _show_progress() -> None:
@@ -29,18 +29,16 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--suite", choices=SUITES, action="append",
                    help="run only this suite (repeatable; default: all)")
     p.add_argument("--quick", action="store_true", help="small sizes and few rounds (CI smoke run, < 2 min)")
-    p.add_argument("--json", metavar="OUT", help="write every figure to this JSON file (atomically)")
+    add_output(p, "--json", metavar="OUT", help="write every figure to this JSON file (atomically)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: CUDA when available)")
     p.add_argument("--data", help="MNIST root (default: FXLAB_DATA, else fxlab's data folder)")
     p.add_argument("--markdown", action="store_true", help="print the tables as Markdown (for the README)")
-    p.add_argument("--load", metavar="JSON", help="print the report of a saved --json file instead of running")
+    add_input(p, "--load", metavar="JSON", help="print the report of a saved --json file instead of running")
     args = p.parse_args(argv)
     fmt = "github" if args.markdown else "simple"
     if args.load:
         print(report(load_result(args.load), fmt))
         return 0
-    if args.json:
-        check_output(args.json)  # before minutes of measuring, not after
     resolve_device(args.device)  # a device this machine lacks: said now
     suites = args.suite or list(SUITES)
     cfg = Config.quick_config(device=args.device, data=args.data) if args.quick else Config(device=args.device, data=args.data)

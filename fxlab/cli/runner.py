@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import math
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from ..errors import FxlabError, UsageError, did_you_mean
@@ -41,13 +42,42 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         self._argv: list[str] | None = None
         self._probing = False
+        self.inputs: list[tuple[argparse.Action, Callable[[str], str | None]]] = []  # (option, its file)
+        self.outputs: list[argparse.Action] = []
 
     def parse_args(self, args=None, namespace=None):  # type: ignore[override]
         self._argv = list(sys.argv[1:] if args is None else args)
         ns, extras = self.parse_known_args(self._argv, namespace)
         if extras:
             self._unrecognized(extras)
+        self._check_outputs(ns)
         return ns
+
+    def _check_outputs(self, ns: argparse.Namespace) -> None:
+        """Refuse, before any work, an output that is empty, cannot be written, or is the same file as
+        an input or as another output of this run (writing it would destroy that file)."""
+        from .._util import check_output, same_file
+
+        inputs = [(_label(a), value, path) for a, file_of in self.inputs
+                  if (value := getattr(ns, a.dest)) is not None and (path := file_of(value)) is not None]
+        seen: list[tuple[str, str]] = []
+        for action in self.outputs:
+            out = getattr(ns, action.dest)
+            if out is None:
+                continue
+            name = _label(action)
+            if not out.strip():
+                raise UsageError(f"{self.prog}: {name} is empty: give the file to write")
+            for in_name, value, path in inputs:
+                if same_file(out, path):
+                    raise UsageError(f"{self.prog}: {name} {out} is the input file ({in_name} {value}); "
+                                     "writing it would destroy it: give another output file")
+            for other_name, other in seen:
+                if same_file(out, other):
+                    raise UsageError(f"{self.prog}: {name} {out} is the same file as {other_name} {other}; "
+                                     "give each output of a run its own file")
+            check_output(out)
+            seen.append((name, out))
 
     def _unrecognized(self, extras: Sequence[str]) -> None:
         options = [s for a in self._actions for s in a.option_strings]
@@ -100,13 +130,71 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
+def _label(action: argparse.Action) -> str:
+    """How the command line names an argument: its first option string, else its metavar (``FILE``)."""
+    return action.option_strings[0] if action.option_strings else action.metavar or action.dest.upper()
+
+
+def _file_itself(value: str) -> str:
+    return value
+
+
+def add_input(p: argparse.ArgumentParser, *flags: str, file_of: Callable[[str], str | None] = _file_itself,
+              **kwargs) -> argparse.Action:
+    """An argument naming a file the command reads (``file_of`` finds the file in its value, None when
+    it names none): no output of the command may be that file."""
+    action = p.add_argument(*flags, **kwargs)
+    p.inputs.append((action, file_of))  # type: ignore[attr-defined]
+    return action
+
+
+def add_output(p: argparse.ArgumentParser, *flags: str, **kwargs) -> argparse.Action:
+    """An option naming a file the command writes, checked by the parser before any work: not empty,
+    writable (``check_output``), and neither an input of the command nor another of its outputs."""
+    action = p.add_argument(*flags, **kwargs)
+    p.outputs.append(action)  # type: ignore[attr-defined]
+    return action
+
+
+def model_spec_file(spec: str) -> str | None:
+    """The file of a ``path/to/file.py:Class`` model spec; None for a built-in name or ``package.module:Class``."""
+    where, sep, _ = spec.removeprefix("user:").rpartition(":")
+    return where if sep and (where.endswith(".py") or "/" in where or "\\" in where) else None
+
+
+def finite_float(text: str) -> float:
+    """An argparse ``type``: a float that is a number (``nan`` and ``inf`` are bad input, as in sweep files)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+#: The seeds torch.manual_seed takes.
+SEED_RANGE = range(-(2**63), 2**64)
+
+
+def seed_int(text: str) -> int:
+    """An argparse ``type``: an integer torch accepts as a seed."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value not in SEED_RANGE:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: a seed is from -2**63 to 2**64 - 1")
+    return value
+
+
 MODEL_HELP = ("architecture for the file's weights: a built-in model name, package.module:Class or "
               "path/to/file.py:Class (your own class, imported)")
 
 
 def add_model_options(p: argparse.ArgumentParser, help_: str = MODEL_HELP) -> None:
     """``--model SPEC`` and ``--model-args JSON``, the same on every command."""
-    p.add_argument("--model", metavar="SPEC", help=help_)
+    add_input(p, "--model", metavar="SPEC", help=help_, file_of=model_spec_file)
     p.add_argument("--model-args", metavar="JSON",
                    help='constructor arguments of --model as a JSON object, e.g. \'{"hidden_layers": [256, 32]}\'')
 

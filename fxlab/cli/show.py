@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from .runner import add_model_options, parser
+from .runner import add_input, add_model_options, add_output, parser
 
 #: -o's extension → format, when --format is not given.
 SUFFIX_FORMATS = {".svg": "svg", ".png": "png", ".json": "json", ".dot": "dot", ".gv": "dot", ".py": "code",
@@ -36,15 +36,15 @@ def _parser() -> argparse.ArgumentParser:
         "python -m fxlab.show",
         "Show a model file (or a seed model by name) as a table, code, FX graph, JSON or Graphviz drawing.",
     )
-    p.add_argument("file", nargs="?", metavar="FILE",
+    add_input(p, "file", nargs="?", metavar="FILE",
                    help="a model file (state dict, checkpoint, fxlab model, pickled module) or a seed model name")
     add_model_options(p)
     p.add_argument("--passes", metavar="PIPELINE", help='pipeline to apply first, e.g. "insert-relu{after=layer3}"')
     p.add_argument("--diff", action="store_true",
                    help="show what the pipeline changed (for an fxlab model file: what its saved pipeline changed)")
     p.add_argument("--format", "-f", choices=FORMATS, help="output format (default: from -o's extension, else table)")
-    p.add_argument("-o", "--output", metavar="OUT", help="write to OUT (atomically) instead of stdout")
-    p.add_argument("--html", metavar="OUT",
+    add_output(p, "-o", "--output", metavar="OUT", help="write to OUT (atomically) instead of stdout")
+    add_output(p, "--html", metavar="OUT",
                    help="also write one self-contained HTML page of the pipeline: each step's graphs side by side")
     p.add_argument("--trust", action="store_true",
                    help="allow a whole pickled module to load: this runs code from the file")
@@ -55,15 +55,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     """``fxlab show``: graph dumps of a model file or seed model."""
-    from .._util import check_output
     from ..models import parse_model_args
     from ..rendering import render
     from ..serialization import load_source
 
     ns = _parser().parse_args(argv)
-    for path in (ns.output, ns.html):
-        if path:
-            check_output(path)
     if ns.passes is not None and not ns.passes.strip():
         raise UsageError("--passes is empty: name at least one pass (or leave --passes out)")
 

@@ -16,11 +16,11 @@ from typing import Any
 import torch
 
 from .. import data as mnist_data
-from .._util import check_output, resolve_device
+from .._util import resolve_device
 from ..errors import UsageError, WriteError
 from ..train import (DEFAULT_RECIPE, Recipe, evaluate, fit_recipe, init_distributed, peak_memory_mb, recipe_for,
                      save_checkpoint)
-from .runner import add_model_options, parser
+from .runner import add_model_options, add_output, finite_float, parser, seed_int
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,14 +30,15 @@ def _parser() -> argparse.ArgumentParser:
     add_model_options(p, f"built-in model ({', '.join(names())}), package.module:Class or path/to/file.py:Class")
     d = DEFAULT_RECIPE
     p.add_argument("--epochs", type=int, help=f"epochs (default: the model's recipe; {d.epochs} for the seed MLPs)")
-    p.add_argument("--lr", type=float, help=f"peak learning rate (default: the model's recipe; {d.lr:g} for the seed MLPs)")
+    p.add_argument("--lr", type=finite_float,
+                   help=f"peak learning rate (default: the model's recipe; {d.lr:g} for the seed MLPs)")
     p.add_argument("--batch-size", type=int, help=f"global batch (default: the model's recipe; {d.batch_size})")
     p.add_argument("--schedule", choices=["onecycle", "cosine", "constant"], help="default: the model's recipe")
-    p.add_argument("--seed", type=int, help=f"seed (default: the model's recipe; {d.seed})")
+    p.add_argument("--seed", type=seed_int, help=f"seed (default: the model's recipe; {d.seed})")
     p.add_argument("--data", help="MNIST root (default: $FXLAB_DATA, else the user cache; fetched if absent)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (smoke runs)")
-    p.add_argument("--out", required=True, help="checkpoint to write (rank 0 writes it)")
+    add_output(p, "--out", required=True, help="checkpoint to write (rank 0 writes it)")
     return p
 
 
@@ -54,14 +55,11 @@ def main(argv: Sequence[str]) -> int:
     for opt in ("epochs", "lr", "batch_size", "schedule", "seed"):
         if getattr(ns, opt) is None:
             setattr(ns, opt, getattr(base, opt))
+    _check_numbers(ns)
     with torch.random.fork_rng(devices=[]):
         build_spec(ns.model, model_args)  # an unknown model, a class that does not build: said now
-    for opt in ("epochs", "batch_size"):
-        if getattr(ns, opt) < 1:
-            raise UsageError(f"--{opt.replace('_', '-')} must be at least 1")
-
-    resolve_device(ns.device)  # a bad device, a bad output folder: said now, not after training
-    out = check_output(ns.out)
+    resolve_device(ns.device)  # a bad device: said now, not after training
+    out = Path(ns.out)
     rank, world, dev = init_distributed(ns.device)
     try:
         # rank 0 fetches MNIST if it is missing; the others wait for it, then read it (or fail as it did)
@@ -98,6 +96,16 @@ def main(argv: Sequence[str]) -> int:
         if world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     return 0
+
+
+def _check_numbers(ns: argparse.Namespace) -> None:
+    """The numeric options (after the recipe's defaults are filled in), refused before MNIST is read."""
+    for opt in ("epochs", "batch_size", "max_steps"):
+        value = getattr(ns, opt)
+        if value is not None and value < 1:
+            raise UsageError(f"--{opt.replace('_', '-')} must be at least 1")
+    if ns.lr <= 0:
+        raise UsageError(f"--lr must be above 0, got {ns.lr:g}")
 
 
 def _print_epoch(r: dict[str, Any], epochs: int) -> None:

@@ -7,71 +7,74 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .._util import check_output, resolve_device
+from .._util import resolve_device
 from ..errors import UsageError, VerifyError, did_you_mean
 from ..models import names
 from ..pipeline import as_passes
 from ..verification import verify
-from .runner import add_model_options, parser
+from .runner import add_input, add_model_options, add_output, finite_float, parser, seed_int
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = parser(
-        "python -m fxlab.verify",
-        "Apply a pipeline to a model one pass at a time and verify every step on MNIST: exact passes "
-        "by their outputs, approximate passes by their accuracy budget, function-changing passes by "
-        "retraining. Exit 0 when every contract holds, 1 when one fails, 2 on bad input.",
-    )
-    p.add_argument("file", nargs="?", help="model file (state dict, checkpoint, fxlab file, or pickled module with --trust)")
+VERIFY = "python -m fxlab.verify"
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """The options of one verification run: verify's and bisect's."""
+    add_input(p, "file", nargs="?",
+              help="model file (state dict, checkpoint, fxlab file, or pickled module with --trust)")
     add_model_options(p, f"built-in model ({', '.join(names())}): trained with its default recipe (cached); "
                          "with FILE, the architecture for the file's weights (also package.module:Class or "
                          "path/to/file.py:Class, your own class)")
     p.add_argument("--passes", metavar="PIPELINE",
-                   help='pipeline text, e.g. "insert-relu{after=layer3},fuse-linear-relu" (required without --sweep)')
-    p.add_argument("--data", metavar="DIR", help="MNIST root (default: $FXLAB_DATA, else the user cache; fetched if absent)")
-    p.add_argument("--retrain-epochs", type=float, default=1.0, metavar="N",
+                   help='pipeline text, e.g. "insert-relu{after=layer3},fuse-linear-relu"')
+    p.add_argument("--data", metavar="DIR",
+                   help="MNIST root (default: $FXLAB_DATA, else the user cache; fetched if absent)")
+    p.add_argument("--retrain-epochs", type=finite_float, default=1.0, metavar="N",
                    help="fine-tuning epochs after each function-changing step (fractions allowed; default 1)")
-    p.add_argument("--qat-epochs", type=float, default=None, metavar="E",
-                   help="quantization-aware training: fine-tune each quantize-linear step through its quantizer for "
-                        "E MNIST epochs before converting; the report shows plain vs QAT accuracy (default: 1 epoch for a step that misses its budget, and only then; 0: never)")
-    p.add_argument("--tolerance", type=float, default=1e-4, metavar="X", help="max abs diff allowed to exact passes (default 1e-4)")
-    p.add_argument("--floor", type=float, default=1.0, metavar="POINTS",
+    p.add_argument("--tolerance", type=finite_float, default=1e-4, metavar="X",
+                   help="max abs diff allowed to exact passes (default 1e-4)")
+    p.add_argument("--floor", type=finite_float, default=1.0, metavar="POINTS",
                    help="accuracy points below baseline a retrained step may end (default 1)")
     p.add_argument("--device", metavar="D", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the retraining batch order (default 0)")
-    p.add_argument("--json", metavar="OUT", help="write the report as JSON")
-    p.add_argument("--sweep", metavar="SWEEP.toml",
-                   help="verify every [[run]] of a TOML file (each run: verify's options, e.g. model, passes, "
-                        "retrain_epochs; [defaults] for all) and print one table; under torchrun the runs are "
-                        "sharded over the processes and rank 0 prints and writes --json")
-    p.add_argument("--plot", metavar="OUT", help="write accuracy per step and retraining curves as PNG (matplotlib)")
-    p.add_argument("--html", metavar="OUT", help="write the report as one self-contained HTML page (graphs, diffs, charts)")
-    p.add_argument("--trust", action="store_true", help="allow loading a pickled whole module (runs code from the file)")
-    p.add_argument("--no-diff", action="store_true", help="print the table only, not the graph diffs")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the retraining batch order (default 0)")
+    add_output(p, "--json", metavar="OUT", help="write the report as JSON")
+    p.add_argument("--trust", action="store_true",
+                   help="allow loading a pickled whole module (runs code from the file)")
     p.add_argument("--nodes", action="store_true",
                    help="print every step's per-node numerics (max abs diff, relative error, SQNR per node)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = parser(
+        VERIFY,
+        "Apply a pipeline to a model one pass at a time and verify every step on MNIST: exact passes "
+        "by their outputs, approximate passes by their accuracy budget, function-changing passes by "
+        "retraining. Exit 0 when every contract holds, 1 when one fails, 2 on bad input.",
+    )
+    add_run_options(p)
+    p.add_argument("--qat-epochs", type=finite_float, default=None, metavar="E",
+                   help="quantization-aware training: fine-tune each quantize-linear step through its quantizer for "
+                        "E MNIST epochs before converting; the report shows plain vs QAT accuracy (default: 1 epoch for a step that misses its budget, and only then; 0: never)")
+    add_input(p, "--sweep", metavar="SWEEP.toml",
+              help="verify every [[run]] of a TOML file instead of FILE/--model and --passes (each run: verify's "
+                   "options, e.g. model, passes, retrain_epochs; [defaults] for all) and print one table; under "
+                   "torchrun the runs are sharded over the processes and rank 0 prints and writes --json")
+    add_output(p, "--plot", metavar="OUT", help="write accuracy per step and retraining curves as PNG (matplotlib)")
+    add_output(p, "--html", metavar="OUT",
+               help="write the report as one self-contained HTML page (graphs, diffs, charts)")
+    p.add_argument("--no-diff", action="store_true", help="print the table only, not the graph diffs")
     return p
 
 
-def _check(ns: argparse.Namespace) -> None:
-    """Everything that can be said about the arguments before MNIST is read or anything trained."""
+def check_run(ns: argparse.Namespace, prog: str, passes_hint: str = "") -> None:
+    """Everything that can be said about one run's arguments before MNIST is read or anything trained
+    (the outputs were checked by the parser)."""
     if ns.passes is None:
-        raise UsageError("python -m fxlab.verify: the following arguments are required: --passes "
-                         "(or --sweep FILE for many runs)")
+        raise UsageError(f"{prog}: the following arguments are required: --passes{passes_hint}")
     if ns.file is None and ns.model is None:
-        raise UsageError("python -m fxlab.verify: give a model FILE or --model NAME")
-    if ns.retrain_epochs < 0:
-        raise UsageError("python -m fxlab.verify: --retrain-epochs must be ≥ 0")
-    if ns.qat_epochs is not None and (not ns.qat_epochs >= 0 or ns.qat_epochs == float("inf")):
-        raise UsageError("python -m fxlab.verify: --qat-epochs must be a number ≥ 0")
-    for out in (ns.json, ns.plot, ns.html):
-        if out:
-            check_output(out)
-    if ns.plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise VerifyError("--plot needs matplotlib: pip install 'fxlab[plot]'") from None
+        raise UsageError(f"{prog}: give a model FILE or --model NAME")
+    for opt in ("retrain_epochs", "tolerance", "floor"):
+        _check_not_negative(ns, opt, prog)
     if ns.file is not None and not os.path.exists(ns.file):
         raise VerifyError(f"no such file: {ns.file}")
     if ns.file is None and ns.model is not None and ":" in ns.model:
@@ -83,6 +86,22 @@ def _check(ns: argparse.Namespace) -> None:
         raise VerifyError(f"unknown model {ns.model!r}{did_you_mean(ns.model, names())}; seed models: {', '.join(names())}")
     if ns.device is not None:
         resolve_device(ns.device)
+
+
+def _check_not_negative(ns: argparse.Namespace, opt: str, prog: str) -> None:
+    value = getattr(ns, opt)
+    if value is not None and value < 0:
+        raise UsageError(f"{prog}: --{opt.replace('_', '-')} must be a number ≥ 0, got {value:g}")
+
+
+def _check(ns: argparse.Namespace) -> None:
+    check_run(ns, VERIFY, " (or --sweep FILE for many runs)")
+    _check_not_negative(ns, "qat_epochs", VERIFY)
+    if ns.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise VerifyError("--plot needs matplotlib: pip install 'fxlab[plot]'") from None
 
 
 def _note_training(name: str) -> None:
@@ -149,16 +168,14 @@ def sweep_main(p: argparse.ArgumentParser, ns: argparse.Namespace, argv: Sequenc
 
     rank = ranks_from_env().rank
     if ns.file is not None:
-        raise UsageError(f"python -m fxlab.verify: --sweep takes its models from the file, not {ns.file}")
+        raise UsageError(f"{VERIFY}: --sweep takes its models from the file, not {ns.file}")
     given = [s for a in p._actions if a.dest not in _SWEEP_OPTIONS for s in a.option_strings
              if any(t == s or t.startswith(s + "=") for t in argv)]
     if given:
         key = given[0].lstrip("-").replace("-", "_")
         hint = (f"every run's options are in the sweep file: put {key} = ... in a [[run]] or in [defaults]"
                 if key in options() and key != "nodes" else "a sweep prints one table and writes --json only")
-        raise UsageError(f"python -m fxlab.verify: {given[0]} does not go with --sweep ({hint})")
-    if ns.json:
-        check_output(ns.json)
+        raise UsageError(f"{VERIFY}: {given[0]} does not go with --sweep ({hint})")
     runs = load_sweep(ns.sweep)
     if rank == 0:
         for name in dict.fromkeys(r.options["model"] for r in runs if r.options["model"] in names()):

@@ -187,8 +187,9 @@ def _settings(tolerance: float, floor: float, retrain_epochs: float, retrain_lr:
         raise VerifyError(f"retrain_epochs must be ≥ 0, got {retrain_epochs}")
     if qat_epochs is not None and (qat_epochs < 0 or not math.isfinite(qat_epochs)):
         raise VerifyError(f"qat_epochs must be ≥ 0, got {qat_epochs}")
-    if tolerance < 0 or floor < 0:
-        raise VerifyError("tolerance and floor must be ≥ 0")
+    for name, value in (("tolerance", tolerance), ("floor", floor)):
+        if not value >= 0 or not math.isfinite(value):  # NaN compares false
+            raise VerifyError(f"{name} must be a finite number ≥ 0, got {value}")
     return Settings(tolerance=tolerance, floor=floor, retrain_epochs=retrain_epochs, retrain_lr=retrain_lr,
                     seed=seed, progress=progress, qat_epochs=qat_epochs)
 

@@ -246,6 +246,10 @@ def test_bad_input_raises(model, mnist) -> None:
         fxlab.verify(model, "insert-relu{after=layer4}", data=mnist, device="cpu")
     with pytest.raises(fxlab.VerifyError):
         fxlab.verify(model, [SpellReluFunctionally()], data=mnist, retrain_epochs=-1)
+    for option in ("tolerance", "floor"):
+        for value in (-1.0, float("nan"), float("inf")):
+            with pytest.raises(fxlab.VerifyError, match=f"{option} must be a finite number"):
+                fxlab.verify(model, "dce", data=mnist, **{option: value})
 
 
 def test_fractional_retraining_plan() -> None:
