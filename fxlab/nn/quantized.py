@@ -122,6 +122,8 @@ def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
 
 def _quantize_rows_torch(x: Tensor) -> tuple[Tensor, Tensor]:
     """:func:`quantize_rows` in torch ops."""
+    if x.requires_grad and _is_grad_enabled():
+        return _quantize_rows_tracked(x)
     if x.numel() < _SMALL:
         absmax = x.abs().amax(dim=1, keepdim=True)
     else:
@@ -129,6 +131,14 @@ def _quantize_rows_torch(x: Tensor) -> tuple[Tensor, Tensor]:
     absmax = absmax.clamp_min_(_EPS)
     q = (x * absmax.reciprocal().mul_(127.0)).round_().to(torch.int8)
     return (q if q.is_contiguous() else q.contiguous()), absmax.mul_(1 / 127)
+
+
+def _quantize_rows_tracked(x: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`quantize_rows` in out-of-place torch ops, for an ``x`` autograd tracks: its backward
+    reads intermediates (the row maxima, their reciprocals) that the in-place steps overwrite."""
+    absmax = x.abs().amax(dim=1, keepdim=True).clamp_min(_EPS)
+    q = torch.round(x * (absmax.reciprocal() * 127.0)).to(torch.int8)
+    return (q if q.is_contiguous() else q.contiguous()), absmax * (1 / 127)
 
 
 def int8_matmul(xq: Tensor, wq: Tensor) -> Tensor:
@@ -176,6 +186,7 @@ def graph_capture() -> bool:
     )
 
 
+_is_grad_enabled = torch.is_grad_enabled
 _is_compiling = torch.compiler.is_compiling
 _is_exporting = torch.compiler.is_exporting
 _is_jit_tracing = torch.jit.is_tracing
@@ -253,6 +264,26 @@ def _dynamic_torch(m: Any, x: Tensor, weight: Tensor, w_scale: Tensor, bias: Ten
     acc = int8_matmul(xq, weight)
     scale = x_scale * w_scale
     return _relu(torch.addcmul(bias, acc, scale) if bias is not None else acc * scale, relu)
+
+
+class _DynamicStraightThrough(torch.autograd.Function):
+    """The dynamic int8 Linear (:func:`_dynamic_torch`, without ReLU) on the autograd path, its
+    gradient passed straight through the rounding of the activations: that of
+    ``x @ (wq * w_scale[:, None]).T + bias``, the weight-only arithmetic a smaller matmul runs
+    there (:func:`linear_int8_weight`). Differentiating the rounding itself would give zero but
+    through each row's scale."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, w_scale: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(weight, w_scale)
+        return _dynamic_torch(None, x, weight, w_scale, bias, False)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, Tensor | None]:
+        weight, w_scale = ctx.saved_tensors
+        grad_x = (grad * w_scale) @ weight.to(grad.dtype) if ctx.needs_input_grad[0] else None
+        grad_bias = grad.sum(0) if ctx.needs_input_grad[3] else None
+        return grad_x, None, None, grad_bias
 
 
 def _dynamic_numba(m: Any, x: Tensor, weight: Tensor, w_scale: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
@@ -475,7 +506,8 @@ class Int8DynamicLinear(_Int8WeightLinear):
     ``y = (q(x) @ q(W).T) · s_x · s_w + b``, accumulated exactly in int32 by ``torch._int_mm``.
     On CPU the fused kernels of :mod:`fxlab.nn.kernels` run it at every size; without them a
     matmul too small to pay for the torch ops of quantization runs the weight-only arithmetic
-    instead (see :meth:`uses_int8_matmul`).
+    instead (see :meth:`uses_int8_matmul`). The gradient for the input is that arithmetic's at every
+    size, ``(grad · s_w) @ q(W)``: straight through the rounding of the activations.
 
     >>> m = Int8DynamicLinear.from_float(torch.nn.Linear(784, 128))
     >>> m
@@ -504,6 +536,8 @@ class Int8DynamicLinear(_Int8WeightLinear):
             return _relu(_int8_linear_ops(x, weight, w_scale, bias), relu)
         if not big_enough(x, self.in_features, self.out_features):  # autograd, CUDA
             return _relu(linear_int8_weight(x, weight, w_scale, bias), relu)
+        if x.requires_grad and _is_grad_enabled():
+            return _relu(_DynamicStraightThrough.apply(x, weight, w_scale, bias), relu)
         return _dynamic_torch(self, x, weight, w_scale, bias, relu)
 
 

@@ -183,8 +183,18 @@ class _ConvBase(DirectCall, kernels.CacheFree, nn.Module, LeafModule):
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != self.ndim + 2:
+            return self._unbatched(x)
         y = self.conv2d(x) if self.ndim == 2 else self.conv2d(x.unsqueeze(-2)).squeeze(-2)
         return torch.relu_(y) if self.relu else y
+
+    def _unbatched(self, x: Tensor) -> Tensor:
+        """An unbatched input (C, H, W) or (C, L), as ``nn.Conv2d`` / ``nn.Conv1d`` take it, run as a
+        batch of one: the int8 conv's scale is per sample, and the kernel choice buckets by batch."""
+        if x.dim() != self.ndim + 1:  # the error type and words of nn.Conv2d's
+            raise RuntimeError(f"Expected {self.ndim + 1}D (unbatched) or {self.ndim + 2}D (batched) input to "
+                               f"{type(self).__name__}, but got input of size: {list(x.shape)}")
+        return self.forward(x.unsqueeze(0)).squeeze(0)
 
     def conv2d(self, x: Tensor) -> Tensor:  # pragma: no cover
         raise NotImplementedError

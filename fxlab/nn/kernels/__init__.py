@@ -144,6 +144,15 @@ def for_tensor(x: Tensor) -> ModuleType | None:
     return k
 
 
+@contextlib.contextmanager
+def outside_inference_mode() -> Iterator[None]:
+    """A block for making tensors kept beyond the current call (caches on a module or in a global):
+    outside inference mode, without autograd. Made inside ``torch.inference_mode()`` they would be
+    inference tensors, which a later call outside it could not update in place."""
+    with torch.inference_mode(False), torch.no_grad():
+        yield
+
+
 class CacheFree:
     """Mixin for modules that keep derived caches (NumPy views, Python scalars, packed weights) in
     their ``__dict__``: pickles and deep copies leave them out; the next forward rebuilds them."""
@@ -163,13 +172,14 @@ def onednn_packed(module: nn.Module, weight: Tensor, rows: int,
     ``pack(weight)`` makes, e.g. ``torch.ops.onednn.qlinear_prepack``), cached on ``module`` until the
     weight changes (a new tensor, or an in-place update such as an optimizer step); never in state
     dicts, pickles or deep copies (:class:`CacheFree`). None for an inference tensor, whose in-place
-    writes could not be seen (it has no version counter)."""
+    writes could not be seen (it has no version counter). Packed outside inference mode
+    (:func:`outside_inference_mode`)."""
     if weight.is_inference():
         return None
     key = (weight.data_ptr(), weight._version, tuple(weight.shape), pack)
     cached = module.__dict__.get("_fxlab_packed")
     if cached is None or cached[0] != key:
-        with torch.no_grad():
+        with outside_inference_mode():
             w = weight.detach()
             cached = (key, pack(w) if pack is not None else torch.ops.mkldnn._reorder_linear_weight(w, rows))
         module.__dict__["_fxlab_packed"] = cached
@@ -191,7 +201,8 @@ def arrays(module: nn.Module, a: Tensor, b: Tensor | None, c: Tensor | None = No
     key = (a.data_ptr(), b.data_ptr() if b is not None else 0, c.data_ptr() if c is not None else 0)
     cached = module.__dict__.get("_fxlab_arrays")
     if cached is None or cached[0] != key:
-        views = (_numpy(a), _numpy(b) if b is not None else _NO_ARRAY, _numpy(c) if c is not None else _NO_ARRAY)
+        with outside_inference_mode():
+            views = (_numpy(a), _numpy(b) if b is not None else _NO_ARRAY, _numpy(c) if c is not None else _NO_ARRAY)
         cached = (key, views)  # the views hold their tensors: a live pointer is never reused
         module.__dict__["_fxlab_arrays"] = cached
     return cached[1]

@@ -321,6 +321,16 @@ _GRAIN = 32768
 _PROBE: list[Tensor] = []
 
 
+def _probe() -> Tensor:
+    """The tensor :func:`_pool_contended` adds to in place, made on first use. Made outside inference
+    mode even when the first use is inside it: an inference tensor could not be written in place
+    by a later measurement outside."""
+    if not _PROBE:
+        with torch.inference_mode(False):
+            _PROBE.append(torch.zeros(2 * _GRAIN + _GRAIN // 2))
+    return _PROBE[0]
+
+
 def _pool_contended() -> bool:
     """Whether torch's intra-op thread pool is starved by other work right now: an in-place add
     of two grains, which the pool splits over two threads, is compared with one of half a grain,
@@ -332,9 +342,8 @@ def _pool_contended() -> bool:
     if torch.get_num_threads() < 2:
         return False
     with torch.no_grad():
-        if not _PROBE:
-            _PROBE.append(torch.zeros(2 * _GRAIN + _GRAIN // 2))
-        part, split = _PROBE[0][: _GRAIN // 2], _PROBE[0][_GRAIN // 2 :]
+        probe = _probe()
+        part, split = probe[: _GRAIN // 2], probe[_GRAIN // 2 :]
         limit = 10 * min(_once(lambda: part.add_(0.0)) for _ in range(3)) + 50e-6
         return all(_once(lambda: split.add_(0.0)) > limit for _ in range(3))  # stops at the first quick one
 
