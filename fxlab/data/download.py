@@ -24,7 +24,7 @@ import numpy as np
 
 from .._util import write_atomic
 from ..errors import DataError
-from .mnist import MD5S, check, forget, raw_dir, resolve_root
+from .mnist import MD5S, check, forget, resolve_root, writable_raw_dir
 
 log = logging.getLogger(__name__)
 
@@ -162,13 +162,12 @@ def fetch(
     read through ``RestrictedUnpickler`` (``sources`` replaces that list). Files are accepted only if every MD5 matches, and written atomically.
     """
     root_path = resolve_root(root)
-    raw = raw_dir(root_path)
     if not force:
         try:
             return check(root_path)
         except DataError:
             pass
-    raw.mkdir(parents=True, exist_ok=True)
+    raw = writable_raw_dir(root_path)  # before any download: a root that cannot hold the files fails now
     errors = []
     for source, getter in SOURCES if sources is None else sources:
         log.warning("fetching MNIST into %s via %s", raw, source)

@@ -67,6 +67,36 @@ def raw_dir(root: str | os.PathLike[str] | None = None) -> Path:
     return resolve_root(root) / "MNIST" / "raw"
 
 
+_WRITABLE_FIX = "point --root / --data or FXLAB_DATA at a folder you can write to"
+
+
+def writable_raw_dir(root: str | os.PathLike[str] | None = None) -> Path:
+    """``<root>/MNIST/raw``, created if missing; ``DataError`` when it cannot be created or written to.
+
+    Fetching writes there, through a temporary folder beside it (in ``<root>/MNIST``).
+    """
+    raw = raw_dir(root)
+    try:
+        raw.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create MNIST folder {raw}: {_os_reason(exc, raw)}; {_WRITABLE_FIX}") from exc
+    for folder in (raw, raw.parent):
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise DataError(f"cannot write to MNIST folder {folder}: permission denied; {_WRITABLE_FIX}")
+    return raw
+
+
+def _os_reason(exc: OSError, path: Path) -> str:
+    """Why creating ``path`` failed: the OS's words, and the part of the path that stood in the way."""
+    reason = exc.strerror or str(exc)
+    blocking = next((p for p in [*reversed(path.parents), path] if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        return f"{reason} ({blocking} is a file)"
+    if exc.filename and Path(exc.filename) != path:
+        return f"{reason} (at {exc.filename})"
+    return reason
+
+
 # --------------------------------------------------------------------------------------------
 # check
 

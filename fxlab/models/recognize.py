@@ -9,6 +9,7 @@ with the spec of a generic :class:`~fxlab.models.mlp.MLP`. fxlab's own models sa
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -17,8 +18,8 @@ from torch import nn
 
 from ..errors import FxlabError, LoadError, closest, did_you_mean
 from .mlp import MLP
-from .seeds import MODELS, build
-from .spec import USER, build_user, is_user_spec
+from .seeds import MODELS
+from .spec import USER, build_user, construct, is_user_spec
 
 __all__ = ["arch_of", "arch_text", "build_arch", "load_strict", "match_seed", "mlp_spec", "model_from_state_dict"]
 
@@ -33,7 +34,7 @@ def build_arch(arch: str, kwargs: Mapping[str, Any] | None = None) -> nn.Module:
     or ``"user:package.module:Class"`` (a user class, :func:`fxlab.models.spec.build_user`)."""
     kwargs = dict(kwargs or {})
     if arch == "mlp":
-        return MLP(**kwargs)
+        return construct(MLP, kwargs, "a generic MLP")
     if is_user_spec(arch):
         return build_user(arch, kwargs)
     if arch not in MODELS:
@@ -41,10 +42,7 @@ def build_arch(arch: str, kwargs: Mapping[str, Any] | None = None) -> nn.Module:
         known = [*near, *(n for n in [*MODELS, "mlp"] if n not in near)]
         raise LoadError(f"unknown model {arch!r}{did_you_mean(arch, [*MODELS, 'mlp'])}; known models: {', '.join(known)} "
                         "(or a class of your own: package.module:Class, path/to/file.py:Class)")
-    try:
-        return build(arch, **kwargs)
-    except TypeError as exc:
-        raise LoadError(f"cannot build {arch!r} with {kwargs}: {exc}") from exc
+    return construct(MODELS[arch], kwargs, repr(arch))
 
 
 def arch_text(arch: str, kwargs: Mapping[str, Any]) -> str:
@@ -233,12 +231,36 @@ def _mismatch(own: dict[str, tuple[int, ...]], theirs: dict[str, tuple[int, ...]
     return "; ".join(parts)
 
 
+def _without_data(state: Mapping[str, torch.Tensor]) -> str:
+    """Why a tensor of ``state`` cannot be copied into a model (meta or sparse), or ''."""
+    for key, value in state.items():
+        if value.is_meta:
+            return f"{key} is a meta tensor: meta tensors hold no data; save the weights of a model on a real device"
+        if value.layout != torch.strided:
+            layout = str(value.layout).removeprefix("torch.")
+            return f"{key} is a {layout} tensor; save dense weights (tensor.to_dense())"
+    return ""
+
+
+_COPY_FAILED = re.compile(r'While copying the parameter named "(?P<key>[^"]+)".*an exception occurred : '
+                          r"\(['\"](?P<why>.*)['\"],\)")
+
+
+def _torch_detail(exc: BaseException) -> str:
+    """The first detail of torch's ``load_state_dict`` error, whose first line is only a heading."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__
+    copy_failed = _COPY_FAILED.search(detail)
+    return f"{copy_failed['key']}: {copy_failed['why']}" if copy_failed else detail
+
+
 def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
     """``model.load_state_dict(state, strict=True)``; ``LoadError`` naming the keys that do not fit."""
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        reason = _mismatch(_signature(model.state_dict()), _signature(state)) or str(exc).splitlines()[0]
+        reason = (_mismatch(_signature(model.state_dict()), _signature(state)) or _without_data(state)
+                  or _torch_detail(exc))
         raise LoadError(f"the weights do not fit {what}: {reason}") from exc
 
 

@@ -34,10 +34,11 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import LoadError, UsageError, did_you_mean
+from .._util import first_line
+from ..errors import FxlabError, LoadError, UsageError, did_you_mean
 
-__all__ = ["USER", "build_spec", "build_user", "canonical", "import_class", "imported", "is_user_spec", "parse_model_args",
-           "resolve"]
+__all__ = ["USER", "build_spec", "build_user", "canonical", "construct", "import_class", "imported", "is_user_spec",
+           "parse_model_args", "resolve"]
 
 #: The prefix of a user class's architecture name: ``user:package.module:Class``.
 USER = "user:"
@@ -144,11 +145,25 @@ def import_class(text: str) -> type:
     return obj
 
 
-def _call(factory: Callable[..., Any], kwargs: Mapping[str, Any], what: str) -> nn.Module:
+def _args_text(kwargs: Mapping[str, Any], width: int = 80) -> str:
+    text = json.dumps(dict(kwargs), default=repr)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def construct(factory: Callable[..., Any], kwargs: Mapping[str, Any], what: str) -> Any:
+    """``factory(**kwargs)``; whatever the constructor raises becomes one ``LoadError`` line naming ``what``."""
     try:
-        model = factory(**kwargs)
-    except TypeError as exc:
-        raise LoadError(f"cannot build {what} with arguments {json.dumps(dict(kwargs))}: {exc}") from exc
+        return factory(**kwargs)
+    except FxlabError:
+        raise
+    except Exception as exc:
+        # a TypeError is about the arguments, and says so; any other type is part of the reason
+        reason = first_line(exc) if isinstance(exc, TypeError) else f"{type(exc).__name__}: {first_line(exc)}"
+        raise LoadError(f"cannot build {what} with arguments {_args_text(kwargs)}: {reason}") from exc
+
+
+def _call(factory: Callable[..., Any], kwargs: Mapping[str, Any], what: str) -> nn.Module:
+    model = construct(factory, kwargs, what)
     if not isinstance(model, nn.Module):
         raise LoadError(f"{what} returned a {type(model).__name__}, not an nn.Module")
     return model

@@ -18,7 +18,8 @@ unless you pass ``trust=True``):
   tensors and torch's rebuild helpers are admitted (:mod:`~fxlab.serialization.trust`).
 
 Anything else — a missing, empty, truncated or corrupt file, a file that is not a torch file,
-a state dict that is no MLP, a pickle that calls anything but tensor constructors — raises
+an fxlab model file with a malformed field or a newer format, a state dict that is no MLP, a
+pickle that calls anything but tensor constructors — raises
 :class:`~fxlab.errors.LoadError` with a one-line reason.
 """
 
@@ -39,7 +40,7 @@ from ..models import MLP, MODELS
 from ..models.mlp import activation
 from ..models.recognize import arch_of, arch_text, build_arch, load_strict, match_seed, model_from_state_dict
 from ..models.spec import ModelSpec, build_spec, imported, is_user_spec, resolve
-from .save import FORMAT, rebuild
+from .save import FORMAT, READABLE_FORMATS, rebuild
 from .sniff import sniff, torch_load_safe
 from .trust import torch_load_trusted
 
@@ -230,7 +231,7 @@ def _from_object(p: Path, obj: Any, *, model: str | nn.Module | None, act: str |
                  trust: bool = False) -> Loaded:
     if not isinstance(obj, Mapping):
         raise LoadError(f"{p} holds a {type(obj).__name__}, not a model, state dict or checkpoint")
-    if obj.get("format") == FORMAT:
+    if _is_fxlab_model(obj):
         return _from_fxlab_file(p, obj, model=model, trust=trust)
     if _is_state_dict(obj):
         built, arch, kwargs = model_from_state_dict(obj, model=model, act=act)
@@ -259,23 +260,113 @@ def _from_object(p: Path, obj: Any, *, model: str | nn.Module | None, act: str |
     return Loaded(built, kind, arch, kwargs, metadata=metadata)
 
 
+@dataclass
+class _ModelRecord:
+    """The fields of an fxlab model file (:func:`fxlab.save`), each checked for its type."""
+
+    arch: str
+    kwargs: dict[str, Any]
+    pipeline: str
+    training: bool
+    state_dict: Mapping[str, torch.Tensor]
+    dtype: torch.dtype | None
+
+
+_MODEL_TAG = FORMAT.rpartition("/")[0] + "/"  # "fxlab.model/"
+
+
+def _is_fxlab_model(obj: Mapping[str, Any]) -> bool:
+    """Whether ``obj`` is fxlab.save's dict: its format tag says so, or, the tag damaged, its fields do."""
+    fmt = obj.get("format")
+    if isinstance(fmt, str):
+        return fmt.startswith(_MODEL_TAG)
+    return "format" in obj and {"arch", "pipeline"} <= obj.keys()
+
+
+def _invalid(field_name: str, problem: str) -> LoadError:
+    return LoadError(f"not a valid fxlab model file: {field_name} {problem}")
+
+
+def _kind(value: Any) -> str:
+    """``a str ('garbage')``: what a field holds, for messages."""
+    text, name = repr(value), type(value).__name__
+    article = "an" if name[0].lower() in "aeiou" else "a"
+    return f"{article} {name} ({text if len(text) <= 40 else text[:39] + '…'})"
+
+
+def _check_format(p: Path, fmt: Any) -> None:
+    """``LoadError`` unless ``fmt`` is a format tag this fxlab reads (a newer one is named as such)."""
+    readable = ", ".join(READABLE_FORMATS)
+    if fmt in READABLE_FORMATS:
+        return
+    if not isinstance(fmt, str):
+        raise _invalid("format", f"is {_kind(fmt)}, not a format tag like {FORMAT!r}")
+    version = fmt.removeprefix(_MODEL_TAG)
+    newest = max(int(f.removeprefix(_MODEL_TAG)) for f in READABLE_FORMATS)
+    if version.isdigit() and int(version) > newest:
+        raise LoadError(f"{p} was written by a newer fxlab format ({fmt}); this fxlab reads {readable}: "
+                        "upgrade fxlab to load it")
+    raise _invalid("format", f"{fmt!r} is unknown; this fxlab reads {readable}")
+
+
+_REQUIRED = object()
+
+
+def _field(obj: Mapping[str, Any], name: str, types: type | tuple[type, ...], what: str,
+           default: Any = _REQUIRED) -> Any:
+    """``obj[name]`` when it is of ``types`` (``default`` when absent, if given); else ``LoadError``."""
+    if name not in obj:
+        if default is _REQUIRED:
+            raise _invalid(name, "is missing")
+        return default
+    value = obj[name]
+    if not isinstance(value, types):
+        raise _invalid(name, f"is {_kind(value)}, not {what}")
+    return value
+
+
+def _model_record(p: Path, obj: Mapping[str, Any]) -> _ModelRecord:
+    """Every field of an fxlab model file checked, in one place; ``LoadError`` naming the first bad one."""
+    _check_format(p, obj.get("format"))
+    arch = _field(obj, "arch", str, "a model name")
+    if not arch:
+        raise _invalid("arch", "is empty, not a model name")
+    kwargs = _field(obj, "kwargs", dict, "a dict of constructor arguments", default={})
+    odd_keys = [k for k in kwargs if not isinstance(k, str)]
+    if odd_keys:
+        raise _invalid("kwargs", f"has key {odd_keys[0]!r}, not an argument name")
+    state = _field(obj, "state_dict", Mapping, "a state dict")
+    odd_entries = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if odd_entries:
+        raise _invalid("state_dict", f"entry {odd_entries[0]!r} is {_kind(state[odd_entries[0]])}, not a named tensor")
+    return _ModelRecord(
+        arch=arch,
+        kwargs=dict(kwargs),
+        pipeline=_field(obj, "pipeline", str, "pipeline text", default=""),
+        training=_field(obj, "training", bool, "True or False", default=False),
+        state_dict=state,
+        dtype=_dtype_field(obj.get("dtype")),
+    )
+
+
+def _dtype_field(name: Any) -> torch.dtype | None:
+    if name is None:
+        return None
+    dtype = getattr(torch, name, None) if isinstance(name, str) else None
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise _invalid("dtype", f"is {_kind(name)}, not the name of a float dtype")
+    return dtype
+
+
 def _from_fxlab_file(p: Path, obj: Mapping[str, Any], *, model: str | nn.Module | None,
                      trust: bool = False) -> Loaded:
-    try:
-        arch, state = obj["arch"], obj["state_dict"]
-        kwargs, pipeline = dict(obj.get("kwargs") or {}), obj.get("pipeline", "")
-    except KeyError as exc:
-        raise LoadError(f"{p} is an fxlab model file without {exc.args[0]!r}: corrupt") from exc
+    record = _model_record(p, obj)
+    arch, kwargs, pipeline = record.arch, record.kwargs, record.pipeline
     if isinstance(model, str) and model != arch:
         raise LoadError(f"{p} is an fxlab model of {arch!r}; --model {model} does not apply to it")
-    if isinstance(arch, str):
-        _check_user_arch(p, arch, trust)
-    dtype_name = obj.get("dtype")
-    dtype = getattr(torch, dtype_name, None) if isinstance(dtype_name, str) else None
-    if dtype_name is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise LoadError(f"{p} is an fxlab model file with dtype {dtype_name!r}, which is no float dtype: corrupt")
-    gm = rebuild(arch, kwargs, pipeline, training=bool(obj.get("training", False)), dtype=dtype)
-    load_strict(gm, state, f"{arch_text(arch, kwargs)} after pipeline {pipeline!r}" if pipeline else arch)
+    _check_user_arch(p, arch, trust)
+    gm = rebuild(arch, kwargs, pipeline, training=record.training, dtype=record.dtype)
+    load_strict(gm, record.state_dict, f"{arch_text(arch, kwargs)} after pipeline {pipeline!r}" if pipeline else arch)
     metadata = {k: v for k, v in obj.items()
                 if k not in ("state_dict", "format", "arch", "kwargs", "pipeline", "dtype")}
     return Loaded(gm, "fxlab model", arch, kwargs, pipeline=pipeline, metadata=metadata)

@@ -26,6 +26,8 @@ from ..models.recognize import arch_of, arch_text, build_arch
 
 #: The format tag of fxlab's transformed-model files (:func:`save`).
 FORMAT = "fxlab.model/1"
+#: The format tags this version of fxlab reads.
+READABLE_FORMATS = (FORMAT,)
 
 _PathLike = str | os.PathLike[str]
 
