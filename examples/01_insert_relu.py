@@ -47,7 +47,7 @@ print("\ncheck: gm(x) == relu(model(x)) on a random batch")
 # 2. test.py: train MyModule on MNIST and save its state dict -------------------------------------
 mnist = load()  # FXLAB_DATA, else fxlab's cache folder (fetched once)
 torch.manual_seed(0)
-fit(model, mnist, epochs=1, max_steps=150 if QUICK else None, progress=False)
+fit(model, mnist, epochs=1, max_steps=150 if QUICK else None, progress=False, seed=0)
 print(f"\ntrained MyModule: test accuracy {evaluate(model, mnist).accuracy:.2f}%")
 torch.save(model.state_dict(), OUT / "model_state_dict.pth")
 
