@@ -20,9 +20,14 @@ EXAMPLES = REPO / "examples"
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def run_example(name: str, mnist_root: Path, out: Path, *args: str) -> str:
+def run_example(name: str, mnist_root: Path, out: Path, *args: str, measured_kernels: bool = False) -> str:
+    """Run ``examples/name`` and return its stdout. With ``measured_kernels`` it runs as a user runs it:
+    the quantized and fused modules measure their implementations (a fresh, empty decision cache)
+    instead of the reference ops the tests pin with FXLAB_KERNELS=torch."""
     env = {**os.environ, "FXLAB_QUICK": "1", "FXLAB_DATA": str(mnist_root), "FXLAB_OUT": str(out),
            "MPLBACKEND": "Agg"}
+    if measured_kernels:
+        env.update(FXLAB_KERNELS="auto", XDG_CACHE_HOME=str(out / "cache"))
     proc = subprocess.run([sys.executable, str(EXAMPLES / name), *args], cwd=out, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -87,7 +92,8 @@ def test_04_onnx_export(mnist_root: Path, tmp_path: Path) -> None:
     import onnx
     import onnxruntime as ort
 
-    out = run_example("04_onnx_export.py", mnist_root, tmp_path, "--hidden", "64,32")
+    # measured kernels: the model is evaluated under inference_mode, then exported under no_grad
+    out = run_example("04_onnx_export.py", mnist_root, tmp_path, "--hidden", "64,32", measured_kernels=True)
     assert "MyMNIST(hidden_layers=[64, 32])" in out
     for name in ("mnist.onnx", "mnist-transformed.onnx"):
         path = tmp_path / name
