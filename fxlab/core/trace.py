@@ -6,6 +6,7 @@ import linecache
 import os
 import traceback
 from collections.abc import Iterable
+from types import FrameType
 from typing import Any
 
 import torch.fx as fx
@@ -74,7 +75,7 @@ def _explain_trace_failure(model: nn.Module, exc: BaseException) -> str:
         filename = frame.f_code.co_filename
         if _TORCH_FX_DIR in filename or filename.startswith("<"):
             continue
-        owner = frame.f_locals.get("self")
+        owner = _receiver(frame)
         if isinstance(owner, nn.Module) and frame.f_code.co_name == "forward":
             culprit = type(owner).__name__
             source = linecache.getline(filename, lineno).strip()
@@ -89,3 +90,11 @@ def _explain_trace_failure(model: nn.Module, exc: BaseException) -> str:
         "with concrete_args"
     )
     return f"cannot trace {culprit}.forward{where}: {reason}; {hint}"
+
+
+def _receiver(frame: FrameType) -> Any:
+    """The object a method's frame runs on: its first argument, whatever its name (``self``, ``s``, ...)."""
+    code = frame.f_code
+    if code.co_argcount == 0:
+        return None
+    return frame.f_locals.get(code.co_varnames[0])

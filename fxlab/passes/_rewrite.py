@@ -183,6 +183,18 @@ def require_values(label: str, modules: list[tuple[str, nn.Module]]) -> None:
                 )
 
 
+def require_float32(label: str, modules: list[tuple[str, nn.Module]]) -> None:
+    """Refuse (``PassError``, one line) a layer whose weight is not float32: the quantized modules
+    are made from float32 weights and take float32 input."""
+    for path, module in modules:
+        dtype = module.weight.dtype
+        if dtype != torch.float32:
+            raise PassError(
+                f"{label}: {path} holds {str(dtype).replace('torch.', '')} weights; "
+                f"{label} quantizes float32 models: convert with model.float() first"
+            )
+
+
 def nonfinite_counts(t: torch.Tensor) -> str | None:
     """``"3 NaN values"``, ``"1 inf value"``, ``"2 NaN and 1 inf values"``, or ``None`` when all are finite."""
     if not t.is_floating_point() or t.is_meta:

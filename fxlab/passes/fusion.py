@@ -23,6 +23,7 @@ from ..core.provenance import absorb
 from ..errors import PassError
 from ..nn.fused import ConvReLU, LinearReLU
 from ..pipeline import Pass, register_pass, sites
+from ._rank import Rank, add_rank_guard, ranks
 from ._rewrite import ModuleUses, module_of, new_linear, plain_linear, require_values, single_input, wide
 
 __all__ = [
@@ -242,21 +243,18 @@ def _foldable_bn(module: nn.Module | None) -> nn.modules.batchnorm._BatchNorm | 
     return None
 
 
-def _ndim(node: fx.Node) -> int | None:
-    """The rank of a node's value if shape propagation recorded it, else None."""
-    meta = node.meta.get("tensor_meta")
-    shape = getattr(meta, "shape", None)
-    if shape is None:
-        shape = getattr(node.meta.get("val"), "shape", None)
-    return len(shape) if shape is not None else None
-
-
-def _fold_mismatch(bn: nn.modules.batchnorm._BatchNorm, layer: nn.Module, src: fx.Node) -> str | None:
-    """Why ``bn`` cannot fold into ``layer`` (a plain Linear or convolution), or None if it can."""
+def _fold_mismatch(bn: nn.modules.batchnorm._BatchNorm, layer: nn.Module, src: fx.Node,
+                   rank: Rank | None) -> str | None:
+    """Why ``bn`` cannot fold into ``layer`` (a plain Linear or convolution; ``rank``: that of the
+    Linear's output), or None if it can."""
     kind = type(layer).__name__
     if isinstance(layer, nn.Linear):
-        if not isinstance(bn, nn.BatchNorm1d) or _ndim(src) not in (None, 2):
+        if not isinstance(bn, nn.BatchNorm1d):
             return f"{type(bn).__name__} does not normalise the features of {kind} {src.name}"
+        if rank is not None and (rank.known > 2 or rank.exactly() not in (None, 2)):
+            dims = f"{rank.known}-D" if rank.exactly() is not None else f"at least {rank.known}-D"
+            return (f"{src.name}'s output is {dims}, where BatchNorm1d normalises dim 1, not the features "
+                    f"of {kind} {src.name}")
         features = layer.out_features
     else:
         expected = next(bn_cls for conv_cls, bn_cls in _BN_FOR_CONV.items() if isinstance(layer, conv_cls))
@@ -268,14 +266,35 @@ def _fold_mismatch(bn: nn.modules.batchnorm._BatchNorm, layer: nn.Module, src: f
     return None
 
 
+#: value of unknown rank → the (BatchNorm, Linear) nodes folded on the condition that it is 2-D
+_Guards = dict[fx.Node, list[tuple[fx.Node, fx.Node]]]
+
+
+def _guard_message(root: fx.Node, folded: list[str]) -> str:
+    before = "it" if len(folded) == 1 else "each"
+    return (f"{root.name} must be 2-D (N, C): fold-batchnorm folded {', '.join(folded)} into the Linear "
+            f"before {before}, which equals BatchNorm1d on 2-D input only; run the model without "
+            "fold-batchnorm for other input")
+
+
+def _add_rank_guards(gm: fx.GraphModule, guards: _Guards) -> None:
+    """For each root, one guard that it is 2-D, before the first Linear folded on that assumption."""
+    for root, folds in guards.items():
+        add_rank_guard(gm.graph, root, folds[0][1], _guard_message(root, [bn.name for bn, _ in folds]))
+
+
 @register_pass
 @dataclass
 class FoldBatchNorm(Pass):
     """Fold an eval-mode BatchNorm into the Linear or convolution before it (weight and bias).
 
-    BatchNorm1d after a Linear (an ``(N, C)`` output with ``C = out_features``; when shape
-    propagation recorded another rank, it is left alone), and BatchNorm1d/2d/3d after a
-    Conv1d/2d/3d with as many channels (torch's ``fuse_conv_bn_weights`` arithmetic, in float64).
+    BatchNorm1d after a Linear, and BatchNorm1d/2d/3d after a Conv1d/2d/3d with as many channels
+    (torch's ``fuse_conv_bn_weights`` arithmetic, in float64). BatchNorm1d normalises dim 1, which
+    is a Linear's features only on 2-D ``(N, C)`` output: where the graph shows the Linear's output
+    has another rank (shape metadata, or an op such as ``flatten`` upstream; :mod:`._rank`), the
+    site is left alone; where the rank depends on an input of unknown rank, the pass folds and
+    guards that input with ``torch._assert(x.dim() == 2, ...)``, so that other input raises
+    instead of giving other numbers.
     Only where the BatchNorm is the layer's one user; the sites left alone are recorded with the
     reason. A BatchNorm in training mode normalises with batch statistics, so it cannot be folded:
     the pass refuses with ``PassError`` (call ``model.eval()`` first). A BatchNorm with
@@ -297,10 +316,28 @@ class FoldBatchNorm(Pass):
     kind = "exact"
 
     def call(self, gm: fx.GraphModule) -> PassResult:
-        # Plan first, so that a refusal leaves the graph untouched. A BatchNorm right after a
-        # folded one follows the same layer once the first is folded: ``into`` records that.
+        # Plan first, so that a refusal leaves the graph untouched.
         sites.looked(gm)
-        into: dict[fx.Node, fx.Node] = {}  # folded BatchNorm node -> the layer node it folds into
+        into, guards = self._plan(gm)
+        require_values(self.name, [(str(n.target), module_of(gm, n)) for bn, lin in into.items() for n in (lin, bn)])
+        _add_rank_guards(gm, guards)
+        uses = ModuleUses(gm)
+        for node, target in into.items():
+            layer, bn = gm.get_submodule(str(target.target)), gm.get_submodule(str(node.target))
+            folded = fold_linear_bn(layer, bn) if isinstance(layer, nn.Linear) else fold_conv_bn(layer, bn)
+            uses.swap_module(target, folded, "folded")
+            absorb(target, target, node)
+            uses.bypass(node, target)
+        return PassResult(gm, bool(into))
+
+    def _plan(self, gm: fx.GraphModule) -> tuple[dict[fx.Node, fx.Node], _Guards]:
+        """The BatchNorms to fold (BatchNorm node → the layer node it folds into), and the values of
+        unknown rank that Linear folds need 2-D (root → its (BatchNorm, Linear) nodes); the sites
+        left alone are recorded. A BatchNorm right after a folded one follows the same layer once
+        the first is folded: ``into`` records that."""
+        into: dict[fx.Node, fx.Node] = {}
+        guards: _Guards = {}
+        rank_of: dict[fx.Node, Rank] | None = None
         for node in gm.graph.nodes:
             bn = _foldable_bn(module_of(gm, node))
             src = single_input(node) if bn is not None else None
@@ -314,7 +351,11 @@ class FoldBatchNorm(Pass):
             if len(src.users) != 1:
                 sites.skipped(gm, node.name, f"follows a {kind} with {len(src.users)} users; not folded")
                 continue
-            reason = _fold_mismatch(bn, layer, target)
+            rank = None
+            if isinstance(layer, nn.Linear):
+                rank_of = ranks(gm) if rank_of is None else rank_of
+                rank = rank_of[target]
+            reason = _fold_mismatch(bn, layer, target, rank)
             if reason is not None:
                 sites.skipped(gm, node.name, f"{reason}; not folded")
                 continue
@@ -327,16 +368,10 @@ class FoldBatchNorm(Pass):
             if not sites.allow(gm, node.name):
                 continue
             into[node] = target
+            for root in rank.roots if rank is not None else ():
+                guards.setdefault(root, []).append((node, target))
             sites.rewrote(gm, node.name)
-        require_values(self.name, [(str(n.target), module_of(gm, n)) for bn, lin in into.items() for n in (lin, bn)])
-        uses = ModuleUses(gm)
-        for node, target in into.items():
-            layer, bn = gm.get_submodule(str(target.target)), gm.get_submodule(str(node.target))
-            folded = fold_linear_bn(layer, bn) if isinstance(layer, nn.Linear) else fold_conv_bn(layer, bn)
-            uses.swap_module(target, folded, "folded")
-            absorb(target, target, node)
-            uses.bypass(node, target)
-        return PassResult(gm, bool(into))
+        return into, guards
 
 
 # --------------------------------------------------------------------------------------------

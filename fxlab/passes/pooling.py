@@ -40,6 +40,35 @@ def _functional_pool(node: fx.Node) -> tuple[fx.Node, nn.MaxPool2d] | str | None
     return x, nn.MaxPool2d(**settings)
 
 
+_POOL_SETTINGS = ("kernel_size", "stride", "padding", "dilation")
+
+
+def _as_pair(value: object) -> int | tuple[int, int] | list[int] | None:
+    """A max-pool setting as torch reads it: an int or two ints as given, one int in a sequence
+    stands for both sides; None when it is none of these."""
+    if isinstance(value, (tuple, list)) and len(value) == 1:
+        value = (value[0], value[0])
+    parts = value if isinstance(value, (tuple, list)) else (value,)
+    if len(parts) in (1, 2) and all(isinstance(p, int) and not isinstance(p, bool) for p in parts):
+        return value  # type: ignore[return-value]
+    return None
+
+
+def _as_torch_reads(pool: nn.MaxPool2d) -> nn.MaxPool2d | str:
+    """``pool``, or a new pool with its settings as torch reads them (an empty stride is the
+    kernel size, ``[2]`` is ``(2, 2)``); or why a setting cannot be read."""
+    given = {name: getattr(pool, name) for name in _POOL_SETTINGS}
+    stride = given["stride"]
+    read = dict(given, stride=given["kernel_size"] if stride is None or stride in ([], ()) else stride)
+    for name, value in read.items():
+        read[name] = _as_pair(value)
+        if read[name] is None:
+            return f"{name}={given[name]!r} is not one or two ints; left alone"
+    if read == given:
+        return pool
+    return nn.MaxPool2d(**read, return_indices=pool.return_indices, ceil_mode=pool.ceil_mode)
+
+
 def _has_node(value: object) -> bool:
     found: list[bool] = []
     fx.node.map_arg(value, lambda n: found.append(True) or n)  # type: ignore[arg-type]
@@ -94,6 +123,10 @@ class SwapMaxPool(Pass):
                     sites.skipped(gm, node.name, found)
                     continue
                 x, pool = found
+            pool = _as_torch_reads(pool)
+            if isinstance(pool, str):
+                sites.skipped(gm, node.name, pool)
+                continue
             why = views_fit(pool)
             if why is not None:
                 sites.skipped(gm, node.name, f"{why}: torch's max-pool is the only kernel; left alone")

@@ -134,6 +134,8 @@ def registered_passes() -> dict[str, type[Pass]]:
 
 def get_pass(name: str) -> type[Pass]:
     """The pass class registered under ``name``."""
+    if not isinstance(name, str):
+        raise PipelineError(f"a pass name is a string such as 'fuse-linear-relu', got {type(name).__name__}")
     try:
         return _REGISTRY[name]
     except KeyError:

@@ -6,6 +6,7 @@ import contextlib
 import copy
 import gc
 import logging
+import numbers
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -111,8 +112,8 @@ def apply(
     ``GraphModule`` input is transformed itself). After every pass the graph is linted and
     recompiled; a pass that raises or leaves an invalid graph raises ``PassError`` naming the
     pass, and nothing is half-applied. ``fxlab.records(result).table()`` shows what each pass did.
-    ``limit`` lets each pass rewrite at most that many sites (passes that report their sites, see
-    :mod:`fxlab.pipeline.sites`); bisection uses it.
+    ``limit`` (None, or a whole number ≥ 0; 0 rewrites nothing) lets each pass rewrite at most that
+    many sites (passes that report their sites, see :mod:`fxlab.pipeline.sites`); bisection uses it.
 
     >>> import fxlab, torch
     >>> from fxlab.passes import InsertRelu
@@ -124,8 +125,16 @@ def apply(
     pipeline = as_passes(passes)
     if not isinstance(model, nn.Module):
         raise PassError(f"apply expects an nn.Module or GraphModule, got {type(model).__name__}")
+    _check_limit(limit)
     with _gc_paused():
         return _apply(model, pipeline, inplace, limit)
+
+
+def _check_limit(limit: object) -> None:
+    """``limit`` is None (no limit) or a whole number ≥ 0 (0: each pass rewrites nothing)."""
+    if limit is None or (isinstance(limit, numbers.Integral) and not isinstance(limit, bool) and limit >= 0):
+        return
+    raise PassError(f"limit={limit!r}: give a whole number of sites ≥ 0 that each pass may rewrite, or None")
 
 
 @contextlib.contextmanager

@@ -301,6 +301,10 @@ def as_passes(passes: str | Pass | Iterable[Pass]) -> list[Pass]:
         return parse_pipeline(passes)
     if isinstance(passes, Pass):
         return [passes]
+    if not isinstance(passes, Iterable):
+        raise PipelineError(
+            f"passes must be pipeline text, a pass or a list of passes, got {type(passes).__name__}"
+        )
     out = list(passes)
     for i, p in enumerate(out):
         if not isinstance(p, Pass):

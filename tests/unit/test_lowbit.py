@@ -388,10 +388,10 @@ def test_bench_lowbit_suite_times_every_path_and_compares_them() -> None:
 # -- quantization-aware training: the fake-quantized forward is the target module's ----------------
 
 from fxlab.passes import QuantizeLinear  # noqa: E402
-from fxlab.passes.quantize import MODES, FakeQuantLinear  # noqa: E402
+from fxlab.passes.quantize import GROUPED_MODES, MODES, FakeQuantLinear  # noqa: E402
 
-QAT_CASES = [("int4", 32), ("int4", None), ("int8-int4", 64), ("int2", 32), ("fp8", 32), ("dynamic", 32),
-             ("weight-only", 32)]
+QAT_CASES = [("int4", 32), ("int4", None), ("int8-int4", 64), ("int2", 32), ("fp8", None), ("dynamic", None),
+             ("weight-only", None)]
 
 
 @pytest.mark.parametrize("mode, group", QAT_CASES)
@@ -401,7 +401,7 @@ def test_fake_quantized_forward_is_the_converted_modules(mode: str, group: int |
     linear = torch.nn.Linear(784, 128)
     if relu:
         linear = LinearReLU.from_linear(linear)
-    p = QuantizeLinear(mode=mode, group_size=group if mode in ("int4", "int8-int4") else 32)
+    p = QuantizeLinear(mode=mode, **({"group_size": group} if mode in GROUPED_MODES else {}))
     fake = FakeQuantLinear.wrap(linear, p.config)
     converted = fxlab.apply(torch.nn.Sequential(linear), [p]).get_submodule("0")
     x = torch.randn(64, 784)

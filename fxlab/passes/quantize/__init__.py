@@ -28,7 +28,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import torch
 from torch import fx, nn
 
 from ...core import Selector, describe_selector, module_text, select, target_name
@@ -37,7 +36,7 @@ from ...nn.fused import LinearReLU
 from ...nn.lowbit import GROUP_SIZES, Float8WeightLinear, Int2WeightOnlyLinear, Int4WeightOnlyLinear
 from ...nn.quantized import HalfLinear, Int8DynamicLinear, Int8StaticLinear, Int8WeightOnlyLinear
 from ...pipeline import Pass, register_pass
-from .._rewrite import require_finite, require_values
+from .._rewrite import require_finite, require_float32, require_values
 from .configs import (
     MODES,
     Float8WeightConfig,
@@ -90,6 +89,13 @@ QAT_MODES = tuple(m for m, c in MODES.items() if has_fake_quant(c))
 GROUPED_MODES = tuple(m for m, c in MODES.items() if any(f.name == "group_size" for f in dataclasses.fields(c)))
 
 
+class _DefaultGroupSize(int):
+    """``group_size``'s default, 32: equal to 32, and told apart from a ``group_size=32`` someone gave."""
+
+
+_DEFAULT_GROUP_SIZE = _DefaultGroupSize(32)
+
+
 def _selectors_set(options: dict[str, Any]) -> dict[str, Any]:
     """Options without ``targets`` / ``exclude`` left at None (the default: every Linear; exclude nothing)."""
     return {k: v for k, v in options.items() if not (k in ("targets", "exclude") and v is None)}
@@ -103,7 +109,7 @@ class QuantizeLinear(Pass):
     ``mode`` is one of ``dynamic``, ``weight-only``, ``bf16``, ``fp16``, ``static``, ``int4``,
     ``int8-int4``, ``fp8``, ``int2`` (see ``MODES``); ``group_size`` (32, 64, 128 or None: per
     output channel; default 32) is the scale group of the grouped modes (``GROUPED_MODES``: int4,
-    int8-int4, int2);
+    int8-int4, int2), and an error with any other mode, whatever its value;
     ``targets`` selects the Linears (default: all), ``exclude`` keeps some in float;
     ``calibration`` (static mode) is an iterable of input batches, or of ``(inputs, labels)``:
     static mode is then ``quantize-prepare``, those batches, ``quantize-convert`` in one call.
@@ -146,7 +152,7 @@ class QuantizeLinear(Pass):
     calibration: Any = field(default=None, repr=False, compare=False)
     max_drop: float | None = None
     eval_images: int | None = None
-    group_size: int | None = 32
+    group_size: int | None = _DEFAULT_GROUP_SIZE
     qat_epochs: float = 0
     data: Any = field(default=None, repr=False, compare=False)
 
@@ -159,7 +165,7 @@ class QuantizeLinear(Pass):
         check_max_drop(self.name, self.max_drop, self.eval_images)
         if self.group_size not in GROUP_SIZES or isinstance(self.group_size, bool):
             raise PassError(f"quantize-linear: group_size={self.group_size!r}: give 32, 64, 128 or none (per channel)")
-        if self.group_size != 32 and self.mode not in GROUPED_MODES:
+        if self.mode not in GROUPED_MODES and not isinstance(self.group_size, _DefaultGroupSize):
             raise PassError(f"quantize-linear: group_size applies to the grouped modes ({', '.join(GROUPED_MODES)}), "
                             f"not to mode={self.mode}: leave it out")
         epochs = self.qat_epochs
@@ -179,7 +185,7 @@ class QuantizeLinear(Pass):
         """The config of this pass's mode (with this pass's ``group_size`` for the grouped modes)."""
         config = MODES[self.mode]
         if self.mode in GROUPED_MODES:
-            config = dataclasses.replace(config, group_size=self.group_size)
+            config = dataclasses.replace(config, group_size=None if self.group_size is None else int(self.group_size))
         return config
 
     def options(self) -> dict[str, Any]:
@@ -359,13 +365,7 @@ def select_linears(
         nodes = [n for n in nodes if n not in dropped]
         if not nodes:
             raise PassError(f"{label}: exclude={describe_selector(exclude)} leaves no Linear to quantize")
-    for n in nodes:
-        weight = _module(gm, n).weight
-        if weight.dtype != torch.float32:
-            raise PassError(
-                f"{label}: {n.target} holds {str(weight.dtype).replace('torch.', '')} weights; "
-                f"{label} quantizes float32 models: convert with model.float() first"
-            )
+    require_float32(label, [(str(n.target), _module(gm, n)) for n in nodes])
     check_quantizable(gm, nodes, label)
     return nodes, excluded
 

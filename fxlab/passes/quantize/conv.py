@@ -32,7 +32,7 @@ from ...nn.quantized_conv import (
     conv_geometry,
 )
 from ...pipeline import Pass, register_pass, sites
-from .._rewrite import require_finite, require_values
+from .._rewrite import require_finite, require_float32, require_values
 from .configs import MODES, HalfConfig, Int8DynamicConfig, Int8WeightOnlyConfig, QuantConfig
 from .report import report_left_alone
 from .sensitivity import check_max_drop, within_max_drop
@@ -144,6 +144,7 @@ class QuantizeConv(Pass):
 
     def call(self, gm: fx.GraphModule) -> fx.GraphModule:
         nodes, excluded = self._select(gm)
+        require_float32(self.name, [(str(n.target), gm.get_submodule(str(n.target))) for n in nodes])
         refused = {}
         for node in nodes:
             reason = conv_geometry(gm.get_submodule(str(node.target)))

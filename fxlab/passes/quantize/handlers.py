@@ -105,7 +105,7 @@ def _static(gm: fx.GraphModule, nodes: list[fx.Node], config: Int8StaticConfig, 
             "calibration=batches) a few batches of real inputs (or (inputs, labels) pairs), or run "
             "quantize-prepare, then calibration batches through the prepared model, then quantize-convert"
         )
-    gm = insert_observers(gm, nodes)
+    gm = insert_observers(gm, nodes, "quantize-linear")
     calibrate(gm, calibration, "quantize-linear")
     for node, before, after in observed_sites(gm):
         if not (gm.get_submodule(str(before.target)).seen and gm.get_submodule(str(after.target)).seen):

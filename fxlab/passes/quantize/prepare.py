@@ -29,7 +29,7 @@ from ...errors import PassError
 from ...nn.quantized import MinMaxObserver
 from ...pipeline import sites
 
-__all__ = ["calibrate", "check_one_call_each", "insert_observers"]
+__all__ = ["calibrate", "check_not_observed", "check_one_call_each", "insert_observers"]
 
 
 def check_one_call_each(nodes: list[fx.Node], label: str) -> None:
@@ -43,9 +43,32 @@ def check_one_call_each(nodes: list[fx.Node], label: str) -> None:
         )
 
 
-def insert_observers(gm: fx.GraphModule, nodes: list[fx.Node]) -> fx.GraphModule:
+def _observed(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether an observer reads ``node``'s input or its output already."""
+    def observer(n: object) -> bool:
+        return (isinstance(n, fx.Node) and n.op == "call_module"
+                and isinstance(gm.get_submodule(str(n.target)), MinMaxObserver))
+
+    reads_observed = bool(node.args) and observer(node.args[0])
+    return reads_observed or any(observer(u) for u in node.users)
+
+
+def check_not_observed(gm: fx.GraphModule, nodes: list[fx.Node], label: str) -> None:
+    """Refuse Linears that observers watch already: a second set would leave the first in the converted model."""
+    observed = [n.name for n in nodes if _observed(gm, n)]
+    if observed:
+        more = f" and {len(observed) - 3} more" if len(observed) > 3 else ""
+        raise PassError(
+            f"{label}: observers watch {', '.join(observed[:3])}{more} already (quantize-prepare ran on this graph); "
+            "run calibration batches through it and then quantize-convert, or exclude them"
+        )
+
+
+def insert_observers(gm: fx.GraphModule, nodes: list[fx.Node], label: str = "quantize-prepare") -> fx.GraphModule:
     """Observe the input and the output of each Linear node (``<node>_input_observer``, ``<node>_output_observer``),
-    asking :func:`fxlab.pipeline.sites.allow` before each."""
+    asking :func:`fxlab.pipeline.sites.allow` before each; ``PassError`` (naming the pass ``label``)
+    if one is observed already."""
+    check_not_observed(gm, nodes, label)
     graph = gm.graph
     for node in nodes:
         if not sites.allow(gm, node.name):
