@@ -128,9 +128,22 @@ def export_onnx(
         if x.dtype == torch.bfloat16:
             raise ExportError(f"cannot export {type(model).__name__} to ONNX: it computes in bfloat16, which "
                               "onnxruntime cannot check; convert it with model.float() or write a .pt2 instead")
+        _refuse_static_int8(model)
         written = write_atomic(path, lambda tmp: _onnx_export(model, x, tmp, opset),
                                check=(lambda tmp: _check_onnx(model, Path(tmp), x)) if check else None)
     return written
+
+
+def _refuse_static_int8(model: nn.Module) -> None:
+    """``ExportError`` before any exporter runs when ``model`` holds static int8 Linears: their
+    ``torch._int_mm`` between int8 tensors has no ONNX operator either exporter can write."""
+    from ..nn.quantized import Int8StaticLinear
+
+    static = [name for name, m in model.named_modules() if isinstance(m, Int8StaticLinear)]
+    if static:
+        raise ExportError(f"cannot export {type(model).__name__} to ONNX: static int8 ({', '.join(static[:3])}) "
+                          "passes int8 tensors between modules, which has no ONNX form here; write a .pt2 "
+                          "(export_program) or export the model before quantize-linear{mode=static}")
 
 
 @contextlib.contextmanager

@@ -103,13 +103,38 @@ def _find_base(model: nn.Module, base: Any) -> tuple[str, dict[str, Any]]:
         raise ExportError(f"base must be a model name, (name, kwargs) or an nn.Module, got {type(base).__name__}")
     found = arch_of(base if base is not None else model)
     if found is None:
-        what = type(base if base is not None else model).__name__
         raise ExportError(
-            f"cannot save {type(model).__name__} in fxlab's format: its base model is unknown ({what} is none of "
-            "fxlab's models, which say their architecture in fxlab_arch); write a .pt2 or .onnx file instead "
-            "(export_program / export_onnx), or from Python pass base=NAME to fxlab.save"
+            f"cannot save {type(model).__name__} in fxlab's format: its base model is unknown "
+            f"({_base_class_text(model, base)} is none of fxlab's models, which say their architecture in "
+            "fxlab_arch); write a .pt2 or .onnx file instead (export_program / export_onnx), or from Python pass "
+            f"base=NAME or base=(NAME, constructor arguments) to fxlab.save{_user_spec_hint(model, base)}"
         )
     return found
+
+
+def _base_class(model: nn.Module, base: nn.Module | None) -> str | None:
+    """``module.Class`` of the model the pipeline started from: ``base``'s class, else what tracing recorded."""
+    if base is not None:
+        return f"{type(base).__module__}.{type(base).__qualname__}"
+    meta = getattr(model, "meta", None)
+    recorded = meta.get("fxlab.base") if isinstance(meta, dict) else None
+    return recorded.get("class") if isinstance(recorded, dict) else None
+
+
+def _base_class_text(model: nn.Module, base: nn.Module | None) -> str:
+    return _base_class(model, base) or type(model).__name__
+
+
+def _user_spec_hint(model: nn.Module, base: nn.Module | None) -> str:
+    """For a user's class, the NAME that rebuilds it: ``("user:module:Class", {...})``."""
+    qualified = _base_class(model, base)
+    if not qualified or "." not in qualified:
+        return ""
+    module, _, cls = qualified.rpartition(".")
+    if module.split(".")[0] in ("torch", "fxlab", "__main__") or "." in cls:
+        return ""
+    return f' (for {cls}: base=("user:{module}:{cls}", {{its constructor arguments}}))'
+
 
 
 def _pipeline_text(model: nn.Module, pipeline: str | None) -> str:

@@ -490,10 +490,25 @@ def test_onnx_export_of_static_int8_is_a_clear_error(tmp_path: Path) -> None:
 
     calibration = [torch.randn(16, 1, 28, 28)]
     gm = fxlab.apply(build("mymodule").eval(), [QuantizeLinear(mode="static", calibration=calibration)])
-    with pytest.raises(fxlab.ExportError, match="ONNX cannot express") as info:
+    with pytest.raises(fxlab.ExportError, match=r"static int8 \(layer1, layer2, layer3\) .* no ONNX form") as info:
         fxlab.export_onnx(gm, tmp_path / "q.onnx")
-    assert "\n" not in str(info.value)
+    assert "\n" not in str(info.value) and "export_program" in str(info.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_saving_a_users_model_without_its_base_names_the_base_that_rebuilds_it(tmp_path: Path) -> None:
+    from user_models import TinyNet
+
+    net = TinyNet(24).eval()
+    gm = fxlab.apply(net, "dce")
+    hint = 'base=("user:user_models:TinyNet", {its constructor arguments})'
+    for base in (None, net):
+        with pytest.raises(fxlab.ExportError, match="its base model is unknown") as info:
+            fxlab.save(gm, tmp_path / "tiny.pth", base=base)
+        assert hint in str(info.value) and "\n" not in str(info.value)
+    fxlab.save(gm, tmp_path / "tiny.pth", base=("user:user_models:TinyNet", {"hidden": 24}))
+    x = torch.randn(3, 1, 28, 28)
+    assert torch.equal(fxlab.load(tmp_path / "tiny.pth")(x), gm(x))
 
 
 def test_torch_export_program_loads_and_matches(tmp_path: Path) -> None:
