@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..data import check, fetch, resolve_root
+from ..errors import UsageError
 from .runner import parser
 
 
@@ -16,6 +17,8 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--root", help="MNIST root (default: $FXLAB_DATA, else the user cache)")
     p.add_argument("--force", action="store_true", help="fetch: replace the files even if intact")
     ns = p.parse_args(argv)
+    if ns.force and ns.command != "fetch":
+        raise UsageError(f"--force applies to fetch only, not to {ns.command}")
     if ns.command == "where":
         print(resolve_root(ns.root))
     elif ns.command == "check":

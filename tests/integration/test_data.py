@@ -92,6 +92,11 @@ def test_check_passes_on_the_real_files(mnist_copy, capsys):
     # `python -m fxlab.data fetch` finds them intact and downloads nothing
     assert run("data", ["fetch", "--root", str(mnist_copy)]) == 0
     assert capsys.readouterr().out == f"ok: {mnist_copy.resolve()} (4 files, MD5s match)\n"
+    # --force means re-download: it is refused where it would be ignored
+    for command in ("check", "where"):
+        assert run("data", [command, "--force", "--root", str(mnist_copy)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--force applies to fetch only" in err
 
 
 def test_corrupt_file_is_named_with_both_md5s_and_the_fix(mnist_copy):
