@@ -173,16 +173,14 @@ def finite_float(text: str) -> float:
     return value
 
 
-#: The seeds torch.manual_seed takes.
-SEED_RANGE = range(-(2**63), 2**64)
-
-
 def seed_int(text: str) -> int:
     """An argparse ``type``: an integer torch accepts as a seed."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    from ..train.recipe import SEED_RANGE
+
     if value not in SEED_RANGE:
         raise argparse.ArgumentTypeError(f"{text} is out of range: a seed is from -2**63 to 2**64 - 1")
     return value

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .._util import resolve_device
 from ..errors import DataError
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def cache_dir() -> Path:
 def default_root() -> Path:
     """``$FXLAB_DATA`` if set, else ``<cache_dir()>/data``."""
     env = os.environ.get("FXLAB_DATA")
-    return Path(env) if env else cache_dir() / "data"
+    return Path(env).expanduser() if env else cache_dir() / "data"
 
 
 def resolve_root(root: str | os.PathLike[str] | None = None) -> Path:
@@ -235,7 +236,7 @@ def load(
     Missing files are fetched when ``download`` (see ``fetch``); corrupt files raise ``DataError``.
     """
     root_path = resolve_root(root)
-    dev = torch.device(device) if device is not None else torch.device("cpu")
+    dev = resolve_device(device) if device is not None else torch.device("cpu")
     key = (str(root_path), str(dev))
     with _LOCK:
         if key in _CACHE:
@@ -260,7 +261,7 @@ def load(
 def as_mnist(data: MNIST | str | os.PathLike[str] | None, device: str | torch.device | None = None) -> MNIST:
     """``data`` as an ``MNIST`` on ``device``: an ``MNIST`` (moved if needed), a root directory, or None (default root)."""
     if isinstance(data, MNIST):
-        if device is None or torch.device(device) == data.device:
+        if device is None or resolve_device(device) == data.device:
             return data
         return data.to(device)
     return load(data, device=device)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import math
 import os
@@ -17,12 +18,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import data as mnist_data
-from .._util import default_device, eval_mode, model_device, saved_modes
+from .._util import eval_mode, model_device, resolve_device, saved_modes
 from ..data import MNIST
-from ..errors import FxlabError
+from ..errors import FxlabError, UsageError
 from .chain import LinearChain
 from .optim import AdamSteps, adam
-from .recipe import DEFAULT_RECIPE, Evaluation, History, Recipe
+from .recipe import DEFAULT_RECIPE, Evaluation, History, Recipe, check_options, check_whole
+
+#: MNIST's classes: a model must give this many outputs per image.
+CLASSES = 10
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +54,15 @@ def _split_outputs(
     """``(float32 logits, labels)`` per batch of an MNIST split, the model in eval mode under
     ``torch.inference_mode`` (its modes restored afterwards); what :func:`evaluate` and
     :func:`correct_images` count. ``device`` defaults to the model's; a model elsewhere runs as a copy."""
-    dev = torch.device(device) if device is not None else model_device(model)
+    check_whole("batch_size", batch_size)
+    if split not in ("train", "test"):
+        raise FxlabError(f"unknown split {split!r}: use 'train' or 'test'")
+    dev = resolve_device(device) if device is not None else model_device(model)
     if model_device(model) != dev:
         model = copy.deepcopy(model).to(dev)
     ds = mnist_data.as_mnist(data, dev)
-    if split not in ("train", "test"):
-        raise FxlabError(f"unknown split {split!r}: use 'train' or 'test'")
     part = ds.train if split == "train" else ds.test
+    dtype = input_dtype(model)
     with eval_mode(model), torch.inference_mode():
         if split == "test":  # the test images are normalised once and kept (31 MB); train ones per batch
             batches: Any = ((part.images[i : i + batch_size], part.labels[i : i + batch_size])
@@ -64,10 +70,35 @@ def _split_outputs(
         else:
             batches = part.batches(batch_size)
         for x, y in batches:
-            out = model(x)
-            if isinstance(out, (tuple, list)):
-                out = out[0]
+            out = _logits(model(x.to(dtype)))
+            check_classes(out)
             yield out.float(), y
+
+
+def _logits(out: Any) -> Any:
+    """The logits of a model's output: the first element of a tuple or list."""
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def input_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype a model's inputs are given in: that of its first floating parameter, else float32."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
+def check_classes(out: Any) -> None:
+    """Refuse a model output that is not one row of MNIST's 10 class scores per image."""
+    if isinstance(out, torch.Tensor) and out.dim() == 2:
+        _check_class_count(out.shape[1])
+    else:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UsageError(f"the model gives outputs of shape {shape}, where MNIST has {CLASSES} classes: "
+                         f"its output must be (batch, {CLASSES}) class scores")
+
+
+def _check_class_count(outputs: int) -> None:
+    if outputs != CLASSES:
+        raise UsageError(f"the model gives {outputs} outputs per image, where MNIST has {CLASSES} classes: "
+                         f"its output must be (batch, {CLASSES}) class scores")
 
 
 def evaluate(
@@ -121,8 +152,7 @@ def _scheduler(optimizer: torch.optim.Optimizer, schedule: str, lr: float, total
 @contextlib.contextmanager
 def _intra_op_threads(n: int) -> Any:
     """torch's intra-op thread count set to ``n`` within this block, restored afterwards."""
-    if n < 1:
-        raise FxlabError(f"threads must be at least 1, got {n}")
+    check_whole("threads", n)
     saved = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -166,8 +196,10 @@ def fit(
       DistributedDataParallel; every rank draws the same permutation and trains on its slice of
       each batch (``batch_size`` is the global batch). Epoch statistics are reduced over ranks.
     """
+    check_options(epochs=epochs, lr=lr, batch_size=batch_size, schedule=schedule, weight_decay=weight_decay,
+                  label_smoothing=label_smoothing, threads=threads, seed=seed, max_steps=max_steps)
     rank, world = _distributed()
-    dev = torch.device(device) if device is not None else default_device()
+    dev = resolve_device(device)
     if dev.type == "cuda" and dev.index is None and world > 1:
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
     ds = mnist_data.as_mnist(data, dev)
@@ -221,6 +253,9 @@ class _Run:
         self.step = 0
         # MLPs of Linears and ReLUs: the same gradients without the autograd engine (see .chain)
         self.chain = LinearChain.of(model) if world == 1 else None
+        if self.chain is not None:
+            _check_class_count(self.chain.layers[-1][0].out_features)
+        self.dtype = input_dtype(model)  # a float64 or bfloat16 model trains in its own dtype
         self.optimizer_step = AdamSteps(optimizer)
         self.last_lr = float(optimizer.param_groups[0]["lr"])
 
@@ -266,10 +301,13 @@ class _Run:
         """One optimizer step on the rows ``idx``: ``(logits, loss)``, detached; the loss only when
         asked for (the hand-written chain step can leave it out)."""
         x, y = self.ds.train.batch(idx)
+        x = x.to(self.dtype)
         if self.chain is not None:
             out, value = self.chain.step(x, y, self.label_smoothing, loss=loss)
         else:
             out = self.model(x)
+            if self.step == 0:  # before the first loss and update
+                check_classes(out)
             value = F.cross_entropy(out, y, label_smoothing=self.label_smoothing)
             self.optimizer.zero_grad(set_to_none=True)
             value.backward()
@@ -300,7 +338,13 @@ def fit_recipe(
     recipe: Recipe = DEFAULT_RECIPE,
     **kwargs: Any,
 ) -> History:
-    """``fit`` with the options of a ``Recipe`` (keyword arguments override nothing of the recipe)."""
+    """``fit`` with the options of a ``Recipe``; keyword arguments that name a recipe field
+    (``seed=3``, ``epochs=1``) override the recipe's, the others go to ``fit`` as they are."""
+    if not isinstance(recipe, Recipe):
+        raise UsageError(f"recipe must be a fxlab.train.Recipe, got {type(recipe).__name__}: "
+                         "write Recipe(epochs=..., ...)")
+    fields = {f.name for f in dataclasses.fields(Recipe)}
+    recipe = dataclasses.replace(recipe, **{k: kwargs.pop(k) for k in list(kwargs) if k in fields})
     return fit(model, data, epochs=recipe.epochs, lr=recipe.lr, batch_size=recipe.batch_size,
                schedule=recipe.schedule, weight_decay=recipe.weight_decay, label_smoothing=recipe.label_smoothing,
                threads=recipe.threads, seed=recipe.seed, **kwargs)

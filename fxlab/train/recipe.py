@@ -5,10 +5,62 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
+
+from ..errors import UsageError
+
+#: The seeds torch.manual_seed takes.
+SEED_RANGE = range(-(2**63), 2**64)
+
+SCHEDULES = ("onecycle", "cosine", "constant")
+
+
+def check_whole(name: str, value: Any, *, optional: bool = False) -> None:
+    """Refuse ``value`` unless it is a whole number ≥ 1 (or None, when ``optional``)."""
+    if value is None and optional:
+        return
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise UsageError(f"{name} must be a whole number ≥ 1, got {value!r}")
+
+
+def _check_number(name: str, value: Any, low: float, high: float = math.inf) -> None:
+    """Refuse ``value`` unless it is a finite real number from ``low`` to ``high``."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) \
+        and low <= value <= high
+    if not ok:
+        bound = f"at least {low:g}"
+        if high != math.inf:
+            bound += f" and at most {high:g}"
+        raise UsageError(f"{name} must be a finite number {bound}, got {value!r}")
+
+
+def check_seed(seed: Any) -> None:
+    """Refuse a seed torch cannot take (None: a random seed, is fine)."""
+    if seed is None:
+        return
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed not in SEED_RANGE:
+        raise UsageError(f"seed must be a whole number from -2**63 to 2**64 - 1, got {seed!r}")
+
+
+def check_options(*, epochs: Any, lr: Any, batch_size: Any, schedule: Any, weight_decay: Any,
+                  label_smoothing: Any, threads: Any, seed: Any, max_steps: Any = None) -> None:
+    """Refuse training options that cannot be used, with a ``UsageError`` naming the option; what
+    ``Recipe`` and ``fit`` check before any work."""
+    check_whole("epochs", epochs)
+    check_whole("batch_size", batch_size)
+    check_whole("max_steps", max_steps, optional=True)
+    check_whole("threads", threads, optional=True)
+    _check_number("lr", lr, 0.0)  # 0 is allowed: the weights then stay as they are
+    _check_number("weight_decay", weight_decay, 0.0)
+    _check_number("label_smoothing", label_smoothing, 0.0, 1.0)
+    if schedule not in SCHEDULES:
+        raise UsageError(f"unknown schedule {schedule!r}: use 'onecycle', 'cosine' or 'constant'")
+    check_seed(seed)
 
 
 @dataclass(frozen=True)
@@ -33,6 +85,9 @@ class Recipe:
     seed: int = 0
     label_smoothing: float = 0.1
     threads: int | None = 1  # intra-op threads while training on CPU (None: torch's setting)
+
+    def __post_init__(self) -> None:
+        check_options(**dataclasses.asdict(self))
 
     def key(self) -> str:
         """A short stable hash of the recipe (for checkpoint cache names).
