@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import itertools
 import logging
 import math
 import os
@@ -81,8 +82,22 @@ def _logits(out: Any) -> Any:
 
 
 def input_dtype(model: nn.Module) -> torch.dtype:
-    """The dtype a model's inputs are given in: that of its first floating parameter, else float32."""
-    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    """The dtype a model takes its images in: the one floating dtype of its parameters and buffers
+    (a model converted with ``.double()`` or ``.to(torch.bfloat16)``), else float32.
+
+    fxlab's quantized modules (those with a ``dequantized_weight``) take float32 whatever dtype they
+    hold their weights in (``HalfLinear``'s fp16 weight), so their tensors do not count.
+
+    >>> input_dtype(nn.Linear(2, 2).double()), input_dtype(nn.Linear(2, 2))
+    (torch.float64, torch.float32)
+    """
+    dtypes = set()
+    for module in model.modules():
+        if hasattr(module, "dequantized_weight"):
+            continue
+        own = itertools.chain(module.parameters(recurse=False), module.buffers(recurse=False))
+        dtypes |= {t.dtype for t in own if t.is_floating_point()}
+    return dtypes.pop() if len(dtypes) == 1 else torch.float32
 
 
 def check_classes(out: Any) -> None:

@@ -86,6 +86,23 @@ def test_models_in_other_dtypes_train_and_evaluate_in_their_own_dtype(mnist, dty
     assert 0 <= accuracy <= 100 and math.isfinite(loss) and int(confusion.sum()) == 10_000
 
 
+@pytest.mark.parametrize("pipeline", ["quantize-linear{mode=fp16}", "quantize-linear{mode=bf16}",
+                                      "quantize-linear{mode=fp8}"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_quantized_models_are_evaluated_on_float32_images(mnist, pipeline, bias):
+    """A half or fp8 Linear holds its weight in that dtype and takes float32 input: the images stay float32."""
+    import fxlab
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10, bias=bias))
+    gm = fxlab.apply(model, pipeline)
+    with torch.no_grad():
+        right = (gm(mnist.test.images).argmax(1) == mnist.test.labels).sum().item()
+    accuracy, _, confusion = evaluate(gm, mnist)
+    assert int(confusion.trace()) == right and int(confusion.sum()) == len(mnist.test.labels)
+    assert accuracy == pytest.approx(100 * right / len(mnist.test.labels))
+
+
 @pytest.mark.parametrize("batch_size", [0, -1, 2.5])
 def test_evaluate_refuses_a_bad_batch_size(mnist, batch_size):
     with pytest.raises(UsageError, match="batch_size must be a whole number"):
