@@ -11,7 +11,6 @@ Every one of these models says what it is: ``model.fxlab_arch == (name, kwargs)`
 
 from __future__ import annotations
 
-from ..errors import LoadError, did_you_mean
 from .cnn import CNN_MODELS, LeNet5, MnistCNN
 from .mlp import ACTIVATIONS, MLP
 from .recognize import arch_of, arch_text, build_arch, match_seed, mlp_spec, model_from_state_dict
@@ -25,25 +24,12 @@ from .seeds import (
     NeuralNetwork,
     SeedModel,
     SimpleNN,
+    build,
     names,
     seed_names,
 )
-from .spec import build_spec, construct, parse_model_args
+from .spec import build_spec, parse_model_args
 
-
-def build(name: str, **kwargs: object) -> SeedModel:
-    """A fresh, randomly initialised built-in model (a seed MLP or a CNN).
-
-    An unknown name, or arguments its constructor refuses, raise ``LoadError`` (as ``build_arch``).
-
-    >>> from fxlab.models import build
-    >>> [n for n, _ in build("linear-relu-stack").named_parameters()][:2]
-    ['linear_relu_stack.0.weight', 'linear_relu_stack.0.bias']
-    """
-    if not isinstance(name, str) or name not in MODELS:
-        near = did_you_mean(name, MODELS) if isinstance(name, str) else ""
-        raise LoadError(f"unknown model {name!r}{near}; known models: {', '.join(MODELS)}")
-    return construct(MODELS[name], kwargs, repr(name))
 
 __all__ = [
     "ACTIVATIONS",

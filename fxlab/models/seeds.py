@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import FxlabError, did_you_mean
+from ..errors import LoadError, did_you_mean
 from .base import SeedModel  # noqa: F401 - re-exported: SeedModel lived here
+from .spec import construct
 
 IMG_SIZE = 28 * 28
 
@@ -153,10 +154,13 @@ def seed_names() -> list[str]:
 def build(name: str, **kwargs: object) -> SeedModel:
     """A fresh, randomly initialised built-in model (a seed MLP or a CNN).
 
+    An unknown name, or arguments its constructor refuses, raise ``LoadError`` (as ``build_arch``).
+
     >>> from fxlab.models import build
     >>> [n for n, _ in build("linear-relu-stack").named_parameters()][:2]
     ['linear_relu_stack.0.weight', 'linear_relu_stack.0.bias']
     """
-    if name not in MODELS:
-        raise FxlabError(f"unknown model {name!r}{did_you_mean(name, MODELS)}; known models: {', '.join(MODELS)}")
-    return MODELS[name](**kwargs)
+    if not isinstance(name, str) or name not in MODELS:
+        near = did_you_mean(name, MODELS) if isinstance(name, str) else ""
+        raise LoadError(f"unknown model {name!r}{near}; known models: {', '.join(MODELS)}")
+    return construct(MODELS[name], kwargs, repr(name))

@@ -27,6 +27,7 @@ import _compat_pickle
 import ast
 import builtins
 import collections
+import functools
 import importlib.machinery
 import importlib.util
 import io
@@ -150,10 +151,14 @@ def _binding(body: list[ast.stmt], name: str) -> str | None:
     return found
 
 
+@functools.lru_cache(maxsize=256)
 def _class_in_source(module: str, name: str) -> bool | None:
     """Whether ``module``'s source defines ``name`` (a qualified name: ``Outer.Inner``) with class
     statements, read without running it: True, False (defined otherwise, or the source cannot be
-    read), or None when neither the module nor the name exists (a class that is gone)."""
+    read), or None when neither the module nor the name exists (a class that is gone).
+
+    Cached for one load (each global is screened before unpickling and again as it is read);
+    :func:`torch_load_trusted` clears it, so an edited source is read afresh."""
     spec = _module_spec(module)
     if spec is None:
         return None
@@ -267,6 +272,7 @@ def _refusal(path: Path, names: list[str]) -> LoadError:
 
 def torch_load_trusted(path: Path, sniffed: Sniffed, *, stub_missing: bool = True) -> tuple[Any, list[str]]:
     """``torch.load(weights_only=False)`` through the allowlist; returns (object, classes that were missing)."""
+    _class_in_source.cache_clear()
     refused = _refused_globals(path, sniffed)
     if refused:
         raise _refusal(path, refused)

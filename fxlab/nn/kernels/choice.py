@@ -55,6 +55,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import outside_inference_mode
+
 log = logging.getLogger(__name__)
 
 __all__ = ["CHANNELS_LAST", "Candidate", "Decision", "Op", "bucket", "cache_path", "choose", "decisions", "eligible",
@@ -326,7 +328,7 @@ def _probe() -> Tensor:
     mode even when the first use is inside it: an inference tensor could not be written in place
     by a later measurement outside."""
     if not _PROBE:
-        with torch.inference_mode(False):
+        with outside_inference_mode():
             _PROBE.append(torch.zeros(2 * _GRAIN + _GRAIN // 2))
     return _PROBE[0]
 
